@@ -1,0 +1,1 @@
+"""The API edge: WebSocket and HTTP listeners, sessions, calls and events."""

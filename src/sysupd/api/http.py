@@ -1,0 +1,100 @@
+"""The HTTP listener's ``/api/<namespace>/<name>``: the same calls, one request each.
+
+Every request carries HTTP Basic credentials (except the ``rpc/auth*`` calls, whose body carries
+them); the body is the call's ``args``; the reply is the WebSocket envelope, with the HTTP status
+set to 200 or the error's code.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+from base64 import b64decode
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from sysupd.api.calls import SERVICE_KEY, CallContext
+from sysupd.core.envelope import EnvelopeError, Request, error_args, parse_request_object
+from sysupd.errors import BadRequest, ClientError, Unauthorized
+
+if TYPE_CHECKING:
+    from sysupd.api.service import Service
+
+__all__ = ["ALLOWED_METHODS", "handle_api", "parse_basic_auth"]
+
+ALLOWED_METHODS = ("GET", "POST", "PUT", "HEAD", "OPTIONS")
+_CHALLENGE = {"WWW-Authenticate": 'Basic realm="sysupd", charset="UTF-8"'}
+
+
+async def handle_api(request: web.Request) -> web.StreamResponse:
+    """Answer one ``/api/<namespace>/<name>`` request."""
+    if request.method in ("HEAD", "OPTIONS"):
+        return web.Response(status=200, headers={"Allow": ", ".join(ALLOWED_METHODS)})
+    service: Service = request.app[SERVICE_KEY]
+    address = request.remote or "unknown"
+    try:
+        call = await _read_call(request)
+        ctx = CallContext(service, address)
+        if call.namespace != "rpc" or call.name not in ("auth", "auth_token"):
+            name, password = parse_basic_auth(request.headers.get("Authorization"))
+            ctx.user = await service.auth.check_password(name, password, address, "http")
+        result = await service.calls.dispatch(ctx, call)
+    except ClientError as exc:
+        headers = _CHALLENGE if isinstance(exc, Unauthorized) else None
+        return _envelope("error", error_args(exc), int(exc.code), headers)
+    except Exception as exc:  # noqa: BLE001 - a bug is a 500, never a dropped request
+        call = Request(request.match_info["namespace"], request.match_info["name"], "", {})
+        error = service.internal_error(call, exc)
+        return _envelope("error", error_args(error), 500)
+    return _envelope("response", result or {}, 200)
+
+
+def parse_basic_auth(header: str | None) -> tuple[str, str]:
+    """User name and password from an ``Authorization: Basic`` header.
+
+    Raises:
+        Unauthorized: the header is missing or malformed.
+    """
+    if not header:
+        raise Unauthorized("send HTTP Basic credentials in the Authorization header")
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic" or not encoded.strip():
+        raise Unauthorized("the Authorization header must use the Basic scheme")
+    try:
+        decoded = b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError) as exc:
+        raise Unauthorized("the Authorization header is not valid base64 of UTF-8") from exc
+    name, sep, password = decoded.partition(":")
+    if not sep:
+        raise Unauthorized("the Basic credentials must be 'user:password'")
+    return name, password
+
+
+async def _read_call(request: web.Request) -> Request:
+    body = await request.read()
+    if body.strip():
+        try:
+            args = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise BadRequest("the request body is not valid UTF-8 JSON") from exc
+    else:
+        args = {}
+    try:
+        return parse_request_object(
+            {
+                "namespace": request.match_info["namespace"],
+                "name": request.match_info["name"],
+                "id": "",
+                "args": args,
+            }
+        )
+    except EnvelopeError as exc:
+        raise BadRequest(exc.details.replace("'args'", "the request body")) from exc
+
+
+def _envelope(
+    kind: str, args: dict[str, Any], status: int, headers: dict[str, str] | None = None
+) -> web.Response:
+    body = {"namespace": kind, "name": kind, "id": "", "args": args}
+    return web.json_response(body, status=status, headers=headers)

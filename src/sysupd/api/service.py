@@ -1,0 +1,233 @@
+"""The service: state, stores, sessions, the two listeners, and their lifecycle.
+
+One ``Service`` per process (tests run several side by side). ``open`` work happens in the
+constructor (state directory, database, settings); ``start`` binds the listeners; ``stop`` closes
+every session and listener. A reboot or a signal resolves ``exit_requested``; the process entry
+point then stops the service and exits or re-executes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import ssl
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import WSCloseCode, web
+
+from sysupd import __version__
+from sysupd.api.auth import Authenticator
+from sysupd.api.calls import SERVICE_KEY, CallTable
+from sysupd.api.events import EventHub
+from sysupd.api.http import ALLOWED_METHODS, handle_api
+from sysupd.api.reboots import RebootPlan, RebootTimer
+from sysupd.api.rpc_calls import RPC_CALLS
+from sysupd.api.sys_calls import SYS_CALLS
+from sysupd.api.websocket import WsSession, handle_websocket
+from sysupd.config import ServiceConfig
+from sysupd.core.envelope import Request
+from sysupd.core.sessions import LoginThrottle, TokenTable
+from sysupd.core.settings import Settings, apply_changes
+from sysupd.errors import ClientError
+from sysupd.servicelog import ServiceLog
+from sysupd.store.db import Database
+from sysupd.store.meta import system_id
+from sysupd.store.settings import SettingsStore
+from sysupd.store.users import UserStore, make_hasher
+from sysupd.system.clock import Clock, SystemClock
+from sysupd.system.reboot import ProcessExit, RebootKind, run_reboot_action
+
+__all__ = ["FIRST_ADMIN", "Service"]
+
+FIRST_ADMIN = "admin"
+_SWEEP_INTERVAL_S = 60.0
+
+
+class InternalError(ClientError):
+    """A bug answered on the wire; the connection and the service go on."""
+
+    code = "500"
+    message = "Internal Server Error"
+
+
+class Service:
+    """sysupd's API service."""
+
+    def __init__(self, config: ServiceConfig, *, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.log = ServiceLog(config.log_path, self.clock, config.log_max_bytes)
+        self.db = Database(config.db_path)
+        self.users = UserStore(
+            self.db,
+            make_hasher(config.kdf_time_cost, config.kdf_memory_kib, config.kdf_parallelism),
+        )
+        self._settings_store = SettingsStore(self.db)
+        self.settings: Settings
+        self.settings, warnings = self._settings_store.load(config.settings)
+        for warning in warnings:
+            self.log.warning(warning)
+        self.system_id = system_id(self.db)
+        self.auth = Authenticator(
+            self.users,
+            TokenTable(config.token_ttl_s),
+            LoginThrottle(config.login_max_failures, config.login_window_s, config.lockout_s),
+            self.clock,
+            self.log,
+            lambda: self.settings.lockout_loopback,
+        )
+        self.calls = CallTable([*RPC_CALLS, *SYS_CALLS])
+        self.events = EventHub()
+        self.sessions: set[WsSession] = set()
+        self.reboots = RebootTimer(self.clock, self._reboot_due)
+        self._runners: list[web.AppRunner] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._exit: asyncio.Future[ProcessExit] | None = None
+        self.ws_port = 0
+        self.http_port = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def ensure_first_admin(self) -> str | None:
+        """With no users at all, create ``admin`` and return its new random password."""
+        if self.users.count() > 0:
+            return None
+        password = secrets.token_urlsafe(12)
+        self.users.add(FIRST_ADMIN, password, is_admin=True)
+        self.log.info(f"created the first administrator {FIRST_ADMIN!r}")
+        return password
+
+    async def start(self) -> None:
+        """Bind both listeners; ``ws_port`` and ``http_port`` then hold the real ports."""
+        self._exit = asyncio.get_running_loop().create_future()
+        ssl_context = self._ssl_context()
+        ws_app = web.Application()
+        ws_app[SERVICE_KEY] = self
+        ws_app.router.add_get("/websocket", handle_websocket)
+        ws_app.router.add_get("/", handle_websocket)
+        http_app = web.Application(client_max_size=self.config.max_frame_bytes)
+        http_app[SERVICE_KEY] = self
+        for method in ALLOWED_METHODS:
+            http_app.router.add_route(method, "/api/{namespace}/{name}", handle_api)
+        self.ws_port = await self._listen(ws_app, self.config.ws_port, ssl_context)
+        self.http_port = await self._listen(http_app, self.config.http_port, ssl_context)
+        self.spawn(self._sweep_loop())
+        scheme = "https" if ssl_context else "http"
+        self.log.info(
+            f"sysupd {__version__} serving: websocket on {self.config.host}:{self.ws_port}, "
+            f"{scheme} on {self.config.host}:{self.http_port}, system {self.system_id}"
+        )
+
+    async def stop(self) -> None:
+        """Close every session and listener; idempotent."""
+        self.reboots.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        # Close sockets first so clients see "going away" instead of a reset.
+        await asyncio.gather(*(s.close(WSCloseCode.GOING_AWAY) for s in list(self.sessions)))
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
+        self.log.info("sysupd stopped")
+        self.log.close()
+        self.db.close()
+
+    def request_exit(self, how: ProcessExit) -> None:
+        """Ask the process entry point to stop the service and exit or re-execute."""
+        if self._exit is not None and not self._exit.done():
+            self._exit.set_result(how)
+
+    async def wait_exit_requested(self) -> ProcessExit:
+        """Until a reboot or signal asks the process to end; returns how it should."""
+        assert self._exit is not None, "start() first"
+        return await self._exit
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Run a background task owned by the service (cancelled by ``stop``)."""
+        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- what the calls use ----------------------------------------------------------------
+
+    def system_info(self) -> dict[str, Any]:
+        """``sys/info``'s reply."""
+        return {
+            "system_id": self.system_id,
+            "system_version": __version__,
+            "middleware_version": __version__,
+        }
+
+    def change_settings(self, changes: Mapping[str, Any], *, by: str) -> Settings:
+        """Validate every change, then store and apply them together.
+
+        Raises:
+            ConfigError: naming the first invalid setting; nothing changed.
+        """
+        new = apply_changes(self.settings, changes)
+        self._settings_store.save(new, changes)
+        self.settings = new
+        self.log.info(f"settings changed by {by}: {', '.join(sorted(changes))}")
+        return new
+
+    def schedule_reboot(self, delay_s: int, kind: RebootKind, *, by: str) -> RebootPlan:
+        """Schedule a reboot and tell everyone."""
+        plan = self.reboots.schedule(delay_s, kind)
+        self.log.info(f"{kind.value} scheduled by {by} in {delay_s} s")
+        self.events.publish("sys/reboot", plan.to_wire())
+        return plan
+
+    def cancel_reboot(self, *, by: str) -> bool:
+        """Cancel the scheduled reboot, if any, and tell everyone."""
+        if not self.reboots.cancel():
+            return False
+        self.log.info(f"scheduled reboot cancelled by {by}")
+        self.events.publish("sys/reboot", {"reboot_scheduled": False})
+        return True
+
+    def internal_error(self, request: Request, exc: Exception) -> ClientError:
+        """Log a bug with its traceback and make the 500 that answers it."""
+        trace = "".join(traceback.format_exception(exc)).strip().splitlines()
+        self.log.error(f"bug in {request.call}: {exc!r}; " + " | ".join(trace[-6:]))
+        return InternalError(f"{request.call} failed unexpectedly; see sys/middleware_log")
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _reboot_due(self, plan: RebootPlan) -> None:
+        self.log.info(f"{plan.kind.value} now ({self.settings.reboot_action} action)")
+        self.spawn(self._reboot(plan))
+
+    async def _reboot(self, plan: RebootPlan) -> None:
+        s = self.settings
+        outcome = await run_reboot_action(
+            s.reboot_action, plan.kind, s.reboot_command, s.poweroff_command
+        )
+        self.log.info(outcome.log_line)
+        if outcome.process_exit is not None:
+            self.request_exit(outcome.process_exit)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(_SWEEP_INTERVAL_S)
+            self.auth.sweep()
+
+    async def _listen(
+        self, app: web.Application, port: int, ssl_context: ssl.SSLContext | None
+    ) -> int:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, self.config.host, port, ssl_context=ssl_context)
+        await site.start()
+        return int(runner.addresses[-1][1])
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if not self.config.tls:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.config.tls_cert_file, self.config.tls_key_file)
+        return context

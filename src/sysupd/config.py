@@ -1,0 +1,141 @@
+"""The service's configuration: one frozen object built once at start-up and passed down.
+
+Order of precedence: built-in defaults, then the TOML file (flat at its top level, the same names
+as on the wire), then command-line flags. Run-time settings (``Settings``) changed through the API
+are stored in the database and win over the file on later starts; see ``store.settings``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sysupd.core.schema import is_json_type, json_type_name
+from sysupd.core.settings import Settings, apply_changes
+from sysupd.errors import ConfigError
+
+__all__ = ["ServiceConfig", "load_config"]
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """Everything the service needs to know at start-up."""
+
+    state_dir: Path
+    host: str = "0.0.0.0"  # noqa: S104 - an appliance serves its LAN; the contract's default
+    ws_port: int = 5182
+    http_port: int = 5183
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    max_frame_bytes: int = 1 * MiB
+    login_timeout_s: float = 30.0
+    token_ttl_s: float = 900.0
+    login_max_failures: int = 5
+    login_window_s: float = 600.0
+    lockout_s: float = 3600.0
+    session_queue_frames: int = 1024
+    """Frames a session may have waiting to be sent before it is judged stuck and closed."""
+    log_max_bytes: int = 1 * MiB
+    kdf_time_cost: int = 3
+    kdf_memory_kib: int = 65536
+    kdf_parallelism: int = 4
+    settings: Settings = field(default_factory=Settings)
+    """The settings as the file gives them; the database may hold newer values."""
+
+    @property
+    def tls(self) -> bool:
+        """Whether the listeners speak TLS (wss/https)."""
+        return bool(self.tls_cert_file and self.tls_key_file)
+
+    @property
+    def db_path(self) -> Path:
+        """The SQLite database inside the state directory."""
+        return self.state_dir / "sysupd.db"
+
+    @property
+    def log_path(self) -> Path:
+        """The service log inside the state directory."""
+        return self.state_dir / "log" / "sysupd.log"
+
+
+_HINTS: dict[str, Any] = typing.get_type_hints(ServiceConfig)
+_SERVICE_FIELDS = {f.name for f in dataclasses.fields(ServiceConfig)} - {"settings", "state_dir"}
+_SETTING_FIELDS = {f.name for f in dataclasses.fields(Settings)}
+_TLS_PORTS = {"ws_port": 5184, "http_port": 5185}
+
+
+def load_config(
+    config_file: Path | None = None,
+    *,
+    state_dir: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> ServiceConfig:
+    """Build the configuration from defaults, ``config_file`` and ``overrides`` (flags).
+
+    Raises:
+        ConfigError: the file cannot be read or parsed, or names an unknown or invalid setting.
+    """
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values.update(_read_toml(config_file))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if state_dir is not None:
+        values["state_dir"] = str(state_dir)
+    return build_config(values)
+
+
+def build_config(values: Mapping[str, Any]) -> ServiceConfig:
+    """Build the configuration from one flat mapping of names to values.
+
+    Raises:
+        ConfigError: naming the first unknown or invalid key.
+    """
+    service: dict[str, Any] = {}
+    setting_changes: dict[str, Any] = {}
+    for name, value in values.items():
+        if name == "state_dir":
+            if not isinstance(value, str | Path) or not str(value):
+                raise ConfigError("'state_dir' must be a non-empty path")
+            service["state_dir"] = Path(value)
+        elif name in _SETTING_FIELDS:
+            setting_changes[name] = value
+        elif name in _SERVICE_FIELDS:
+            service[name] = _check_service_value(name, value)
+        else:
+            raise ConfigError(f"unknown configuration key {name!r}")
+    service.setdefault("state_dir", Path("sysupd-state"))
+    if service.get("tls_cert_file") and service.get("tls_key_file"):
+        for port, default in _TLS_PORTS.items():
+            service.setdefault(port, default)
+    settings = apply_changes(Settings(), setting_changes)
+    return ServiceConfig(settings=settings, **service)
+
+
+def _check_service_value(name: str, value: Any) -> Any:
+    kind = _HINTS[name]
+    if not is_json_type(value, kind):
+        raise ConfigError(
+            f"{name!r} must be {json_type_name(kind)}, not {json_type_name(type(value))}"
+        )
+    if name.endswith("_port") and not 0 <= value <= 65535:
+        raise ConfigError(f"{name!r} must be between 0 and 65535")
+    if kind in (int, float) and not name.endswith("_port") and value <= 0:
+        raise ConfigError(f"{name!r} must be greater than 0")
+    return float(value) if kind is float else value
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from exc

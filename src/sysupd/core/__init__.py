@@ -1,0 +1,1 @@
+"""The I/O-free core: rules fed values and returning decisions; no sockets, files or clocks."""

@@ -1,0 +1,168 @@
+"""Session rules: the socket session's states, login tokens and the login lockout.
+
+Everything here is fed the current monotonic time (``now``, seconds) instead of reading a clock,
+so the 30-second, 900-second and 60-minute rules are tested by moving a number.
+
+Invariants: a token is redeemable once; a token unused for ``ttl_s`` is dead; an address with
+``max_failures`` failed logins inside ``window_s`` is refused for ``lockout_s``.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from collections import deque
+from dataclasses import dataclass, field
+
+__all__ = [
+    "IllegalTransition",
+    "LoginThrottle",
+    "SessionState",
+    "SessionStateMachine",
+    "TokenGrant",
+    "TokenTable",
+]
+
+
+class IllegalTransition(RuntimeError):
+    """A state change that the rules forbid: a bug in the caller, never a client's fault."""
+
+
+class SessionState(enum.Enum):
+    """Where one WebSocket session stands."""
+
+    CONNECTED = "connected"
+    """Open, not logged in: only ``rpc/auth*`` is allowed, and the login deadline runs."""
+    AUTHENTICATED = "authenticated"
+    """Logged in with a live token: calls are allowed and events are delivered."""
+    CLOSED = "closed"
+    """Closed by either side; terminal."""
+
+
+_ALLOWED: dict[SessionState, frozenset[SessionState]] = {
+    SessionState.CONNECTED: frozenset({SessionState.AUTHENTICATED, SessionState.CLOSED}),
+    SessionState.AUTHENTICATED: frozenset({SessionState.AUTHENTICATED, SessionState.CLOSED}),
+    SessionState.CLOSED: frozenset(),
+}
+
+
+@dataclass(slots=True)
+class SessionStateMachine:
+    """The checked state of one session."""
+
+    state: SessionState = SessionState.CONNECTED
+
+    def move(self, target: SessionState) -> None:
+        """Change state.
+
+        Raises:
+            IllegalTransition: the rules do not allow ``state → target``.
+        """
+        if target not in _ALLOWED[self.state]:
+            raise IllegalTransition(f"session cannot go from {self.state.value} to {target.value}")
+        self.state = target
+
+
+@dataclass(frozen=True, slots=True)
+class TokenGrant:
+    """What a live token stands for."""
+
+    user_uuid: str
+    last_used: float
+
+
+@dataclass(slots=True)
+class TokenTable:
+    """Login tokens: issued at login, extended by use, replaced by ``rpc/auth_token``."""
+
+    ttl_s: float
+    _tokens: dict[str, TokenGrant] = field(default_factory=dict)
+
+    def issue(self, user_uuid: str, now: float) -> str:
+        """Create a token for ``user_uuid``."""
+        token = secrets.token_urlsafe(32)
+        self._tokens[token] = TokenGrant(user_uuid, now)
+        return token
+
+    def touch(self, token: str, now: float) -> TokenGrant | None:
+        """Extend a live token; ``None`` (and the token forgotten) if it is unknown or expired."""
+        grant = self._tokens.get(token)
+        if grant is None:
+            return None
+        if now - grant.last_used > self.ttl_s:
+            del self._tokens[token]
+            return None
+        grant = TokenGrant(grant.user_uuid, now)
+        self._tokens[token] = grant
+        return grant
+
+    def is_live(self, token: str, now: float) -> bool:
+        """Whether ``token`` is known and unexpired, without extending it."""
+        grant = self._tokens.get(token)
+        return grant is not None and now - grant.last_used <= self.ttl_s
+
+    def redeem(self, token: str, now: float) -> TokenGrant | None:
+        """Invalidate a live token and return what it stood for (``rpc/auth_token``)."""
+        grant = self.touch(token, now)
+        if grant is not None:
+            del self._tokens[token]
+        return grant
+
+    def revoke(self, token: str) -> None:
+        """Forget ``token`` (logout, socket closed)."""
+        self._tokens.pop(token, None)
+
+    def revoke_user(self, user_uuid: str) -> None:
+        """Forget every token of ``user_uuid`` (user removed or password changed)."""
+        for token in [t for t, g in self._tokens.items() if g.user_uuid == user_uuid]:
+            del self._tokens[token]
+
+    def sweep(self, now: float) -> int:
+        """Forget expired tokens; returns how many."""
+        dead = [t for t, g in self._tokens.items() if now - g.last_used > self.ttl_s]
+        for token in dead:
+            del self._tokens[token]
+        return len(dead)
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+
+@dataclass(slots=True)
+class LoginThrottle:
+    """Failed logins per address, and the lockout they earn."""
+
+    max_failures: int = 5
+    window_s: float = 600.0
+    lockout_s: float = 3600.0
+    _failures: dict[str, deque[float]] = field(default_factory=dict)
+    _locked_until: dict[str, float] = field(default_factory=dict)
+
+    def locked_for(self, address: str, now: float) -> float:
+        """Seconds left of ``address``'s lockout, 0 when it may try to log in."""
+        until = self._locked_until.get(address)
+        if until is None:
+            return 0.0
+        if now >= until:
+            del self._locked_until[address]
+            return 0.0
+        return until - now
+
+    def record_failure(self, address: str, now: float) -> bool:
+        """Count a failed login; returns whether it has just locked ``address`` out."""
+        times = self._failures.setdefault(address, deque())
+        times.append(now)
+        while times and now - times[0] > self.window_s:
+            times.popleft()
+        if len(times) >= self.max_failures:
+            del self._failures[address]
+            self._locked_until[address] = now + self.lockout_s
+            return True
+        return False
+
+    def sweep(self, now: float) -> None:
+        """Forget failures and lockouts that no longer matter, so memory stays bounded."""
+        for address in [a for a, t in self._failures.items() if now - t[-1] > self.window_s]:
+            del self._failures[address]
+        for address in [a for a, u in self._locked_until.items() if now >= u]:
+            del self._locked_until[address]

@@ -1,0 +1,205 @@
+"""The service's settings: one typed, frozen record, its registry and its validation.
+
+Each field of ``Settings`` is a setting; its metadata gives the description and the check. The
+same names are used on the wire (``sys/list_config``/``sys/set_config``), in the TOML file (flat at
+its top level) and in the database. Validation is all-or-nothing: every change is checked before
+any is applied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from sysupd.core.schema import is_json_type, json_type_name
+from sysupd.errors import ConfigError
+
+__all__ = ["SettingInfo", "Settings", "apply_changes", "describe", "settings_to_wire"]
+
+Check = Callable[[Any], str | None]
+
+DEFAULT_FETCH_NETWORKS = (
+    "127.0.0.0/8",
+    "::1/128",
+    "169.254.0.0/16",
+    "fe80::/10",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "fc00::/7",
+)
+
+
+def _range(low: float, high: float) -> Check:
+    def check(value: Any) -> str | None:
+        return None if low <= value <= high else f"must be between {low:g} and {high:g}"
+
+    return check
+
+
+def _choice(*options: str) -> Check:
+    def check(value: Any) -> str | None:
+        return None if value in options else f"must be one of {', '.join(options)}"
+
+    return check
+
+
+def _product(value: Any) -> str | None:
+    ok = re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value)
+    return None if ok else "must be 1-64 letters, digits, '.', '_' or '-'"
+
+
+def _http_url_or_empty(value: Any) -> str | None:
+    if value == "":
+        return None
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return "must be an http or https URL"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http or https URL, or empty"
+    if parts.username or parts.password:
+        return "must not carry a user name or password"
+    return None
+
+
+def _networks(value: Any) -> str | None:
+    for item in value:
+        if not isinstance(item, str):
+            return "must be a list of network strings such as '10.0.0.0/8'"
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            return f"has {item!r}, which is not a network such as '10.0.0.0/8'"
+    return None
+
+
+def _no_nul(value: Any) -> str | None:
+    return "must not contain NUL characters" if "\0" in value else None
+
+
+def _setting(default: Any, doc: str, check: Check | None = None) -> Any:
+    return field(default=default, metadata={"doc": doc, "check": check})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The settings that an administrator may read and change at run time."""
+
+    product: str = _setting(
+        "sysupd-demo", "Product name; a release must name the same product.", _product
+    )
+    trust_root: str = _setting(
+        "", "Path of the release repository's root.json the device trusts.", _no_nul
+    )
+    update_server: str = _setting(
+        "", "Base URL of the online release repository; empty for none.", _http_url_or_empty
+    )
+    update_check_interval_s: int = _setting(
+        86400, "Seconds between automatic update checks; 0 turns them off.", _range(0, 31536000)
+    )
+    event_interval_s: float = _setting(
+        5.0, "Seconds between sys/update_now progress events.", _range(0.1, 3600)
+    )
+    auto_reboot: bool = _setting(True, "Reboot by itself after a successful update.")
+    auto_reboot_delay_s: int = _setting(
+        10, "Seconds from a successful update to the automatic reboot.", _range(0, 86400)
+    )
+    fetch_networks: tuple[str, ...] = _setting(
+        DEFAULT_FETCH_NETWORKS, "Networks that fetch_url hosts must resolve into.", _networks
+    )
+    max_upload_bytes: int = _setting(
+        8 * 1024**3, "Largest file accepted by /upload, in bytes.", _range(1, 2**50)
+    )
+    reboot_action: str = _setting(
+        "exec",
+        "What a reboot does: exec (restart the service in place), command, or exit.",
+        _choice("exec", "command", "exit"),
+    )
+    reboot_command: str = _setting(
+        "systemctl reboot", "Command run by the 'command' reboot action.", _no_nul
+    )
+    poweroff_command: str = _setting(
+        "systemctl poweroff", "Command run by the 'command' action for a poweroff.", _no_nul
+    )
+    lockout_loopback: bool = _setting(
+        False, "Apply the failed-login lockout to loopback addresses too."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SettingInfo:
+    """A setting as listed for people: name, JSON type, default and description."""
+
+    name: str
+    kind: str
+    default: Any
+    doc: str
+
+
+_HINTS: dict[str, Any] = typing.get_type_hints(Settings)
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def describe() -> list[SettingInfo]:
+    """Every setting, in declaration order."""
+    return [
+        SettingInfo(f.name, json_type_name(_json_kind(f.name)), _wire(f.default), f.metadata["doc"])
+        for f in _FIELDS.values()
+    ]
+
+
+def apply_changes(current: Settings, changes: Mapping[str, Any]) -> Settings:
+    """Return ``current`` with ``changes`` applied, after checking every one of them.
+
+    Raises:
+        ConfigError: naming the first unknown setting or invalid value; nothing is applied.
+    """
+    clean: dict[str, Any] = {}
+    for name, value in changes.items():
+        clean[name] = _validate(name, value)
+    return dataclasses.replace(current, **clean)
+
+
+def settings_to_wire(settings: Settings) -> dict[str, Any]:
+    """The JSON form of every setting."""
+    return {name: _wire(getattr(settings, name)) for name in _FIELDS}
+
+
+def _validate(name: str, value: Any) -> Any:
+    spec = _FIELDS.get(name)
+    if spec is None:
+        raise ConfigError(f"unknown setting {name!r}")
+    kind = _json_kind(name)
+    if not is_json_type(value, kind):
+        raise ConfigError(
+            f"setting {name!r} must be {json_type_name(kind)}, not {json_type_name(type(value))}"
+        )
+    check: Check | None = spec.metadata["check"]
+    if check is not None and (problem := check(value)) is not None:
+        raise ConfigError(f"setting {name!r} {problem}")
+    if kind is list:
+        return tuple(value)
+    if kind is float:
+        return float(value)
+    return value
+
+
+def _json_kind(name: str) -> type:
+    hint = _HINTS[name]
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        return list
+    if isinstance(hint, type):
+        return hint
+    raise TypeError(f"setting {name} has an unsupported type {hint!r}")  # pragma: no cover
+
+
+def _wire(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value

@@ -1,0 +1,84 @@
+"""The exception families of sysupd, split by who is at fault.
+
+- ``ClientError``: the caller sent something wrong (bad frame, bad args, bad credentials, no
+  permission). Each subclass maps to exactly one wire error code and carries ``details``, a plain
+  sentence naming what was wrong. Nothing was changed.
+- ``ConfigError``: the operator's configuration (file, flags, settings) is invalid. Nothing was
+  changed.
+- ``StateError``: the state directory or database is unusable (corrupt, newer schema, locked).
+
+Foreign exceptions (sqlite3, OSError, aiohttp) are translated at the edge with ``raise … from``.
+Anything else reaching the dispatcher is a bug and is answered with a 500.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadRequest",
+    "ClientError",
+    "ConfigError",
+    "Forbidden",
+    "NotFound",
+    "StateError",
+    "SysupdError",
+    "TooManyRequests",
+    "Unauthorized",
+]
+
+
+class SysupdError(Exception):
+    """Root of every exception sysupd raises on purpose."""
+
+
+class ClientError(SysupdError):
+    """The caller is at fault; maps to one wire error code."""
+
+    code: str = "400"
+    message: str = "Bad Request"
+
+    def __init__(self, details: str) -> None:
+        super().__init__(details)
+        self.details = details
+
+
+class BadRequest(ClientError):
+    """Malformed frame or arguments that break the call's schema."""
+
+    code = "400"
+    message = "Bad Request"
+
+
+class Unauthorized(ClientError):
+    """Not logged in, bad credentials or an expired token."""
+
+    code = "401"
+    message = "Unauthorized"
+
+
+class Forbidden(ClientError):
+    """A logged-in user without the administrator flag called an admin-only call."""
+
+    code = "403"
+    message = "Forbidden"
+
+
+class NotFound(ClientError):
+    """Unknown namespace/name."""
+
+    code = "404"
+    message = "Not Found"
+
+
+class TooManyRequests(ClientError):
+    """Logins from an address that is locked out."""
+
+    code = "429"
+    message = "Too Many Requests"
+
+
+class ConfigError(SysupdError):
+    """The operator's configuration is invalid; the message names the setting."""
+
+
+class StateError(SysupdError):
+    """The state directory or database cannot be used as it is."""

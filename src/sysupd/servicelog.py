@@ -1,0 +1,98 @@
+"""The service log behind ``sys/middleware_log``: a bounded in-memory tail plus a log file.
+
+Lines are timestamped, never contain a newline, and never contain passwords or tokens (callers log
+names and outcomes only). The file is appended to and rotated once it passes four times the tail
+size; on start the tail is preloaded from it, so the log of an update survives the reboot.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+from collections import deque
+from pathlib import Path
+
+from sysupd.system.clock import Clock
+
+__all__ = ["ServiceLog"]
+
+_console = logging.getLogger("sysupd")
+
+
+class ServiceLog:
+    """Append-only log lines, newest last."""
+
+    def __init__(self, path: Path | None, clock: Clock, max_bytes: int) -> None:
+        self._path = path
+        self._clock = clock
+        self._max_bytes = max_bytes
+        self._lines: deque[str] = deque()
+        self._size = 0
+        self._file = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._preload(path)
+            self._file = path.open("a", encoding="utf-8")
+
+    def info(self, message: str) -> None:
+        """Record a line."""
+        self._write("INFO", message)
+
+    def warning(self, message: str) -> None:
+        """Record a line about something that went wrong but was handled."""
+        self._write("WARNING", message)
+
+    def error(self, message: str) -> None:
+        """Record a line about a failure."""
+        self._write("ERROR", message)
+
+    def text(self) -> str:
+        """The tail as ``sys/middleware_log`` returns it: HTML-escaped lines joined by ``<br>``."""
+        return "<br>".join(html.escape(line, quote=False) for line in self._lines)
+
+    def lines(self) -> list[str]:
+        """The tail, newest last."""
+        return list(self._lines)
+
+    def close(self) -> None:
+        """Close the file."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _write(self, level: str, message: str) -> None:
+        stamp = self._clock.utcnow().strftime("%Y-%m-%dT%H:%M:%SZ")
+        line = f"{stamp} {level} {' '.join(message.splitlines())}"
+        getattr(_console, level.lower())(message)
+        self._append(line)
+        if self._file is not None:
+            self._file.write(line + "\n")
+            self._file.flush()
+            if self._file.tell() > 4 * self._max_bytes:
+                self._rotate()
+
+    def _append(self, line: str) -> None:
+        self._lines.append(line)
+        self._size += len(line) + 1
+        while self._size > self._max_bytes and len(self._lines) > 1:
+            self._size -= len(self._lines.popleft()) + 1
+
+    def _preload(self, path: Path) -> None:
+        try:
+            with path.open("rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, handle.tell() - self._max_bytes))
+                data = handle.read()
+        except FileNotFoundError:
+            return
+        lines = data.decode("utf-8", "replace").splitlines()
+        for line in lines[1:] if len(data) >= self._max_bytes else lines:
+            self._append(line)
+
+    def _rotate(self) -> None:
+        assert self._file is not None
+        assert self._path is not None
+        self._file.close()
+        os.replace(self._path, self._path.with_suffix(".log.1"))
+        self._file = self._path.open("a", encoding="utf-8")

@@ -1,0 +1,1 @@
+"""Persistent state in the state directory: the SQLite database and what is kept in it."""

@@ -1,0 +1,92 @@
+"""The SQLite database: WAL mode, versioned schema migrations, short immediate transactions.
+
+Invariant: the schema version (``PRAGMA user_version``) equals the number of migrations applied;
+a database from a newer sysupd is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sysupd.errors import StateError
+
+__all__ = ["MIGRATIONS", "Database"]
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: identity, users, settings
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE users (
+        uuid TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        password_hash TEXT NOT NULL,
+        is_admin INTEGER NOT NULL CHECK (is_admin IN (0, 1)),
+        created TEXT NOT NULL
+    );
+    CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+)
+
+
+class Database:
+    """One connection to the state database."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Autocommit mode: transactions are explicit (``transaction``), never implicit.
+            self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._conn.execute("PRAGMA busy_timeout = 5000")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = FULL")
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"cannot open the state database {path}: {exc}") from exc
+        except OSError as exc:
+            raise StateError(f"cannot create the state directory {path.parent}: {exc}") from exc
+        self.path = path
+
+    @property
+    def schema_version(self) -> int:
+        """The number of migrations applied."""
+        row = self._conn.execute("PRAGMA user_version").fetchone()
+        return int(row[0])
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """An immediate write transaction, committed on success and rolled back on error."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def query(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+        """Rows of a read-only statement."""
+        cursor = self._conn.execute(sql, params)
+        cursor.row_factory = sqlite3.Row
+        return list(cursor.fetchall())
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()
+
+    def _migrate(self) -> None:
+        current = self.schema_version
+        if current > len(MIGRATIONS):
+            raise StateError(
+                f"the state database has schema version {current}, newer than this sysupd "
+                f"knows ({len(MIGRATIONS)}); refusing to touch it"
+            )
+        for version in range(current, len(MIGRATIONS)):
+            # executescript commits on its own, so the version bump rides in the same script.
+            self._conn.executescript(
+                f"BEGIN IMMEDIATE;\n{MIGRATIONS[version]}\nPRAGMA user_version = {version + 1};\n"
+                "COMMIT;"
+            )

@@ -1,0 +1,45 @@
+"""Settings changed through the API, persisted so they outlive restarts.
+
+Only changed values are stored; a stored value always wins over the configuration file's. A
+stored value that this version no longer accepts is skipped with a warning instead of refusing to
+start.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from sysupd.core.settings import Settings, apply_changes, settings_to_wire
+from sysupd.errors import ConfigError
+from sysupd.store.db import Database
+
+__all__ = ["SettingsStore"]
+
+
+class SettingsStore:
+    """The ``settings`` table."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def load(self, base: Settings) -> tuple[Settings, list[str]]:
+        """``base`` with the stored values applied, and a warning for each one skipped."""
+        settings, warnings = base, []
+        for row in self._db.query("SELECT name, value FROM settings ORDER BY name"):
+            try:
+                settings = apply_changes(settings, {row["name"]: json.loads(row["value"])})
+            except (ConfigError, ValueError) as exc:
+                warnings.append(f"ignoring stored setting {row['name']!r}: {exc}")
+        return settings, warnings
+
+    def save(self, settings: Settings, changed: Mapping[str, Any]) -> None:
+        """Store the values of the settings named in ``changed``, all in one transaction."""
+        wire = settings_to_wire(settings)
+        with self._db.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO settings (name, value) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                [(name, json.dumps(wire[name])) for name in changed],
+            )

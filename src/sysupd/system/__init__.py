@@ -1,0 +1,1 @@
+"""The machine-facing edges: the clock and the reboot action."""

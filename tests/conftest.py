@@ -1,0 +1,106 @@
+"""Fixtures: a real service on 127.0.0.1 with free ports, real SQLite in a temp directory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from sysupd.api.service import Service
+from sysupd.config import build_config
+from sysupd.system.clock import Clock, ManualClock
+from tests.client import WsClient
+
+ADMIN = ("root", "admin-secret-1")
+USER = ("alice", "user-secret-1")
+
+# Argon2id still, at a cost that keeps a test run short; production uses the library defaults.
+FAST_KDF = {"kdf_time_cost": 1, "kdf_memory_kib": 8192, "kdf_parallelism": 1}
+
+
+def test_config_values(state_dir: Path, **overrides: Any) -> dict[str, Any]:
+    """Configuration values for a service under test."""
+    return {
+        "state_dir": str(state_dir),
+        "host": "127.0.0.1",
+        "ws_port": 0,
+        "http_port": 0,
+        **FAST_KDF,
+        **overrides,
+    }
+
+
+test_config_values.__test__ = False  # type: ignore[attr-defined]
+
+ServiceFactory = Callable[..., Awaitable[Service]]
+ClientFactory = Callable[..., Awaitable[WsClient]]
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """A clock the test moves by hand."""
+    return ManualClock()
+
+
+@pytest.fixture
+async def start_service(tmp_path: Path) -> AsyncIterator[ServiceFactory]:
+    """Start services (with users ADMIN and USER); all are stopped at the end of the test."""
+    started: list[Service] = []
+
+    async def start(
+        state_dir: Path | None = None, clock: Clock | None = None, **overrides: Any
+    ) -> Service:
+        config = build_config(test_config_values(state_dir or tmp_path / "state", **overrides))
+        service = Service(config, clock=clock)
+        if service.users.count() == 0:
+            service.users.add(*ADMIN, is_admin=True)
+            service.users.add(*USER, is_admin=False)
+        await service.start()
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        if service._runners:
+            await service.stop()
+
+
+@pytest.fixture
+async def service(start_service: ServiceFactory) -> Service:
+    """One running service."""
+    return await start_service()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client session."""
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def connect(http: aiohttp.ClientSession) -> AsyncIterator[ClientFactory]:
+    """Open WebSocket clients to a service (logged in as ``login`` when given)."""
+    clients: list[WsClient] = []
+
+    async def open_client(
+        service: Service, login: tuple[str, str] | None = None, path: str = "/websocket"
+    ) -> WsClient:
+        ws = await http.ws_connect(f"http://127.0.0.1:{service.ws_port}{path}")
+        client = WsClient(ws)
+        clients.append(client)
+        if login is not None:
+            await client.login(*login)
+        return client
+
+    yield open_client
+    for client in clients:
+        await client.close()
+
+
+def api_url(service: Service, call: str) -> str:
+    """The HTTP URL of ``call`` (``namespace/name``)."""
+    return f"http://127.0.0.1:{service.http_port}/api/{call}"
