@@ -6,6 +6,12 @@
 - ``ConfigError``: the operator's configuration (file, flags, settings) is invalid. Nothing was
   changed.
 - ``StateError``: the state directory or database is unusable (corrupt, newer schema, locked).
+- ``UpdateError`` and its families, raised by the update engine:
+  ``AcquireError`` (getting the bytes failed: transport, disk; may be retried),
+  ``VerificationError`` (the content is not trusted: signatures, hashes, expiry, product,
+  version floor, unsafe archive members; never retried blindly),
+  ``InstallError`` (writing the inactive slot failed: full disk, I/O), and
+  ``BootError`` (the bootloader adapter could not record or read the slot choice).
 
 Foreign exceptions (sqlite3, OSError, aiohttp) are translated at the edge with ``raise … from``.
 Anything else reaching the dispatcher is a bug and is answered with a 500.
@@ -14,15 +20,20 @@ Anything else reaching the dispatcher is a bug and is answered with a 500.
 from __future__ import annotations
 
 __all__ = [
+    "AcquireError",
     "BadRequest",
+    "BootError",
     "ClientError",
     "ConfigError",
     "Forbidden",
+    "InstallError",
     "NotFound",
     "StateError",
     "SysupdError",
     "TooManyRequests",
     "Unauthorized",
+    "UpdateError",
+    "VerificationError",
 ]
 
 
@@ -82,3 +93,23 @@ class ConfigError(SysupdError):
 
 class StateError(SysupdError):
     """The state directory or database cannot be used as it is."""
+
+
+class UpdateError(SysupdError):
+    """An update could not be carried out; the running system is untouched."""
+
+
+class AcquireError(UpdateError):
+    """The update's bytes could not be obtained (network, source file); may be retried."""
+
+
+class VerificationError(UpdateError):
+    """The update is not trusted or not acceptable; never installed, never retried blindly."""
+
+
+class InstallError(UpdateError):
+    """Writing the inactive slot failed (full disk, I/O error)."""
+
+
+class BootError(UpdateError):
+    """The bootloader adapter could not read or record the slot choice."""

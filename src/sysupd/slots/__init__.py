@@ -1,0 +1,1 @@
+"""Slot writers: installing a verified payload into the inactive slot (directory or raw)."""

@@ -1,0 +1,106 @@
+"""Running ``sysupd`` as a real process in tests: free ports, a fast-KDF config, output reading."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+from pathlib import Path
+
+from tests.conftest import FAST_KDF
+
+__all__ = ["ServeProcess", "free_port", "run_cli", "write_config"]
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_config(path: Path, **extra: object) -> Path:
+    """A TOML configuration file with the test KDF cost and ``extra`` keys."""
+    lines = [
+        f"{k} = {v!r}" if not isinstance(v, bool) else f"{k} = {str(v).lower()}"
+        for k, v in {**FAST_KDF, **extra}.items()
+    ]
+    path.write_text("\n".join(lines).replace("'", '"') + "\n")
+    return path
+
+
+async def run_cli(*args: str, stdin: str = "") -> tuple[int, str, str]:
+    """Run ``python -m sysupd ARGS``; returns exit status, stdout and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sysupd",
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+class ServeProcess:
+    """``sysupd serve`` in a child process on free loopback ports."""
+
+    def __init__(self, state_dir: Path, config: Path) -> None:
+        self.state_dir = state_dir
+        self.config = config
+        self.ws_port = free_port()
+        self.http_port = free_port()
+        self.proc: asyncio.subprocess.Process | None = None
+        self.stdout_lines: list[str] = []
+
+    async def start(self) -> None:
+        """Start it and wait until it listens."""
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "sysupd",
+            "serve",
+            "--config",
+            str(self.config),
+            "--state-dir",
+            str(self.state_dir),
+            "--host",
+            "127.0.0.1",
+            "--ws-port",
+            str(self.ws_port),
+            "--http-port",
+            str(self.http_port),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        await self.wait_for_line("sysupd listening")
+
+    async def wait_for_line(self, text: str, timeout: float = 30) -> str:
+        """Read stdout until a line containing ``text``; returns that line."""
+        assert self.proc is not None and self.proc.stdout is not None
+        async with asyncio.timeout(timeout):
+            while True:
+                raw = await self.proc.stdout.readline()
+                if not raw:
+                    raise EOFError(f"sysupd exited before printing {text!r}")
+                line = raw.decode().rstrip("\n")
+                self.stdout_lines.append(line)
+                if text in line:
+                    return line
+
+    async def stop(self) -> int:
+        """SIGTERM, then the exit status."""
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            self.proc.terminate()
+        return await asyncio.wait_for(self.proc.wait(), 30)
+
+    def kill(self) -> None:
+        """Kill it if it still runs (test clean-up)."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
