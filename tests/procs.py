@@ -82,7 +82,8 @@ class ServeProcess:
 
     async def wait_for_line(self, text: str, timeout: float = 30) -> str:
         """Read stdout until a line containing ``text``; returns that line."""
-        assert self.proc is not None and self.proc.stdout is not None
+        assert self.proc is not None
+        assert self.proc.stdout is not None
         async with asyncio.timeout(timeout):
             while True:
                 raw = await self.proc.stdout.readline()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from sysupd.api.service import Service
 from tests.conftest import ADMIN, USER, ClientFactory, ServiceFactory
 
@@ -25,7 +23,7 @@ async def test_stuck_client_is_closed_and_others_keep_up(
     stuck = await connect(service, login=ADMIN)
     healthy = await connect(service, login=USER)
     # The stuck client stops reading: its kernel buffers fill, then its queue on the server.
-    transport = stuck.ws._conn.transport  # type: ignore[union-attr]  # noqa: SLF001
+    transport = stuck.ws._conn.transport  # type: ignore[union-attr]
     assert transport is not None
     transport.pause_reading()
     payload = "x" * 65536

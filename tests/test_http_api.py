@@ -8,6 +8,7 @@ changed.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from base64 import b64encode
 from typing import Any
@@ -164,6 +165,7 @@ async def test_malformed_authorization_is_401_with_details(
         pytest.param((ADMIN[0], ""), id="empty-password"),
         pytest.param(("nobody", ADMIN[1]), id="unknown-user"),
         pytest.param((USER[0], ADMIN[1]), id="other-users-password"),
+        pytest.param(("j\u00fcrgen", "gr\u00fc\u00dfe"), id="non-ascii-user"),
     ],
 )
 async def test_bad_credentials_are_401(
@@ -273,6 +275,22 @@ async def test_body_breaking_the_schema_is_400(
     status, _, envelope = await send(http, service, call, args=args)
     assert_error(status, envelope, "400", word)
     assert service.reboots.plan is None
+
+
+async def test_body_over_the_size_limit_is_refused_not_a_bug(
+    service: Service, http: aiohttp.ClientSession
+) -> None:
+    body = b'{"delay_seconds": 3600, "pad": "' + b"x" * (2 * 1024 * 1024) + b'"}'
+    async with http.post(
+        api_url(service, "sys/reboot"),
+        data=io.BytesIO(body),
+        headers={**basic(ADMIN), **JSON_HEADERS},
+    ) as resp:
+        assert resp.status == 413
+    assert service.reboots.plan is None
+    assert "bug in" not in service.log.text()
+    status, _, envelope = await send(http, service, "sys/info")
+    assert_success(status, envelope)
 
 
 # -- methods ---------------------------------------------------------------------------------

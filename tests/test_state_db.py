@@ -42,8 +42,13 @@ def test_garbage_file_is_refused(tmp_path: Path) -> None:
 
 def test_failed_transaction_changes_nothing(tmp_path: Path) -> None:
     db = Database(tmp_path / "s.db")
-    with pytest.raises(RuntimeError), db.transaction() as conn:
-        conn.execute("INSERT INTO meta (key, value) VALUES ('k', 'v')")
-        raise RuntimeError("boom")
+
+    def insert_then_fail() -> None:
+        with db.transaction() as conn:
+            conn.execute("INSERT INTO meta (key, value) VALUES ('k', 'v')")
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        insert_then_fail()
     assert db.query("SELECT * FROM meta WHERE key = 'k'") == []
     db.close()

@@ -28,6 +28,7 @@ __all__ = [
     "Forbidden",
     "InstallError",
     "NotFound",
+    "PayloadTooLarge",
     "StateError",
     "SysupdError",
     "TooManyRequests",
@@ -78,6 +79,13 @@ class NotFound(ClientError):
 
     code = "404"
     message = "Not Found"
+
+
+class PayloadTooLarge(ClientError):
+    """A request body or upload over the configured limit or the free space."""
+
+    code = "413"
+    message = "Payload Too Large"
 
 
 class TooManyRequests(ClientError):

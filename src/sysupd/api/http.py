@@ -16,7 +16,7 @@ from aiohttp import web
 
 from sysupd.api.calls import SERVICE_KEY, CallContext
 from sysupd.core.envelope import EnvelopeError, Request, error_args, parse_request_object
-from sysupd.errors import BadRequest, ClientError, Unauthorized
+from sysupd.errors import BadRequest, ClientError, PayloadTooLarge, Unauthorized
 
 if TYPE_CHECKING:
     from sysupd.api.service import Service
@@ -72,7 +72,11 @@ def parse_basic_auth(header: str | None) -> tuple[str, str]:
 
 
 async def _read_call(request: web.Request) -> Request:
-    body = await request.read()
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        limit = request.app[SERVICE_KEY].config.max_frame_bytes
+        raise PayloadTooLarge(f"the request body is larger than {limit} bytes") from exc
     if body.strip():
         try:
             args = json.loads(body)
