@@ -1,0 +1,103 @@
+"""Chunk-by-chunk payload verification, so no byte is used before it is checked.
+
+A release signs its payload's length and SHA-256, and a chunk list: the SHA-256 of each
+consecutive ``chunk_size``-byte chunk (the last may be shorter), whose own hash is signed too. The
+verifier is fed the payload one chunk at a time and refuses the first chunk that does not match;
+at the end the whole payload's hash is checked as well.
+
+Invariant: ``check`` returns only for a chunk whose digest matches the signed list, at its place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from sysupd.errors import VerificationError
+
+__all__ = ["DIGEST_SIZE", "ChunkVerifier", "chunk_digests"]
+
+DIGEST_SIZE = 32
+
+
+def chunk_digests(data: bytes, chunk_size: int) -> bytes:
+    """The chunk list of ``data`` (for tools and tests)."""
+    return b"".join(
+        hashlib.sha256(data[i : i + chunk_size]).digest() for i in range(0, len(data), chunk_size)
+    )
+
+
+class ChunkVerifier:
+    """Checks a payload chunk by chunk against its signed chunk list."""
+
+    def __init__(self, chunk_list: bytes, chunk_size: int, length: int, sha256_hex: str) -> None:
+        """
+        Raises:
+            VerificationError: the chunk list does not fit the signed length and chunk size.
+        """
+        if chunk_size <= 0 or length < 0:
+            raise VerificationError("the release's chunk size or length is invalid")
+        count = -(-length // chunk_size)
+        if len(chunk_list) != count * DIGEST_SIZE:
+            raise VerificationError(
+                f"the chunk list has {len(chunk_list) // DIGEST_SIZE} entries, "
+                f"the payload needs {count}"
+            )
+        self.chunk_size = chunk_size
+        self.length = length
+        self._chunks = chunk_list
+        self._count = count
+        self._index = 0
+        self._whole = hashlib.sha256()
+        self._expected_whole = sha256_hex.lower()
+
+    @property
+    def bytes_checked(self) -> int:
+        """Payload bytes verified so far."""
+        return min(self._index * self.chunk_size, self.length)
+
+    @property
+    def done(self) -> bool:
+        """Whether every chunk has been checked."""
+        return self._index == self._count
+
+    def next_size(self) -> int:
+        """The size the next chunk must have (0 when all are checked)."""
+        if self.done:
+            return 0
+        return min(self.chunk_size, self.length - self._index * self.chunk_size)
+
+    def check(self, chunk: bytes | memoryview) -> None:
+        """Verify the next chunk.
+
+        Raises:
+            VerificationError: the chunk is too long or short, or its digest does not match.
+        """
+        expected_size = self.next_size()
+        if self.done:
+            raise VerificationError(f"the payload is longer than its signed {self.length} bytes")
+        if len(chunk) != expected_size:
+            raise VerificationError(
+                f"chunk {self._index} has {len(chunk)} bytes, expected {expected_size}"
+            )
+        want = self._chunks[self._index * DIGEST_SIZE : (self._index + 1) * DIGEST_SIZE]
+        if not hmac.compare_digest(hashlib.sha256(chunk).digest(), want):
+            raise VerificationError(
+                f"chunk {self._index} (bytes {self._index * self.chunk_size}-"
+                f"{self._index * self.chunk_size + len(chunk) - 1}) does not match its signed hash"
+            )
+        self._whole.update(chunk)
+        self._index += 1
+
+    def finish(self) -> None:
+        """Confirm the whole payload.
+
+        Raises:
+            VerificationError: chunks are missing, or the whole payload's hash does not match.
+        """
+        if not self.done:
+            raise VerificationError(
+                f"the payload ended after {self.bytes_checked} of its signed {self.length} bytes"
+            )
+        if not hmac.compare_digest(self._whole.hexdigest(), self._expected_whole):
+            raise VerificationError("the payload's SHA-256 does not match the signed hash")
