@@ -483,3 +483,17 @@ async def test_client_gone_mid_call(h: Harness, how: str) -> None:
     await h.wait_for_log("websocket closed", closed_before + 1)
     await h.assert_serving(await h.client())
     assert not h.log_lines_containing("bug in")
+
+
+async def test_missing_id_and_null_args_are_400(service: Service, connect: ClientFactory) -> None:
+    client = await connect(service, login=ADMIN)
+    await client.send_raw('{"namespace": "sys", "name": "info"}')
+    reply = await asyncio.wait_for(client.unmatched.get(), 5)
+    assert reply["id"] == ""
+    assert reply["args"]["code"] == "400"
+    assert "'id' is missing" in reply["args"]["details"]
+    await client.send_raw('{"namespace": "sys", "name": "info", "id": "n1", "args": null}')
+    reply = await asyncio.wait_for(client.unmatched.get(), 5)
+    assert reply["id"] == "n1"
+    assert reply["args"]["code"] == "400"
+    assert "'args' must be a JSON object, not null" in reply["args"]["details"]

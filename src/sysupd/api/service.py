@@ -13,6 +13,7 @@ import secrets
 import ssl
 import traceback
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from aiohttp import WSCloseCode, web
@@ -190,9 +191,14 @@ class Service:
         return True
 
     def internal_error(self, request: Request, exc: Exception) -> ClientError:
-        """Log a bug with its traceback and make the 500 that answers it."""
-        trace = "".join(traceback.format_exception(exc)).strip().splitlines()
-        self.log.error(f"bug in {request.call}: {exc!r}; " + " | ".join(trace[-6:]))
+        """Log a bug with where it happened and make the 500 that answers it.
+
+        For ``rpc/*`` calls the exception's message is left out: it may quote credentials.
+        """
+        frames = traceback.extract_tb(exc.__traceback__)[-4:]
+        where = " <- ".join(f"{Path(f.filename).name}:{f.lineno} in {f.name}" for f in frames[::-1])
+        what = type(exc).__name__ if request.namespace == "rpc" else repr(exc)
+        self.log.error(f"bug in {request.call}: {what} at {where}")
         return InternalError(f"{request.call} failed unexpectedly; see sys/middleware_log")
 
     # -- internals ---------------------------------------------------------------------------

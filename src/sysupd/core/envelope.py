@@ -72,8 +72,10 @@ def parse_request_object(data: object) -> Request:
     """
     if not isinstance(data, dict):
         raise EnvelopeError(f"frame must be a JSON object, not {_json_type(data)}")
-    raw_id = data.get("id", "")
+    raw_id = data.get("id")
     request_id = raw_id if isinstance(raw_id, str) else ""
+    if raw_id is None and "id" not in data:
+        raise EnvelopeError("'id' is missing")
     if not isinstance(raw_id, str):
         raise EnvelopeError(f"'id' must be a string, not {_json_type(raw_id)}")
     for key in ("namespace", "name"):
@@ -84,8 +86,6 @@ def parse_request_object(data: object) -> Request:
                 f"'{key}' must be a string, not {_json_type(data[key])}", request_id
             )
     args = data.get("args", {})
-    if args is None:
-        args = {}
     if not isinstance(args, dict):
         raise EnvelopeError(f"'args' must be a JSON object, not {_json_type(args)}", request_id)
     return Request(data["namespace"], data["name"], request_id, args)
