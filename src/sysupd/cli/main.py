@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from sysupd import __version__
+from sysupd.cli.release import release
 from sysupd.cli.serve import serve
 from sysupd.cli.users import user
 
@@ -19,6 +20,7 @@ def cli() -> None:
 
 cli.add_command(serve)
 cli.add_command(user)
+cli.add_command(release)
 
 
 def main() -> None:

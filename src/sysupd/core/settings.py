@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sysupd.core.schema import is_json_type, json_type_name
+from sysupd.core.versions import parse_version
 from sysupd.errors import ConfigError
 
 __all__ = ["SettingInfo", "Settings", "apply_changes", "describe", "settings_to_wire"]
@@ -80,6 +81,30 @@ def _networks(value: Any) -> str | None:
     return None
 
 
+def _slots(value: Any) -> str | None:
+    if not value:
+        return None
+    names: set[str] = set()
+    for item in value:
+        parts = item.split(":", 2) if isinstance(item, str) else []
+        if len(parts) != 3 or not re.fullmatch(r"[A-Za-z0-9_]{1,16}", parts[0]) or not parts[2]:
+            return f"has {item!r}; each slot is 'NAME:TYPE:PATH', e.g. 'A:raw:/dev/sda2'"
+        if parts[1] not in ("directory", "raw"):
+            return f"has {item!r}, whose type is not 'directory' or 'raw'"
+        if parts[0] in names:
+            return f"names slot {parts[0]!r} twice"
+        names.add(parts[0])
+    return None if len(names) >= 2 else "needs at least two slots"
+
+
+def _version(value: Any) -> str | None:
+    try:
+        parse_version(value)
+    except ValueError as exc:
+        return f"is not a version: {exc}"
+    return None
+
+
 def _no_nul(value: Any) -> str | None:
     return "must not contain NUL characters" if "\0" in value else None
 
@@ -130,6 +155,32 @@ class Settings:
     )
     lockout_loopback: bool = _setting(
         False, "Apply the failed-login lockout to loopback addresses too."
+    )
+    slots: tuple[str, ...] = _setting(
+        (),
+        "Slots as 'NAME:TYPE:PATH' (TYPE directory or raw); empty for a directory pair A and B "
+        "inside the state directory.",
+        _slots,
+    )
+    bootloader: str = _setting(
+        "file",
+        "Where the boot choice is kept: file (sysupd chooses) or grub.",
+        _choice("file", "grub"),
+    )
+    grubenv: str = _setting(
+        "/boot/grub/grubenv", "The grubenv used by the grub bootloader.", _no_nul
+    )
+    boot_attempts: int = _setting(
+        3, "Boots a new slot gets to pass its health check before it is abandoned.", _range(1, 10)
+    )
+    health_check_command: str = _setting(
+        "",
+        "Command whose exit status 0 confirms a newly booted slot; empty: starting is enough.",
+        _no_nul,
+    )
+    allow_downgrade: bool = _setting(False, "Accept releases older than the installed floor.")
+    factory_version: str = _setting(
+        "0.0.0", "Version of the first slot until an update replaces it.", _version
     )
 
 

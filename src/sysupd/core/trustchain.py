@@ -1,0 +1,195 @@
+"""Verifying an offline bundle's metadata against the device's trust: bytes in, a decision out.
+
+Following the TUF client workflow with python-tuf's Metadata API, minus the online-only
+freshness roles (snapshot, timestamp):
+
+1. walk the root chain from the device's trusted root, one version at a time, each new root signed
+   by the previous one's threshold and by its own; the newest root must not be expired;
+2. ``targets`` signed by the root's targets keys, not expired, not older than the device has seen;
+3. ``releases`` signed by the keys ``targets`` delegates to it, not expired, not older than seen,
+   and delegated the bundle's target path;
+4. the target entry and its chunk list (checked against its signed length and hash);
+5. the release policy: the configured product, and no version below the device's floor unless an
+   administrator allowed downgrades.
+
+Nothing here reads files or the clock; the caller persists what ``VerifiedBundle`` says is newly
+trusted (newer roots, metadata versions) only after this returned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from tuf.api.exceptions import LengthOrHashMismatchError, UnsignedMetadataError
+from tuf.api.metadata import Metadata, Root, Targets
+from tuf.api.serialization import DeserializationError
+
+from sysupd.core.bundle_format import BundleHeader
+from sysupd.core.manifest import Manifest, parse_manifest
+from sysupd.core.versions import Version
+from sysupd.errors import VerificationError
+
+__all__ = ["ReleasePolicy", "TrustState", "VerifiedBundle", "verify_bundle"]
+
+RELEASES_ROLE = "releases"
+
+
+@dataclass(frozen=True, slots=True)
+class TrustState:
+    """What the device trusts before looking at the bundle."""
+
+    root: bytes
+    """The newest verified root metadata (initially the configured ``trust_root``)."""
+    targets_version: int = 0
+    releases_version: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReleasePolicy:
+    """The device's rules for accepting a release."""
+
+    product: str
+    floor: Version | None
+    """The lowest version the device accepts (its last good version), ``None`` for any."""
+    allow_downgrade: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedBundle:
+    """A bundle whose metadata checked out: the release and what the device should now trust."""
+
+    manifest: Manifest
+    chunk_list: bytes
+    new_roots: tuple[bytes, ...]
+    """Verified roots newer than the trusted one, oldest first, to persist."""
+    trust: TrustState
+    """The trust state to persist once the bundle is accepted."""
+    downgrade: bool
+    """Whether the release is below the floor (allowed by the policy)."""
+
+
+def verify_bundle(
+    header: BundleHeader, trust: TrustState, policy: ReleasePolicy, now: datetime
+) -> VerifiedBundle:
+    """Verify ``header`` against ``trust`` and ``policy`` at time ``now``.
+
+    Raises:
+        VerificationError: naming the first check that failed.
+    """
+    root, new_roots = _walk_roots(trust.root, header.roots)
+    if root.signed.is_expired(now):
+        raise VerificationError(f"root metadata v{root.signed.version} has expired")
+
+    targets = _load(header.targets, Targets, "targets")
+    _check_signed(root.signed, "targets", targets)
+    _check_fresh(targets, "targets", trust.targets_version, now)
+
+    releases = _load(header.releases, Targets, RELEASES_ROLE)
+    if not targets.signed.delegations or not targets.signed.delegations.roles:
+        raise VerificationError("targets metadata delegates no releases role")
+    role = targets.signed.delegations.roles.get(RELEASES_ROLE)
+    if role is None:
+        raise VerificationError("targets metadata delegates no releases role")
+    _check_signed(targets.signed, RELEASES_ROLE, releases)
+    _check_fresh(releases, RELEASES_ROLE, trust.releases_version, now)
+    if not role.is_delegated_path(header.target):
+        raise VerificationError(f"{header.target} is not a path the releases role may sign")
+
+    entry = releases.signed.targets.get(header.target)
+    if entry is None:
+        raise VerificationError(f"the releases metadata does not list {header.target}")
+    manifest = parse_manifest(entry.path, entry.length, entry.hashes, entry.custom)
+    chunks_entry = releases.signed.targets.get(manifest.chunks_target)
+    if chunks_entry is None:
+        raise VerificationError(f"the releases metadata does not list {manifest.chunks_target}")
+    try:
+        chunks_entry.verify_length_and_hashes(header.chunks)
+    except LengthOrHashMismatchError as exc:
+        raise VerificationError(f"the chunk list does not match its signed hash: {exc}") from exc
+
+    if manifest.product != policy.product:
+        raise VerificationError(
+            f"the release is for product {manifest.product!r}, this device is {policy.product!r}"
+        )
+    downgrade = policy.floor is not None and manifest.version < policy.floor
+    if downgrade and not policy.allow_downgrade:
+        raise VerificationError(
+            f"version {manifest.version} is older than the installed floor {policy.floor}; "
+            "set allow_downgrade to install it"
+        )
+    return VerifiedBundle(
+        manifest=manifest,
+        chunk_list=header.chunks,
+        new_roots=new_roots,
+        trust=TrustState(
+            root=new_roots[-1] if new_roots else trust.root,
+            targets_version=targets.signed.version,
+            releases_version=releases.signed.version,
+        ),
+        downgrade=downgrade,
+    )
+
+
+def _walk_roots(
+    trusted: bytes, offered: tuple[str, ...]
+) -> tuple[Metadata[Root], tuple[bytes, ...]]:
+    root = _load(trusted, Root, "root")
+    by_version: dict[int, bytes] = {}
+    for text in offered:
+        data = text.encode("utf-8")
+        candidate = _load(data, Root, "root")
+        by_version.setdefault(candidate.signed.version, data)
+    newest = max(by_version, default=0)
+    accepted: list[bytes] = []
+    while root.signed.version < newest:
+        version = root.signed.version + 1
+        found = by_version.get(version)
+        if found is None:
+            raise VerificationError(f"the bundle's root chain is missing version {version}")
+        new_root = _load(found, Root, "root")
+        try:
+            root.signed.verify_delegate("root", new_root.signed_bytes, new_root.signatures)
+            new_root.signed.verify_delegate("root", new_root.signed_bytes, new_root.signatures)
+        except UnsignedMetadataError as exc:
+            raise VerificationError(
+                f"root v{version} is not signed by the keys of v{version - 1} and its own"
+            ) from exc
+        root = new_root
+        accepted.append(found)
+    return root, tuple(accepted)
+
+
+def _check_signed(delegator: Root | Targets, role: str, md: Metadata[Any]) -> None:
+    try:
+        delegator.verify_delegate(role, md.signed_bytes, md.signatures)
+    except UnsignedMetadataError as exc:
+        raise VerificationError(
+            f"{role} metadata is not signed by the keys this device trusts for it"
+        ) from exc
+    except ValueError as exc:
+        raise VerificationError(f"{role} metadata cannot be checked: {exc}") from exc
+
+
+def _check_fresh(md: Metadata[Targets], role: str, seen_version: int, now: datetime) -> None:
+    if md.signed.version < seen_version:
+        raise VerificationError(
+            f"{role} metadata v{md.signed.version} is older than v{seen_version}, "
+            "which this device has already seen (rollback)"
+        )
+    if md.signed.is_expired(now):
+        raise VerificationError(
+            f"{role} metadata v{md.signed.version} expired on {md.signed.expires:%Y-%m-%d}"
+        )
+
+
+def _load(data: str | bytes, kind: type[Root] | type[Targets], role: str) -> Metadata[Any]:
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    try:
+        md: Metadata[Any] = Metadata.from_bytes(raw)
+    except (DeserializationError, ValueError, KeyError, TypeError) as exc:
+        raise VerificationError(f"{role} metadata cannot be parsed: {exc}") from exc
+    if md.signed.type != kind.type:
+        raise VerificationError(f"expected {role} metadata, found {md.signed.type!r}")
+    return md

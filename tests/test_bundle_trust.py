@@ -1,0 +1,146 @@
+"""Verifying a bundle's metadata against the device's trust: each way a bundle can lie."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from sysupd.core.trustchain import ReleasePolicy, TrustState, verify_bundle
+from sysupd.core.versions import parse_version
+from sysupd.errors import VerificationError
+from sysupd.release.repository import ReleaseRepository
+from tests.releases import PRODUCT, make_repo, read_header
+
+NOW = datetime.now(UTC)
+POLICY = ReleasePolicy(PRODUCT, None)
+
+
+def _trust(repo: ReleaseRepository) -> TrustState:
+    return TrustState((repo.path / "metadata" / "1.root.json").read_bytes())
+
+
+def _bundle(repo: ReleaseRepository, version: str, tmp_path: Path) -> Path:
+    out = tmp_path / f"{version}.bundle"
+    repo.write_bundle(version, out)
+    return out
+
+
+def test_good_bundle(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, "1.1.0")
+    verified = verify_bundle(
+        read_header(_bundle(repo, "1.1.0", tmp_path)), _trust(repo), POLICY, NOW
+    )
+    manifest = verified.manifest
+    assert manifest.version == parse_version("1.1.0")
+    assert manifest.product == PRODUCT
+    assert manifest.payload == "tree"
+    assert manifest.compression == "zstd"
+    assert manifest.chunk_size == 65536
+    assert verified.new_roots == ()
+    assert verified.trust.releases_version >= 1
+    assert not verified.downgrade
+
+
+def test_bundle_signed_by_another_repository(tmp_path: Path) -> None:
+    ours = make_repo(tmp_path / "ours", "1.0.0")
+    theirs = make_repo(tmp_path / "theirs", "1.1.0")
+    header = read_header(_bundle(theirs, "1.1.0", tmp_path))
+    with pytest.raises(VerificationError, match="targets metadata is not signed by the keys"):
+        verify_bundle(header, _trust(ours), POLICY, NOW)
+
+
+def test_expired_releases_metadata(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, "1.1.0", at=datetime(2024, 1, 1, tzinfo=UTC))
+    header = read_header(_bundle(repo, "1.1.0", tmp_path))
+    later = datetime(2025, 6, 1, tzinfo=UTC)
+    with pytest.raises(VerificationError, match="expired"):
+        verify_bundle(header, _trust(repo), POLICY, later)
+
+
+def test_another_product(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, "1.1.0", product="other-appliance")
+    header = read_header(_bundle(repo, "1.1.0", tmp_path))
+    with pytest.raises(VerificationError, match="for product 'other-appliance'"):
+        verify_bundle(header, _trust(repo), POLICY, NOW)
+
+
+def test_downgrade_refused_unless_allowed(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, "1.1.0")
+    header = read_header(_bundle(repo, "1.1.0", tmp_path))
+    floor = ReleasePolicy(PRODUCT, parse_version("1.2.0"))
+    with pytest.raises(VerificationError, match=r"older than the installed floor 1\.2\.0"):
+        verify_bundle(header, _trust(repo), floor, NOW)
+    allowed = dataclasses.replace(floor, allow_downgrade=True)
+    assert verify_bundle(header, _trust(repo), allowed, NOW).downgrade
+
+
+def test_key_rotation_is_followed_from_the_first_root(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, "1.0.0")
+    trust = _trust(repo)
+    repo.rotate_key("root")
+    repo.rotate_key("targets")
+    repo.add_release("1.1.0", tree=tmp_path / "tree-1.0.0", compress="none", chunk_size=65536)
+    header = read_header(_bundle(repo, "1.1.0", tmp_path))
+    assert len(header.roots) == 3
+    verified = verify_bundle(header, trust, POLICY, NOW)
+    assert [json.loads(r)["signed"]["version"] for r in verified.new_roots] == [2, 3]
+    assert verified.trust.root == verified.new_roots[-1]
+
+
+def test_root_chain_with_a_missing_version(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, "1.0.0")
+    repo.rotate_key("root")
+    repo.rotate_key("root")
+    header = read_header(_bundle(repo, "1.0.0", tmp_path))
+    gapped = dataclasses.replace(header, roots=(header.roots[0], header.roots[2]))
+    with pytest.raises(VerificationError, match="missing version 2"):
+        verify_bundle(gapped, _trust(repo), POLICY, NOW)
+
+
+def test_metadata_rollback_is_refused(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, "1.0.0")
+    header = read_header(_bundle(repo, "1.0.0", tmp_path))
+    seen = dataclasses.replace(_trust(repo), releases_version=999)
+    with pytest.raises(VerificationError, match="rollback"):
+        verify_bundle(header, seen, POLICY, NOW)
+
+
+def test_tampered_metadata_text(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, "1.0.0")
+    header = read_header(_bundle(repo, "1.0.0", tmp_path))
+    releases = json.loads(header.releases)
+    entry = releases["signed"]["targets"][header.target]
+    entry["custom"]["sysupd"]["product"] = "evil"
+    forged = dataclasses.replace(header, releases=json.dumps(releases))
+    with pytest.raises(VerificationError, match="releases metadata is not signed"):
+        verify_bundle(forged, _trust(repo), POLICY, NOW)
+
+
+def test_tampered_chunk_list(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, "1.0.0")
+    header = read_header(_bundle(repo, "1.0.0", tmp_path))
+    bad = bytes([header.chunks[0] ^ 1]) + header.chunks[1:]
+    with pytest.raises(VerificationError, match="chunk list does not match"):
+        verify_bundle(dataclasses.replace(header, chunks=bad), _trust(repo), POLICY, NOW)
+
+
+def test_target_not_listed(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, "1.0.0")
+    header = read_header(_bundle(repo, "1.0.0", tmp_path))
+    other = dataclasses.replace(header, target="releases/sysupd-demo-9.9.9.tar")
+    with pytest.raises(VerificationError, match="does not list"):
+        verify_bundle(other, _trust(repo), POLICY, NOW)
+
+
+def test_garbage_metadata(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, "1.0.0")
+    header = read_header(_bundle(repo, "1.0.0", tmp_path))
+    with pytest.raises(VerificationError, match="cannot be parsed"):
+        verify_bundle(dataclasses.replace(header, targets="{]"), _trust(repo), POLICY, NOW)
+    swapped = dataclasses.replace(header, targets=header.roots[0])
+    with pytest.raises(VerificationError, match="expected targets metadata"):
+        verify_bundle(swapped, _trust(repo), POLICY, NOW)
