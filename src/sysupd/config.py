@@ -42,6 +42,8 @@ class ServiceConfig:
     lockout_s: float = 3600.0
     session_queue_frames: int = 1024
     """Frames a session may have waiting to be sent before it is judged stuck and closed."""
+    send_timeout_s: float = 30.0
+    """Seconds a socket may accept nothing before it is judged stuck and closed."""
     log_max_bytes: int = 1 * MiB
     kdf_time_cost: int = 3
     kdf_memory_kib: int = 65536
@@ -111,11 +113,16 @@ def build_config(values: Mapping[str, Any]) -> ServiceConfig:
         else:
             raise ConfigError(f"unknown configuration key {name!r}")
     service.setdefault("state_dir", Path("sysupd-state"))
+    if bool(service.get("tls_cert_file")) != bool(service.get("tls_key_file")):
+        raise ConfigError("TLS needs both 'tls_cert_file' and 'tls_key_file'")
     if service.get("tls_cert_file") and service.get("tls_key_file"):
         for port, default in _TLS_PORTS.items():
             service.setdefault(port, default)
     settings = apply_changes(Settings(), setting_changes)
-    return ServiceConfig(settings=settings, **service)
+    config = ServiceConfig(settings=settings, **service)
+    if config.kdf_memory_kib < 8 * config.kdf_parallelism:
+        raise ConfigError("'kdf_memory_kib' must be at least 8 times 'kdf_parallelism'")
+    return config
 
 
 def _check_service_value(name: str, value: Any) -> Any:

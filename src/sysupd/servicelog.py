@@ -1,17 +1,22 @@
 """The service log behind ``sys/middleware_log``: a bounded in-memory tail plus a log file.
 
 Lines are timestamped, never contain a newline, and never contain passwords or tokens (callers log
-names and outcomes only). The file is appended to and rotated once it passes four times the tail
-size; on start the tail is preloaded from it, so the log of an update survives the reboot.
+names and outcomes only). The tail is bounded by the size it has on the wire (HTML-escaped UTF-8,
+``<br>``-joined). The file is appended to and rotated once it passes four times the tail size; on
+start the tail is preloaded from it, so the log of an update survives the reboot. A file that
+cannot be written (a full disk) never makes logging fail: the tail goes on, and the file is
+reopened at the next line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import html
 import logging
 import os
 from collections import deque
 from pathlib import Path
+from typing import TextIO
 
 from sysupd.system.clock import Clock
 
@@ -27,9 +32,10 @@ class ServiceLog:
         self._path = path
         self._clock = clock
         self._max_bytes = max_bytes
-        self._lines: deque[str] = deque()
+        self._lines: deque[tuple[str, int]] = deque()
         self._size = 0
-        self._file = None
+        self._file: TextIO | None = None
+        self._file_broken = False
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._preload(path)
@@ -49,11 +55,11 @@ class ServiceLog:
 
     def text(self) -> str:
         """The tail as ``sys/middleware_log`` returns it: HTML-escaped lines joined by ``<br>``."""
-        return "<br>".join(html.escape(line, quote=False) for line in self._lines)
+        return "<br>".join(html.escape(line, quote=False) for line, _ in self._lines)
 
     def lines(self) -> list[str]:
         """The tail, newest last."""
-        return list(self._lines)
+        return [line for line, _ in self._lines]
 
     def close(self) -> None:
         """Close the file."""
@@ -66,17 +72,31 @@ class ServiceLog:
         line = f"{stamp} {level} {' '.join(message.splitlines())}"
         getattr(_console, level.lower())(message)
         self._append(line)
-        if self._file is not None:
+        if self._path is None:
+            return
+        try:
+            if self._file is None:
+                self._file = self._path.open("a", encoding="utf-8")
             self._file.write(line + "\n")
             self._file.flush()
             if self._file.tell() > 4 * self._max_bytes:
                 self._rotate()
+            self._file_broken = False
+        except OSError as exc:
+            if not self._file_broken:
+                _console.error("cannot write the service log %s: %s", self._path, exc)
+            self._file_broken = True
+            if self._file is not None:
+                with contextlib.suppress(OSError):
+                    self._file.close()
+                self._file = None
 
     def _append(self, line: str) -> None:
-        self._lines.append(line)
-        self._size += len(line) + 1
-        while self._size > self._max_bytes and len(self._lines) > 1:
-            self._size -= len(self._lines.popleft()) + 1
+        size = len(html.escape(line, quote=False).encode()) + len("<br>")
+        self._lines.append((line, size))
+        self._size += size
+        while self._size > self._max_bytes + len("<br>") and len(self._lines) > 1:
+            self._size -= self._lines.popleft()[1]
 
     def _preload(self, path: Path) -> None:
         try:
@@ -94,5 +114,6 @@ class ServiceLog:
         assert self._file is not None
         assert self._path is not None
         self._file.close()
+        self._file = None
         os.replace(self._path, self._path.with_suffix(".log.1"))
         self._file = self._path.open("a", encoding="utf-8")

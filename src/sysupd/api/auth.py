@@ -1,14 +1,22 @@
 """Logging in: passwords (for ``rpc/auth`` and HTTP Basic), tokens and the lockout, together.
 
 Every attempt is logged with the user name, the address and the outcome — never the password or
-a token. Password checks run in a worker thread, so a login never stalls the event loop.
+a token. Password checks run on a small pool of their own, so logins never stall the event loop
+nor starve other work of threads; attempts from one address are checked one at a time, so a
+burst cannot outrun the lockout. IPv6 addresses are counted by their /64, the unit one host
+controls. Verified HTTP Basic credentials are remembered briefly (keyed by a keyed hash, never the
+password), so a client making many calls does not pay the memory-hard hash on each one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import ipaddress
+import secrets
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from sysupd.core.sessions import LoginThrottle, TokenTable
 from sysupd.errors import TooManyRequests, Unauthorized
@@ -16,7 +24,24 @@ from sysupd.servicelog import ServiceLog
 from sysupd.store.users import User, UserStore
 from sysupd.system.clock import Clock
 
-__all__ = ["Authenticator"]
+__all__ = ["Authenticator", "throttle_key"]
+
+_KDF_THREADS = 2
+_BASIC_CACHE_S = 60.0
+_BASIC_CACHE_MAX = 1024
+
+
+def throttle_key(address: str) -> str:
+    """The unit the lockout counts: the IPv4 address, or the IPv6 /64."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 class Authenticator:
@@ -37,6 +62,10 @@ class Authenticator:
         self._clock = clock
         self._log = log
         self._lockout_loopback = lockout_loopback
+        self._pool = ThreadPoolExecutor(_KDF_THREADS, thread_name_prefix="sysupd-kdf")
+        self._address_locks: dict[str, asyncio.Lock] = {}
+        self._cache_key = secrets.token_bytes(32)
+        self._basic_cache: dict[bytes, tuple[str, str, float]] = {}
 
     @property
     def token_ttl_s(self) -> float:
@@ -50,17 +79,54 @@ class Authenticator:
             TooManyRequests: ``address`` is locked out.
             Unauthorized: the name or password is wrong.
         """
-        self._check_lockout(address)
+        key = throttle_key(address)
+        lock = self._address_locks.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                return await self._check_password(name, password, address, key, via)
+        finally:
+            if not lock.locked() and self._address_locks.get(key) is lock:
+                del self._address_locks[key]
+
+    async def _check_password(
+        self, name: str, password: str, address: str, key: str, via: str
+    ) -> User:
+        self._check_lockout(address, key)
         user, stored = self._users.credentials(name)
-        ok = await asyncio.to_thread(self._users.verify, stored, password)
+        loop = asyncio.get_running_loop()
+        ok = await loop.run_in_executor(self._pool, self._users.verify, stored, password)
         if not ok or user is None:
-            self._log.info(f"login failed: user {name!r} from {address} via {via}")
+            self._log.info(f"login failed: user {name[:64]!r} from {address} via {via}")
             if self._throttled(address) and self._throttle.record_failure(
-                address, self._clock.monotonic()
+                key, self._clock.monotonic()
             ):
-                self._log.warning(f"login lockout: {address} after repeated failures")
+                self._log.warning(f"login lockout: {key} after repeated failures")
             raise Unauthorized("wrong user name or password")
-        self._users.rehash_if_needed(user, stored, password)
+        if self._users.needs_rehash(stored):
+            new_hash = await loop.run_in_executor(self._pool, self._users.hash, password)
+            self._users.replace_hash(user, stored, new_hash)
+        return user
+
+    async def check_basic(self, name: str, password: str, address: str) -> User:
+        """``check_password`` for HTTP Basic, remembering verified credentials briefly.
+
+        Raises:
+            TooManyRequests: ``address`` is locked out.
+            Unauthorized: the name or password is wrong.
+        """
+        digest = hmac.new(self._cache_key, f"{name}\0{password}".encode(), hashlib.sha256)
+        cache_key = digest.digest()
+        now = self._clock.monotonic()
+        cached = self._basic_cache.get(cache_key)
+        if cached is not None and cached[2] > now:
+            user = self._users.get(cached[0])
+            if user is not None and user.stamp == cached[1]:
+                return user
+            del self._basic_cache[cache_key]
+        user = await self.check_password(name, password, address, "http")
+        if len(self._basic_cache) >= _BASIC_CACHE_MAX:
+            self._basic_cache.clear()
+        self._basic_cache[cache_key] = (user.uuid, user.stamp, now + _BASIC_CACHE_S)
         return user
 
     async def login(self, name: str, password: str, address: str, via: str) -> tuple[User, str]:
@@ -72,31 +138,39 @@ class Authenticator:
         """
         user = await self.check_password(name, password, address, via)
         self._log.info(f"login: user {user.name!r} from {address} via {via}")
-        return user, self._tokens.issue(user.uuid, self._clock.monotonic())
+        return user, self._tokens.issue(user.uuid, user.stamp, self._clock.monotonic())
 
     def exchange(self, token: str, address: str) -> tuple[User, str]:
         """Trade a live token for a new one (``rpc/auth_token``); the old one dies.
 
         Raises:
             TooManyRequests: ``address`` is locked out.
-            Unauthorized: the token is unknown or expired, or its user is gone.
+            Unauthorized: the token is unknown or expired, or its user is gone or changed.
         """
-        self._check_lockout(address)
+        key = throttle_key(address)
+        self._check_lockout(address, key)
         now = self._clock.monotonic()
         grant = self._tokens.redeem(token, now)
         user = self._users.get(grant.user_uuid) if grant is not None else None
-        if user is None:
+        if user is None or grant is None or user.stamp != grant.stamp:
             self._log.info(f"token login failed from {address}")
             if self._throttled(address):
-                self._throttle.record_failure(address, now)
+                self._throttle.record_failure(key, now)
             raise Unauthorized("the token is unknown or has expired")
         self._log.info(f"token login: user {user.name!r} from {address}")
-        return user, self._tokens.issue(user.uuid, now)
+        return user, self._tokens.issue(user.uuid, user.stamp, now)
 
     def touch(self, token: str) -> User | None:
-        """The user of a live token, extending it; ``None`` if it died or its user is gone."""
+        """The user of a live token, extending it; ``None`` if it died, or its user is gone or
+        changed password since (the token is then forgotten)."""
         grant = self._tokens.touch(token, self._clock.monotonic())
-        return self._users.get(grant.user_uuid) if grant is not None else None
+        if grant is None:
+            return None
+        user = self._users.get(grant.user_uuid)
+        if user is None or user.stamp != grant.stamp:
+            self._tokens.revoke(token)
+            return None
+        return user
 
     def is_live(self, token: str) -> bool:
         """Whether ``token`` still lives (without extending it)."""
@@ -107,21 +181,29 @@ class Authenticator:
         self._tokens.revoke(token)
 
     def sweep(self) -> None:
-        """Forget dead tokens and old failures."""
+        """Forget dead tokens, stale credentials and old failures."""
         now = self._clock.monotonic()
         self._tokens.sweep(now)
         self._throttle.sweep(now)
+        for key in [k for k, v in self._basic_cache.items() if v[2] <= now]:
+            del self._basic_cache[key]
 
-    def _check_lockout(self, address: str) -> None:
-        left = self._throttle.locked_for(address, self._clock.monotonic())
-        if left > 0:
+    def close(self) -> None:
+        """Stop the hashing pool."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _check_lockout(self, address: str, key: str) -> None:
+        left = self._throttle.locked_for(key, self._clock.monotonic())
+        if left > 0 and self._throttled(address):
             raise TooManyRequests(
                 f"too many failed logins from {address}; try again in {int(left // 60) + 1} min"
             )
 
     def _throttled(self, address: str) -> bool:
         try:
-            loopback = ipaddress.ip_address(address).is_loopback
+            ip = ipaddress.ip_address(address)
         except ValueError:
-            loopback = False
-        return not loopback or self._lockout_loopback()
+            return True
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return not ip.is_loopback or self._lockout_loopback()

@@ -11,12 +11,13 @@ import binascii
 import json
 from base64 import b64decode
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from sysupd.api.calls import SERVICE_KEY, CallContext
 from sysupd.core.envelope import EnvelopeError, Request, error_args, parse_request_object
-from sysupd.errors import BadRequest, ClientError, PayloadTooLarge, Unauthorized
+from sysupd.errors import BadRequest, ClientError, Forbidden, PayloadTooLarge, Unauthorized
 
 if TYPE_CHECKING:
     from sysupd.api.service import Service
@@ -34,11 +35,12 @@ async def handle_api(request: web.Request) -> web.StreamResponse:
     service: Service = request.app[SERVICE_KEY]
     address = request.remote or "unknown"
     try:
+        _refuse_cross_site(request)
         call = await _read_call(request)
         ctx = CallContext(service, address)
         if call.namespace != "rpc" or call.name not in ("auth", "auth_token"):
             name, password = parse_basic_auth(request.headers.get("Authorization"))
-            ctx.user = await service.auth.check_password(name, password, address, "http")
+            ctx.user = await service.auth.check_basic(name, password, address)
         result = await service.calls.dispatch(ctx, call)
     except ClientError as exc:
         headers = _CHALLENGE if isinstance(exc, Unauthorized) else None
@@ -48,6 +50,16 @@ async def handle_api(request: web.Request) -> web.StreamResponse:
         error = service.internal_error(call, exc)
         return _envelope("error", error_args(error), 500)
     return _envelope("response", result or {}, 200)
+
+
+def _refuse_cross_site(request: web.Request) -> None:
+    """Browsers attach cached Basic credentials to requests any page makes; refuse those that
+    another site started, so a web page cannot reboot or reconfigure the appliance."""
+    if request.headers.get("Sec-Fetch-Site", "") == "cross-site":
+        raise Forbidden("cross-site requests are refused")
+    origin = request.headers.get("Origin")
+    if origin is not None and urlsplit(origin).netloc.lower() != request.host.lower():
+        raise Forbidden(f"requests from origin {origin[:100]!r} are refused")
 
 
 def parse_basic_auth(header: str | None) -> tuple[str, str]:

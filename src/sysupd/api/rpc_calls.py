@@ -75,6 +75,7 @@ RPC_CALLS = [
         Schema({"token": Arg(str, required=True, check=_max_chars(_TOKEN_CHARS))}),
         login=False,
     ),
-    Call("rpc", "auth_clear", auth_clear),
+    # Like the other rpc/auth* calls it needs no login: on any socket it ends the session.
+    Call("rpc", "auth_clear", auth_clear, login=False),
     Call("rpc", "query", query),
 ]

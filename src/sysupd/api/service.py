@@ -132,6 +132,7 @@ class Service:
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
+        self.auth.close()
         self.log.info("sysupd stopped")
         self.log.close()
         self.db.close()
@@ -212,7 +213,11 @@ class Service:
         outcome = await run_reboot_action(
             s.reboot_action, plan.kind, s.reboot_command, s.poweroff_command
         )
-        self.log.info(outcome.log_line)
+        if outcome.failed:
+            self.log.warning(f"{plan.kind.value} failed: {outcome.log_line}")
+            self.events.publish("sys/reboot", {"reboot_scheduled": False})
+        else:
+            self.log.info(outcome.log_line)
         if outcome.process_exit is not None:
             self.request_exit(outcome.process_exit)
 

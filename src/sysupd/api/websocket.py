@@ -2,14 +2,17 @@
 
 Outgoing frames go through a bounded queue drained by a writer task. Replies wait for room in it
 (backpressure on the client that sent the requests, and on nobody else); events never wait: a
-session whose queue is full is judged stuck and closed. The socket must log in within the login
-deadline; its token must stay live, or its calls are refused with 401 and it gets no events.
+session whose queue is full, or whose socket accepts nothing for ``send_timeout_s``, is judged
+stuck and aborted — its transport dropped and its handler cancelled, so nothing of it lingers.
+The socket must log in within the login deadline; its token must stay live, or its calls are
+refused with 401 and it gets no events. After ``rpc/auth_clear`` no further frame is read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -17,7 +20,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from sysupd.api.calls import SERVICE_KEY, CallContext
 from sysupd.core.envelope import EnvelopeError, encode_error, encode_reply, parse_request
 from sysupd.core.sessions import SessionState, SessionStateMachine
-from sysupd.errors import ClientError
+from sysupd.errors import ClientError, Unauthorized
 from sysupd.store.users import User
 
 if TYPE_CHECKING:
@@ -25,7 +28,15 @@ if TYPE_CHECKING:
 
 __all__ = ["WsSession", "handle_websocket"]
 
-_CLOSE = object()  # queued by log_out: send what came before, then close
+_CLOSE_GRACE_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Close:
+    """Queued after the last frame to send: then close with ``code``."""
+
+    code: int
+    message: bytes = b""
 
 
 class WsSession:
@@ -41,14 +52,15 @@ class WsSession:
         self.service = service
         self.address = address
         self._transport = transport
-        self.user: User | None = None
         self._ws = ws
         self._state = SessionStateMachine()
         self._token: str | None = None
-        self._queue: asyncio.Queue[str | object] = asyncio.Queue(
+        self._queue: asyncio.Queue[str | _Close] = asyncio.Queue(
             service.config.session_queue_frames
         )
         self._writer: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[object] | None = None
+        self._closer: asyncio.Task[None] | None = None
 
     @property
     def state(self) -> SessionState:
@@ -56,26 +68,33 @@ class WsSession:
         return self._state.state
 
     def log_in(self, user: User, token: str) -> None:
-        """Bind the session to ``user``; a previous token of the session dies."""
+        """Bind the session to ``user``'s new ``token``; a previous token of the session dies.
+
+        Raises:
+            Unauthorized: the session closed while the login was being checked.
+        """
+        if self._state.state is SessionState.CLOSED:
+            self.service.auth.revoke(token)
+            raise Unauthorized("the session closed before the login completed")
         if self._token is not None:
             self.service.auth.revoke(self._token)
         self._state.move(SessionState.AUTHENTICATED)
-        self.user, self._token = user, token
+        self._token = token
 
     def log_out(self) -> None:
-        """``rpc/auth_clear``: the token dies, and the socket closes once queued frames are out."""
+        """``rpc/auth_clear``: the token dies, no further frame is read, the socket closes."""
         if self._token is not None:
             self.service.auth.revoke(self._token)
-        self._token = None
-        self.user = None
-        with contextlib.suppress(asyncio.QueueFull):
-            self._queue.put_nowait(_CLOSE)
+            self._token = None
+        self._finish(_Close(WSCloseCode.OK))
 
     async def close(self, code: int) -> None:
-        """Close the socket from the server's side (service shutdown)."""
-        self._close_state()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._ws.close(code=code), timeout=1.0)
+        """Close from the server's side (shutdown): queued frames first, briefly, then abort."""
+        self._finish(_Close(code))
+        if self._writer is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._writer), _CLOSE_GRACE_S)
+        self._abort()
 
     def wants_events(self) -> bool:
         """Logged in with a live token."""
@@ -86,24 +105,24 @@ class WsSession:
         )
 
     def offer(self, frame: str) -> None:
-        """Queue an event; a full queue means the client is not reading: close it."""
+        """Queue an event; a full queue means the client is not reading: abort it."""
         try:
             self._queue.put_nowait(frame)
         except asyncio.QueueFull:
-            self.service.log.warning(
-                f"closing websocket from {self.address}: it fell "
-                f"{self._queue.maxsize} frames behind"
-            )
-            self._abort()
+            self._stuck(f"it fell {self._queue.maxsize} frames behind")
 
     async def run(self) -> None:
         """Serve the socket until it closes."""
+        self._task = asyncio.current_task()
         self._writer = asyncio.create_task(self._write_loop())
         deadline = asyncio.get_running_loop().call_later(
             self.service.config.login_timeout_s, self._login_deadline
         )
         try:
             await self._read_loop()
+        except asyncio.CancelledError:
+            if self._state.state is not SessionState.CLOSED:
+                raise  # cancelled from outside (shutdown), not by _abort
         finally:
             deadline.cancel()
             self._close_state()
@@ -113,6 +132,8 @@ class WsSession:
 
     async def _read_loop(self) -> None:
         async for msg in self._ws:
+            if self._state.state is SessionState.CLOSED:
+                break
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 await self._handle(msg.data)
                 # Yield after every frame, so a client sending a burst cannot starve the others.
@@ -144,9 +165,6 @@ class WsSession:
         user = self.service.auth.touch(self._token)
         if user is None:
             self._token = None
-            self.user = None
-        else:
-            self.user = user
         return user
 
     async def _send(self, frame: str) -> None:
@@ -154,14 +172,18 @@ class WsSession:
             await self._queue.put(frame)
 
     async def _write_loop(self) -> None:
+        timeout = self.service.config.send_timeout_s
         try:
             while True:
                 frame = await self._queue.get()
-                if frame is _CLOSE:
-                    await self._ws.close()
+                if isinstance(frame, _Close):
+                    await asyncio.wait_for(
+                        self._ws.close(code=frame.code, message=frame.message), timeout
+                    )
                     return
-                assert isinstance(frame, str)
-                await self._ws.send_str(frame)
+                await asyncio.wait_for(self._ws.send_str(frame), timeout)
+        except TimeoutError:
+            self._stuck(f"it accepted nothing for {timeout:g} s")
         except (ConnectionError, RuntimeError):
             # The peer went away mid-send; the read loop sees the close and ends the session.
             return
@@ -169,16 +191,33 @@ class WsSession:
     def _login_deadline(self) -> None:
         if self._state.state is SessionState.CONNECTED:
             self.service.log.info(f"closing websocket from {self.address}: no login in time")
-            asyncio.get_running_loop().create_task(
-                self._ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"login deadline")
-            )
+            self._finish(_Close(WSCloseCode.POLICY_VIOLATION, b"login deadline"))
+            self._closer = asyncio.get_running_loop().create_task(self._abort_later())
+
+    async def _abort_later(self) -> None:
+        await asyncio.sleep(_CLOSE_GRACE_S)
+        self._abort()
+
+    def _finish(self, close: _Close) -> None:
+        """Stop reading and queue the close frame; a session with no room for it is aborted."""
+        self._close_state()
+        try:
+            self._queue.put_nowait(close)
+        except asyncio.QueueFull:
+            self._abort()
+
+    def _stuck(self, why: str) -> None:
+        self.service.log.warning(f"closing websocket from {self.address}: {why}")
+        self._abort()
 
     def _abort(self) -> None:
-        if self._writer is not None:
-            self._writer.cancel()
         self._close_state()
+        if self._writer is not None and self._writer is not asyncio.current_task():
+            self._writer.cancel()
         if isinstance(self._transport, asyncio.Transport):
             self._transport.abort()
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
 
     def _close_state(self) -> None:
         if self._state.state is not SessionState.CLOSED:
@@ -190,7 +229,7 @@ class WsSession:
 
 async def handle_websocket(request: web.Request) -> web.StreamResponse:
     """The WebSocket listener's handler for ``/`` and ``/websocket``."""
-    service: Service = request.app[SERVICE_KEY]
+    service = request.app[SERVICE_KEY]
     ws = web.WebSocketResponse(max_msg_size=service.config.max_frame_bytes, decode_text=False)
     await ws.prepare(request)
     address = request.remote or "unknown"

@@ -46,7 +46,8 @@ def serve(
     if how is ProcessExit.REEXEC:
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execv(sys.executable, [sys.executable, "-m", "sysupd", *sys.argv[1:]])  # noqa: S606
+        # The same interpreter, flags and command line the process was started with.
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])  # noqa: S606
 
 
 async def _serve(config: ServiceConfig) -> ProcessExit:

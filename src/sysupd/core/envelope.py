@@ -13,6 +13,7 @@ from typing import Any
 from sysupd.errors import BadRequest, ClientError
 
 __all__ = [
+    "MAX_ID_CHARS",
     "EnvelopeError",
     "Request",
     "encode_error",
@@ -22,6 +23,9 @@ __all__ = [
     "parse_request",
     "parse_request_object",
 ]
+
+MAX_ID_CHARS = 256
+"""Longer ids are refused, so that a reply never echoes a huge one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +77,13 @@ def parse_request_object(data: object) -> Request:
     if not isinstance(data, dict):
         raise EnvelopeError(f"frame must be a JSON object, not {_json_type(data)}")
     raw_id = data.get("id")
-    request_id = raw_id if isinstance(raw_id, str) else ""
+    request_id = raw_id if isinstance(raw_id, str) and len(raw_id) <= MAX_ID_CHARS else ""
     if raw_id is None and "id" not in data:
         raise EnvelopeError("'id' is missing")
     if not isinstance(raw_id, str):
         raise EnvelopeError(f"'id' must be a string, not {_json_type(raw_id)}")
+    if len(raw_id) > MAX_ID_CHARS:
+        raise EnvelopeError(f"'id' is longer than {MAX_ID_CHARS} characters")
     for key in ("namespace", "name"):
         if key not in data:
             raise EnvelopeError(f"'{key}' is missing", request_id)

@@ -68,6 +68,8 @@ class TokenGrant:
     """What a live token stands for."""
 
     user_uuid: str
+    stamp: str
+    """The user's credential stamp at login; a password change makes it stale."""
     last_used: float
 
 
@@ -78,10 +80,10 @@ class TokenTable:
     ttl_s: float
     _tokens: dict[str, TokenGrant] = field(default_factory=dict)
 
-    def issue(self, user_uuid: str, now: float) -> str:
-        """Create a token for ``user_uuid``."""
+    def issue(self, user_uuid: str, stamp: str, now: float) -> str:
+        """Create a token for ``user_uuid`` whose credentials carry ``stamp``."""
         token = secrets.token_urlsafe(32)
-        self._tokens[token] = TokenGrant(user_uuid, now)
+        self._tokens[token] = TokenGrant(user_uuid, stamp, now)
         return token
 
     def touch(self, token: str, now: float) -> TokenGrant | None:
@@ -92,7 +94,7 @@ class TokenTable:
         if now - grant.last_used > self.ttl_s:
             del self._tokens[token]
             return None
-        grant = TokenGrant(grant.user_uuid, now)
+        grant = TokenGrant(grant.user_uuid, grant.stamp, now)
         self._tokens[token] = grant
         return grant
 
@@ -111,11 +113,6 @@ class TokenTable:
     def revoke(self, token: str) -> None:
         """Forget ``token`` (logout, socket closed)."""
         self._tokens.pop(token, None)
-
-    def revoke_user(self, user_uuid: str) -> None:
-        """Forget every token of ``user_uuid`` (user removed or password changed)."""
-        for token in [t for t, g in self._tokens.items() if g.user_uuid == user_uuid]:
-            del self._tokens[token]
 
     def sweep(self, now: float) -> int:
         """Forget expired tokens; returns how many."""
@@ -147,6 +144,11 @@ class LoginThrottle:
             del self._locked_until[address]
             return 0.0
         return until - now
+
+    def failures(self, address: str, now: float) -> int:
+        """Failed logins from ``address`` inside the window."""
+        times = self._failures.get(address)
+        return sum(1 for t in times if now - t <= self.window_s) if times else 0
 
     def record_failure(self, address: str, now: float) -> bool:
         """Count a failed login; returns whether it has just locked ``address`` out."""

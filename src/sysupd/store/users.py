@@ -6,7 +6,9 @@ whether or not the user exists, so timing does not reveal user names.
 
 from __future__ import annotations
 
+import hashlib
 import re
+import sqlite3
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +32,13 @@ class User:
     uuid: str
     name: str
     is_admin: bool
+    stamp: str = ""
+    """Changes whenever the password does, so tokens issued before a change can be refused."""
+
+
+def _user(row: sqlite3.Row) -> User:
+    stamp = hashlib.sha256(str(row["password_hash"]).encode()).hexdigest()[:16]
+    return User(row["uuid"], row["name"], bool(row["is_admin"]), stamp)
 
 
 def make_hasher(time_cost: int, memory_kib: int, parallelism: int) -> argon2.PasswordHasher:
@@ -55,7 +64,7 @@ class UserStore:
         """
         _check_name(name)
         _check_password(password)
-        user = User(str(uuid.uuid4()), name, is_admin)
+        user_uuid = str(uuid.uuid4())
         hashed = self._hasher.hash(password)
         with self._db.transaction() as conn:
             if conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
@@ -63,9 +72,9 @@ class UserStore:
             conn.execute(
                 "INSERT INTO users (uuid, name, password_hash, is_admin, created) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (user.uuid, name, hashed, int(is_admin), datetime.now(UTC).isoformat()),
+                (user_uuid, name, hashed, int(is_admin), datetime.now(UTC).isoformat()),
             )
-        return user
+        return self._require(name)
 
     def remove(self, name: str) -> User:
         """Delete a user.
@@ -89,12 +98,16 @@ class UserStore:
         hashed = self._hasher.hash(password)
         with self._db.transaction() as conn:
             conn.execute("UPDATE users SET password_hash = ? WHERE uuid = ?", (hashed, user.uuid))
-        return user
+        return self._require(name)
 
     def list(self) -> list[User]:
         """Every user, by name."""
-        rows = self._db.query("SELECT uuid, name, is_admin FROM users ORDER BY name")
-        return [User(r["uuid"], r["name"], bool(r["is_admin"])) for r in rows]
+        return [
+            _user(r)
+            for r in self._db.query(
+                "SELECT uuid, name, is_admin, password_hash FROM users ORDER BY name"
+            )
+        ]
 
     def count(self) -> int:
         """How many users there are."""
@@ -102,8 +115,10 @@ class UserStore:
 
     def get(self, user_uuid: str) -> User | None:
         """The user with ``user_uuid``, if it still exists."""
-        rows = self._db.query("SELECT uuid, name, is_admin FROM users WHERE uuid = ?", (user_uuid,))
-        return User(rows[0]["uuid"], rows[0]["name"], bool(rows[0]["is_admin"])) if rows else None
+        rows = self._db.query(
+            "SELECT uuid, name, is_admin, password_hash FROM users WHERE uuid = ?", (user_uuid,)
+        )
+        return _user(rows[0]) if rows else None
 
     def credentials(self, name: str) -> tuple[User | None, str]:
         """The user called ``name`` (or ``None``) and the hash to check a password against.
@@ -115,8 +130,7 @@ class UserStore:
         )
         if not rows:
             return None, self._dummy_hash
-        row = rows[0]
-        return User(row["uuid"], row["name"], bool(row["is_admin"])), str(row["password_hash"])
+        return _user(rows[0]), str(rows[0]["password_hash"])
 
     def verify(self, stored_hash: str, password: str) -> bool:
         """Whether ``password`` matches ``stored_hash``. CPU- and memory-heavy, touches no
@@ -126,28 +140,38 @@ class UserStore:
         except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
             return False
 
-    def rehash_if_needed(self, user: User, stored_hash: str, password: str) -> None:
-        """Re-hash a just-verified password when the configured cost has changed."""
-        if self._hasher.check_needs_rehash(stored_hash):
-            with self._db.transaction() as conn:
-                conn.execute(
-                    "UPDATE users SET password_hash = ? WHERE uuid = ?",
-                    (self._hasher.hash(password), user.uuid),
-                )
+    def needs_rehash(self, stored_hash: str) -> bool:
+        """Whether the configured cost has changed since ``stored_hash`` was made."""
+        return bool(self._hasher.check_needs_rehash(stored_hash))
+
+    def hash(self, password: str) -> str:
+        """A new hash of ``password`` (blocking and heavy: run it off the loop)."""
+        return str(self._hasher.hash(password))
+
+    def replace_hash(self, user: User, old_hash: str, new_hash: str) -> None:
+        """Store a re-hash of the same password, unless the password changed meanwhile."""
+        with self._db.transaction() as conn:
+            conn.execute(
+                "UPDATE users SET password_hash = ? WHERE uuid = ? AND password_hash = ?",
+                (new_hash, user.uuid, old_hash),
+            )
 
     def authenticate(self, name: str, password: str) -> User | None:
         """The user if ``password`` is theirs, else ``None`` (blocking; for the CLI and tests)."""
         user, stored = self.credentials(name)
         if not self.verify(stored, password) or user is None:
             return None
-        self.rehash_if_needed(user, stored, password)
+        if self.needs_rehash(stored):
+            self.replace_hash(user, stored, self.hash(password))
         return user
 
     def _require(self, name: str) -> User:
-        rows = self._db.query("SELECT uuid, name, is_admin FROM users WHERE name = ?", (name,))
+        rows = self._db.query(
+            "SELECT uuid, name, is_admin, password_hash FROM users WHERE name = ?", (name,)
+        )
         if not rows:
             raise ConfigError(f"there is no user {name!r}")
-        return User(rows[0]["uuid"], rows[0]["name"], bool(rows[0]["is_admin"]))
+        return _user(rows[0])
 
 
 def _check_name(name: str) -> None:

@@ -38,6 +38,7 @@ class RebootOutcome:
 
     log_line: str
     process_exit: ProcessExit | None
+    failed: bool = False
 
 
 async def run_reboot_action(
@@ -51,23 +52,25 @@ async def run_reboot_action(
     if action == "exit":
         return RebootOutcome(f"{kind.value}: exiting for the supervisor", ProcessExit.EXIT)
     command = poweroff_command if kind is RebootKind.POWEROFF else reboot_command
-    return RebootOutcome(await _run_command(command), None)
+    line, ok = await _run_command(command)
+    return RebootOutcome(line, None, failed=not ok)
 
 
-async def _run_command(command: str) -> str:
+async def _run_command(command: str) -> tuple[str, bool]:
     try:
         argv = shlex.split(command)
     except ValueError as exc:
-        return f"reboot command {command!r} cannot be parsed: {exc}"
+        return f"reboot command {command!r} cannot be parsed: {exc}", False
     if not argv:
-        return "no reboot command is configured"
+        return "no reboot command is configured", False
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
         output, _ = await proc.communicate()
     except OSError as exc:
-        return f"reboot command {command!r} could not start: {exc.strerror}"
+        return f"reboot command {command!r} could not start: {exc.strerror}", False
     text = output.decode("utf-8", "replace").strip().splitlines()
     tail = f": {text[-1]}" if text else ""
-    return f"reboot command {command!r} exited with status {proc.returncode}{tail}"
+    line = f"reboot command {command!r} exited with status {proc.returncode}{tail}"
+    return line, proc.returncode == 0

@@ -1,0 +1,76 @@
+"""Clients that stop reading are cut off completely: nothing of them lingers in the service."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from sysupd.api.service import Service
+from tests.conftest import ADMIN, USER, ClientFactory, ServiceFactory
+
+
+async def _until(condition: object, seconds: float = 10) -> None:
+    assert callable(condition)
+    for _ in range(int(seconds / 0.05)):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+async def test_pipelining_client_that_never_reads_is_removed(
+    start_service: ServiceFactory, connect: ClientFactory
+) -> None:
+    service = await start_service(session_queue_frames=8)
+    stuck = await connect(service, login=ADMIN)
+    healthy = await connect(service, login=USER)
+    transport = stuck.ws._conn.transport  # type: ignore[union-attr]  # a client that stops reading
+    assert transport is not None
+    transport.pause_reading()
+    frame = json.dumps({"namespace": "sys", "name": "middleware_log", "id": "x", "args": {}})
+    for _ in range(2000):
+        if len(service.sessions) < 2:
+            break
+        try:
+            await stuck.ws.send_str(frame)
+        except ConnectionError:
+            break  # the server cut it off
+        service.events.publish("test/ping", {})
+        await asyncio.sleep(0)
+    await _until(lambda: len(service.sessions) == 1)
+    assert (await healthy.call("sys", "info"))["system_id"] == service.system_id
+
+
+async def test_unauthenticated_flooder_is_gone_after_the_login_deadline(
+    start_service: ServiceFactory, connect: ClientFactory
+) -> None:
+    service = await start_service(login_timeout_s=0.5, session_queue_frames=8)
+    flooder = await connect(service)
+    transport = flooder.ws._conn.transport  # type: ignore[union-attr]
+    assert transport is not None
+    transport.pause_reading()
+    junk = "x" * 60000
+    for _ in range(200):
+        try:
+            await flooder.ws.send_str(junk)
+        except ConnectionError:
+            break
+    await _until(lambda: not service.sessions, seconds=15)
+    assert any("no login in time" in line for line in service.log.lines())
+
+
+async def test_nothing_is_read_after_auth_clear(service: Service, connect: ClientFactory) -> None:
+    client = await connect(service)
+    await client.login(*ADMIN)
+    await client.send_raw('{"namespace":"rpc","name":"auth_clear","id":"a","args":{}}')
+    await client.send_raw('{"namespace":"sys","name":"reboot","id":"r","args":{}}')
+    await asyncio.wait_for(client.closed.wait(), 5)
+    assert client.unmatched.empty()
+    assert service.reboots.plan is None
+
+
+async def test_auth_clear_without_login_closes(service: Service, connect: ClientFactory) -> None:
+    client = await connect(service)
+    await client.send_raw('{"namespace":"rpc","name":"auth_clear","id":"a","args":{}}')
+    await asyncio.wait_for(client.closed.wait(), 5)
+    assert client.unmatched.empty()
