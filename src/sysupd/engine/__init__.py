@@ -1,0 +1,1 @@
+"""The update engine: verifying releases and installing them into the inactive slot."""

@@ -1,0 +1,143 @@
+"""A slot that is a directory: tree payloads are extracted into it.
+
+Responsibility: own one inactive slot directory (one of a pair, A and B): empty it, and fill it
+from a verified tree payload through the allow-list extractor (``sysupd.slots.extract``).
+
+Invariants:
+
+- Only what lies inside the slot directory is ever removed or written. The directory itself must
+  be a real directory (not a symbolic link); it is opened with ``O_NOFOLLOW`` and emptied relative
+  to its descriptor, without following any link inside it.
+- ``install`` starts from an empty directory and, on any failure, empties it again before the
+  error propagates: a half-extracted tree never looks installed.
+- A payload refused for its description (not a tree) changes nothing.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+from collections.abc import Callable
+from contextlib import suppress
+from pathlib import Path
+from typing import BinaryIO
+
+from sysupd.errors import InstallError, SysupdError, VerificationError
+from sysupd.slots.base import PayloadSpec, ProgressStream, expect_end
+from sysupd.slots.extract import ExtractLimits, extract_tree
+
+__all__ = ["DirectorySlot"]
+
+_DIR_MODE = 0o755
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class DirectorySlot:
+    """A slot directory that tree payloads are extracted into."""
+
+    def __init__(self, name: str, path: Path) -> None:
+        self.name = name
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"DirectorySlot({self.name!r}, {str(self.path)!r})"
+
+    def install(
+        self,
+        payload: BinaryIO,
+        spec: PayloadSpec,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Empty the slot and extract the tree payload into it; durable when this returns.
+
+        Raises:
+            VerificationError: the payload is not a tree, a member is not allowed, a limit from
+                the signed metadata is exceeded, or the payload is not the signed one.
+            InstallError: the slot could not be emptied or written (full disk, I/O error).
+            AcquireError: the payload stream could not be read.
+        """
+        if spec.kind != "tree":
+            raise VerificationError(
+                f"a {spec.kind} payload cannot go into a directory slot ({self.name})"
+            )
+        self.wipe()
+        source = payload if progress is None else ProgressStream(payload, progress)
+        try:
+            extract_tree(
+                source,
+                self.path,
+                ExtractLimits(max_total_bytes=spec.installed_size),
+                compression=spec.compression,
+            )
+            expect_end(source, "archive")
+        except BaseException:
+            self._wipe_after_failure()
+            raise
+
+    def wipe(self) -> None:
+        """Remove everything inside the slot directory, creating it if it is missing.
+
+        Raises:
+            InstallError: the slot path is a symbolic link or not a directory, or something in
+                it could not be removed.
+        """
+        fd = self._open_directory()
+        try:
+            with os.scandir(fd) as listing:
+                entries = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in listing]
+            for entry_name, is_dir in entries:
+                if is_dir:
+                    # fd-relative and link-safe on Linux (shutil.rmtree.avoids_symlink_attacks)
+                    shutil.rmtree(entry_name, dir_fd=fd)
+                else:
+                    os.unlink(entry_name, dir_fd=fd)
+            os.fsync(fd)
+        except OSError as exc:
+            raise InstallError(f"slot {self.name} could not be emptied: {exc}") from exc
+        finally:
+            os.close(fd)
+
+    def _open_directory(self) -> int:
+        """The slot directory's descriptor, opened without following a link; created if missing.
+
+        Raises:
+            InstallError: the path is a link or not a directory, or cannot be opened or created.
+        """
+        for attempt in range(2):
+            try:
+                return os.open(self.path, _DIR_FLAGS)
+            except FileNotFoundError as exc:
+                if attempt:
+                    raise InstallError(
+                        f"slot {self.name} vanished while it was created: {self.path}"
+                    ) from exc
+                try:
+                    self.path.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+                except OSError as mkdir_exc:
+                    raise InstallError(
+                        f"slot {self.name} directory {self.path} cannot be created: {mkdir_exc}"
+                    ) from mkdir_exc
+            except OSError as exc:
+                raise InstallError(self._unusable(exc)) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _unusable(self, exc: OSError) -> str:
+        """Why the slot path cannot be opened as a directory."""
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            try:
+                mode = os.lstat(self.path).st_mode
+            except OSError:
+                mode = 0
+            if stat.S_ISLNK(mode):
+                return f"slot {self.name} path {self.path} is a symbolic link, not a directory"
+            if exc.errno == errno.ENOTDIR:
+                return f"slot {self.name} path {self.path} is not a directory"
+        return f"slot {self.name} directory {self.path} cannot be opened: {exc}"
+
+    def _wipe_after_failure(self) -> None:
+        """Empty the slot after a failed install; the install's own error is what matters."""
+        # If this fails too, the next install wipes first; nothing switches to a failed slot.
+        with suppress(SysupdError):
+            self.wipe()
