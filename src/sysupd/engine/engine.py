@@ -1,0 +1,372 @@
+"""The update engine: installing a bundle into the inactive slot, and the boot trial after it.
+
+``Engine`` ties the pure rules (trust chain, chunk verification, boot environment, job states) to
+their edges (trust store, state file, slot writers, bootloader adapter). One install runs at a
+time (``UpdateLock``); it goes to the inactive slot, which is marked unbootable before the first
+byte is written and made the next boot only after the whole payload verified — so the booted slot
+and its boot entry are never touched, and an interruption at any instant boots what booted before.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from sysupd.boot.adapter import Bootloader, make_bootloader
+from sysupd.core.bootenv import BootEnv
+from sysupd.core.bundle_format import (
+    BUNDLE_PREFIX_BYTES,
+    decode_bundle_header,
+    decode_bundle_prefix,
+)
+from sysupd.core.chunks import ChunkVerifier
+from sysupd.core.job import JobState, JobStateMachine
+from sysupd.core.manifest import Manifest
+from sysupd.core.settings import Settings
+from sysupd.core.trustchain import ReleasePolicy, verify_bundle
+from sysupd.core.versions import parse_version
+from sysupd.engine.lock import UpdateLock
+from sysupd.engine.slotset import SlotConfig, inactive_slot, make_writer, slot_configs
+from sysupd.engine.state import EngineState, JobRecord, LastResult, SlotRecord, StateFile
+from sysupd.engine.stream import VerifiedReader
+from sysupd.engine.trust import TrustStore
+from sysupd.errors import AcquireError, BootError, UpdateError, VerificationError
+from sysupd.slots.base import PayloadSpec
+from sysupd.system.clock import Clock
+
+__all__ = ["BootReport", "Engine", "Progress"]
+
+Progress = Callable[[JobState, int, int], None]
+"""Called with the stage, bytes done and bytes in all."""
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BootReport:
+    """What ``Engine.start`` found."""
+
+    slot: str
+    version: str
+    rolled_back: str | None
+    """Why the previous boot choice was abandoned, if it was."""
+    interrupted: str | None
+    """The install that a crash or power cut interrupted, if any."""
+
+
+class Engine:
+    """The update engine of one state directory."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        settings: Settings,
+        clock: Clock,
+        *,
+        cmdline: Path = Path("/proc/cmdline"),
+    ) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir = state_dir
+        self.settings = settings
+        self.clock = clock
+        self.slots: dict[str, SlotConfig] = {
+            s.name: s for s in slot_configs(settings.slots, state_dir)
+        }
+        self.bootloader: Bootloader = make_bootloader(
+            settings.bootloader,
+            state_dir,
+            tuple(self.slots),
+            Path(settings.grubenv) if settings.grubenv else None,
+            cmdline,
+        )
+        self.trust = TrustStore(state_dir / "trust", settings.trust_root)
+        self.state_file = StateFile(state_dir / "engine.json")
+        self.lock_path = state_dir / "update.lock"
+
+    # -- boot ----------------------------------------------------------------------------------
+
+    def start(self) -> BootReport:
+        """At service start: settle an interrupted install, learn (or choose) the booted slot.
+
+        Raises:
+            BootError: no slot is bootable, or the bootloader's record is unusable.
+        """
+        state = self.state_file.load()
+        env = self.bootloader.load()
+        interrupted = None
+        if state.job is not None:
+            interrupted = (
+                f"the install of {state.job.version} into slot {state.job.slot} was interrupted"
+            )
+            state = replace(
+                state,
+                job=None,
+                last_result=LastResult("interrupted", interrupted, self._now(), state.job.version),
+            )
+        preferred = env.order[0]
+        if self.bootloader.name == "file":  # sysupd itself is the bootloader
+            choice = env.choose_boot(self.settings.boot_attempts)
+            if choice.slot is None:
+                raise BootError("no slot is bootable: every slot is marked bad or out of attempts")
+            booted, env = choice.slot, choice.env
+            self.bootloader.save(env)
+        else:  # the firmware chose, and says which on the kernel command line
+            found = self.bootloader.booted_slot()
+            if found is None:
+                raise BootError(
+                    "the kernel command line names no sysupd.slot: is the boot loader set up "
+                    "as docs/grub.md says?"
+                )
+            booted = found
+        rolled_back = None
+        if booted != preferred and state.trial == preferred:
+            rolled_back = (
+                f"slot {preferred} ({self._version(state, preferred)}) did not come up within "
+                f"{self.settings.boot_attempts} boot attempts"
+            )
+            state = self._rolled_back(state, rolled_back)
+        state = replace(state, booted=booted)
+        if booted not in state.slots:  # the slot the device shipped with
+            state = state.with_slot(booted, SlotRecord(version=self.settings.factory_version))
+        self.state_file.save(state)
+        return BootReport(booted, self._version(state, booted), rolled_back, interrupted)
+
+    def confirm(self, healthy: bool, detail: str) -> LastResult | None:
+        """The booted slot's health check passed (or not); returns the result it settles.
+
+        A failed check marks the slot bad: the caller reboots, and the previous slot boots.
+        """
+        state = self.state_file.load()
+        booted = state.booted
+        if booted is None:
+            raise BootError("confirm() before start()")
+        env = self.bootloader.load()
+        version = self._version(state, booted)
+        if healthy:
+            self.bootloader.save(env.confirm(booted))
+            floor = state.floor
+            if floor is None or parse_version(version) > parse_version(floor):
+                floor = version
+            result = None
+            if state.trial == booted:
+                result = LastResult(
+                    "success",
+                    f"version {version} booted in slot {booted} and passed its health check",
+                    self._now(),
+                    version,
+                )
+            state = replace(state, floor=floor, trial=None, last_result=result or state.last_result)
+        else:
+            self.bootloader.save(env.reject(booted))
+            cause = f"slot {booted} ({version}) failed its health check: {detail}"
+            result = self._rolled_back(state, cause).last_result
+            state = replace(state, trial=None, last_result=result)
+        self.state_file.save(state)
+        return result
+
+    # -- install -------------------------------------------------------------------------------
+
+    def install_bundle(
+        self, path: Path, *, progress: Progress | None = None, log: Log | None = None
+    ) -> Manifest:
+        """Verify and install an offline bundle into the inactive slot.
+
+        Raises:
+            UpdateBusy: another update runs.
+            AcquireError: the file cannot be read.
+            VerificationError: the bundle is not trusted or not acceptable.
+            InstallError: writing the slot failed.
+        """
+        say = log or (lambda _line: None)
+        with UpdateLock(self.lock_path):
+            job = JobStateMachine()
+            try:
+                job.advance(JobState.ACQUIRING)
+                with _open_bundle(path) as source:
+                    return self._install(job, source, str(path), progress, say)
+            except UpdateError as exc:
+                if job.state.running:
+                    job.fail()
+                failed = LastResult("failed", str(exc), self._now(), None)
+                self.state_file.save(replace(self.state_file.load(), job=None, last_result=failed))
+                raise
+
+    def _install(
+        self,
+        job: JobStateMachine,
+        source: BinaryIO,
+        origin: str,
+        progress: Progress | None,
+        say: Log,
+    ) -> Manifest:
+        state = self.state_file.load()
+        header_size = decode_bundle_prefix(_read_exactly(source, BUNDLE_PREFIX_BYTES, "prefix"))
+        header = decode_bundle_header(_read_exactly(source, header_size, "header"))
+        job.advance(JobState.VERIFYING)
+        policy = ReleasePolicy(
+            self.settings.product,
+            parse_version(state.floor) if state.floor else None,
+            self.settings.allow_downgrade,
+        )
+        verified = verify_bundle(header, self.trust.load(), policy, self._clock_now())
+        manifest = verified.manifest
+        _check_payload_size(source, manifest.length)
+        say(f"verified release {manifest.version} for {manifest.product} ({manifest.length} bytes)")
+        if verified.downgrade:
+            say(f"downgrade to {manifest.version} allowed by allow_downgrade")
+
+        job.advance(JobState.INSTALLING)
+        env = self.bootloader.load()
+        booted = state.booted or env.order[0]
+        target = inactive_slot(env.order, booted)
+        state = replace(state, job=JobRecord(target, str(manifest.version), origin, self._now()))
+        self.state_file.save(state)
+        self.bootloader.save(env.begin_install(target))
+        slot = self.slots[target]
+        say(f"installing into slot {target} ({slot.kind} {slot.path})")
+        total = manifest.length
+
+        def on_bytes(done: int) -> None:
+            if progress is not None:
+                progress(JobState.INSTALLING, done, total)
+
+        reader = VerifiedReader(
+            source,
+            ChunkVerifier(verified.chunk_list, manifest.chunk_size, total, manifest.sha256),
+            progress=on_bytes,
+        )
+        make_writer(self.slots[target]).install(reader, _spec(manifest))
+        if not reader.complete:  # every writer reads to the end; refuse one that did not
+            raise VerificationError("the payload was not read to its signed end")
+        job.mark_payload_verified()
+
+        job.advance(JobState.SWITCHING)
+        # Newer roots and metadata versions are kept only with the update they came with,
+        # so a refused update changes no trust at all.
+        self.trust.record(verified)
+        self.bootloader.save(self.bootloader.load().activate(target))
+        state = replace(
+            state.with_slot(target, SlotRecord(str(manifest.version), self._now(), origin)),
+            job=None,
+            trial=target,
+            last_result=LastResult(
+                "installed",
+                f"version {manifest.version} installed into slot {target}; reboot to try it",
+                self._now(),
+                str(manifest.version),
+            ),
+        )
+        self.state_file.save(state)
+        job.advance(JobState.DONE)
+        say(f"slot {target} will boot next, on trial")
+        return manifest
+
+    # -- status --------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Slots, versions, boot order and trial state, and the last result."""
+        state = self.state_file.load()
+        env: BootEnv | None
+        try:
+            env = self.bootloader.load()
+        except BootError:
+            env = None
+        slots = {}
+        for name, config in self.slots.items():
+            record = state.slots.get(name)
+            boot = env.slots.get(name) if env else None
+            slots[name] = {
+                "kind": config.kind,
+                "path": str(config.path),
+                "version": record.version if record else None,
+                "installed_at": record.installed_at if record else None,
+                "bootable": boot.ok if boot else None,
+                "tries": boot.tries if boot else None,
+                "booted": name == state.booted,
+            }
+        return {
+            "booted": state.booted,
+            "next_boot": env.order[0] if env else None,
+            "trial": state.trial,
+            "floor": state.floor,
+            "slots": slots,
+            "last_result": state.to_json()["last_result"],
+            "job": state.to_json()["job"],
+        }
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _version(self, state: EngineState, slot: str) -> str:
+        record = state.slots.get(slot)
+        return record.version if record and record.version else self.settings.factory_version
+
+    def _rolled_back(self, state: EngineState, cause: str) -> EngineState:
+        result = LastResult("rolled back", f"rolled back: {cause}", self._now(), None)
+        return replace(state, trial=None, last_result=result)
+
+    def _now(self) -> str:
+        return self._clock_now().strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def _clock_now(self) -> datetime:
+        return self.clock.utcnow()
+
+
+def _spec(manifest: Manifest) -> PayloadSpec:
+    return PayloadSpec(
+        kind=manifest.payload,
+        compression=manifest.compression,
+        installed_size=manifest.installed_size,
+        length=manifest.length,
+        sha256=manifest.sha256,
+    )
+
+
+class _open_bundle:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._file: BinaryIO | None = None
+
+    def __enter__(self) -> BinaryIO:
+        try:
+            fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError as exc:
+            raise AcquireError(f"{self._path} does not exist") from exc
+        except OSError as exc:
+            raise AcquireError(f"cannot open {self._path}: {exc.strerror}") from exc
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise AcquireError(f"{self._path} is not a regular file, so it is not a bundle")
+        self._file = os.fdopen(fd, "rb", buffering=0)
+        return self._file
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def _read_exactly(source: BinaryIO, size: int, what: str) -> bytes:
+    data = source.read(size)
+    if len(data) != size:
+        if what == "prefix" and not data:
+            raise VerificationError("the file is empty, not a sysupd bundle")
+        raise VerificationError(f"the bundle is truncated in its {what}")
+    return data
+
+
+def _check_payload_size(source: BinaryIO, length: int) -> None:
+    try:
+        left = os.fstat(source.fileno()).st_size - source.tell()
+    except (OSError, ValueError):
+        return  # not a file: the verifying reader still catches it
+    if left < length:
+        raise VerificationError(
+            f"the bundle is truncated: its payload has {left} of {length} bytes"
+        )
+    if left > length:
+        raise VerificationError(
+            f"the bundle's payload is longer than its signed length ({left} > {length} bytes)"
+        )

@@ -1,0 +1,107 @@
+"""The engine's persisted record: what each slot holds, the version floor, the job under way and
+the last result (``<state_dir>/engine.json``, replaced atomically).
+
+Invariant: a slot's recorded version is set only after its payload fully verified and was
+written; ``job`` is set before the first byte goes to a slot and cleared when the job ends, so a
+``job`` found at start-up means an install was interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from sysupd.errors import StateError
+from sysupd.fsutil import atomic_write, read_capped
+
+__all__ = ["EngineState", "JobRecord", "LastResult", "SlotRecord", "StateFile"]
+
+_MAX_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SlotRecord:
+    """What one slot holds."""
+
+    version: str | None = None
+    installed_at: str | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """An install under way."""
+
+    slot: str
+    version: str
+    source: str
+    started_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class LastResult:
+    """How the last update or boot trial ended, in words for people."""
+
+    result: str
+    """``success``, ``failed``, ``interrupted`` or ``rolled back``."""
+    detail: str
+    at: str
+    version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineState:
+    """The engine's whole record."""
+
+    slots: dict[str, SlotRecord] = field(default_factory=dict)
+    floor: str | None = None
+    """The lowest version accepted without ``allow_downgrade``: the last confirmed good one."""
+    booted: str | None = None
+    """The slot this start booted."""
+    trial: str | None = None
+    """A newly installed slot that has not yet passed its first health check."""
+    job: JobRecord | None = None
+    last_result: LastResult | None = None
+
+    def with_slot(self, name: str, record: SlotRecord) -> EngineState:
+        """A copy with ``name`` holding ``record``."""
+        return replace(self, slots={**self.slots, name: record})
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form."""
+        return asdict(self)
+
+
+class StateFile:
+    """``engine.json``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> EngineState:
+        """The record, or an empty one on first use.
+
+        Raises:
+            StateError: the file exists but is unreadable or malformed.
+        """
+        if not self.path.exists():
+            return EngineState()
+        try:
+            data = json.loads(read_capped(self.path, _MAX_BYTES))
+            return EngineState(
+                slots={k: SlotRecord(**v) for k, v in data["slots"].items()},
+                floor=data["floor"],
+                booted=data["booted"],
+                trial=data["trial"],
+                job=JobRecord(**data["job"]) if data["job"] else None,
+                last_result=LastResult(**data["last_result"]) if data["last_result"] else None,
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise StateError(f"the engine state {self.path} is unreadable: {exc}") from exc
+
+    def save(self, state: EngineState) -> None:
+        """Replace the record atomically."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.path, json.dumps(state.to_json(), indent=1).encode())

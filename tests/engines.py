@@ -1,0 +1,34 @@
+"""An engine on a temp state directory trusting a test repository, as a device would have it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sysupd.core.settings import Settings, apply_changes
+from sysupd.engine.engine import Engine
+from sysupd.release.repository import ReleaseRepository
+from sysupd.system.clock import SystemClock
+from tests.releases import PRODUCT
+
+__all__ = ["device_settings", "make_engine", "snapshot_tree"]
+
+
+def device_settings(repo: ReleaseRepository, **changes: Any) -> Settings:
+    """Settings of a device of ``PRODUCT`` that trusts ``repo``'s first root."""
+    return apply_changes(
+        Settings(),
+        {"product": PRODUCT, "trust_root": str(repo.path / "metadata" / "1.root.json"), **changes},
+    )
+
+
+def make_engine(state_dir: Path, repo: ReleaseRepository, **changes: Any) -> Engine:
+    """An engine for ``state_dir`` (a fresh one is a fresh power-on)."""
+    return Engine(state_dir, device_settings(repo, **changes), SystemClock())
+
+
+def snapshot_tree(root: Path) -> dict[str, bytes]:
+    """Every file below ``root`` by relative path, to compare before and after."""
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
