@@ -65,12 +65,12 @@ def _refused(
     assert engine.install_bundle(good).version  # the next update succeeds
 
 
-def _rewrite(bundle: Path, out: Path, **header_changes: object) -> Path:
+def _rewrite(bundle: Path, out: Path, roots: tuple[str, ...]) -> Path:
     data = bundle.read_bytes()
     header = read_header(bundle)
     size = int.from_bytes(data[8:16], "big")
     payload = data[BUNDLE_PREFIX_BYTES + size :]
-    out.write_bytes(encode_bundle_header(dataclasses.replace(header, **header_changes)) + payload)
+    out.write_bytes(encode_bundle_header(dataclasses.replace(header, roots=roots)) + payload)
     return out
 
 
