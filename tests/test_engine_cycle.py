@@ -122,3 +122,16 @@ def test_next_update_after_a_good_one(tmp_path: Path, repo: ReleaseRepository) -
     final = make_engine(state, repo)
     assert (final.start().slot, final.confirm(True, "") is not None) == ("A", True)
     assert final.status()["floor"] == "1.2.0"
+
+
+def test_established_slot_is_kept_when_its_check_fails(
+    tmp_path: Path, repo: ReleaseRepository
+) -> None:
+    state = tmp_path / "state"
+    _factory(state, repo)
+    again = make_engine(state, repo)
+    assert again.start().slot == "A"
+    assert again.confirm(False, "exit status 1") is None
+    status = again.status()
+    assert status["slots"]["A"]["bootable"] is True
+    assert status["next_boot"] == "A"

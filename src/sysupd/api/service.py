@@ -31,13 +31,15 @@ from sysupd.config import ServiceConfig
 from sysupd.core.envelope import Request
 from sysupd.core.sessions import LoginThrottle, TokenTable
 from sysupd.core.settings import Settings, apply_changes
-from sysupd.errors import ClientError
+from sysupd.engine.engine import BootReport, Engine
+from sysupd.errors import ClientError, SysupdError
 from sysupd.servicelog import ServiceLog
 from sysupd.store.db import Database
 from sysupd.store.meta import system_id
 from sysupd.store.settings import SettingsStore
 from sysupd.store.users import UserStore, make_hasher
 from sysupd.system.clock import Clock, SystemClock
+from sysupd.system.health import run_health_check
 from sysupd.system.reboot import ProcessExit, RebootKind, run_reboot_action
 
 __all__ = ["FIRST_ADMIN", "Service"]
@@ -87,6 +89,8 @@ class Service:
         self._runners: list[web.AppRunner] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._exit: asyncio.Future[ProcessExit] | None = None
+        self.boot: BootReport | None = None
+        self.boot_status = "starting"
         self.ws_port = 0
         self.http_port = 0
 
@@ -116,6 +120,7 @@ class Service:
         self.ws_port = await self._listen(ws_app, self.config.ws_port, ssl_context)
         self.http_port = await self._listen(http_app, self.config.http_port, ssl_context)
         self.spawn(self._sweep_loop())
+        self._start_boot_trial()
         scheme = "https" if ssl_context else "http"
         self.log.info(
             f"sysupd {__version__} serving: websocket on {self.config.host}:{self.ws_port}, "
@@ -156,12 +161,18 @@ class Service:
 
     # -- what the calls use ----------------------------------------------------------------
 
+    def engine(self) -> Engine:
+        """The update engine under the current settings."""
+        return Engine(self.config.state_dir, self.settings, self.clock)
+
     def system_info(self) -> dict[str, Any]:
-        """``sys/info``'s reply."""
+        """``sys/info``'s reply: the booted slot's version, and (ext) which slot and how it is."""
         return {
             "system_id": self.system_id,
-            "system_version": __version__,
+            "system_version": self.boot.version if self.boot else self.settings.factory_version,
             "middleware_version": __version__,
+            "slot": self.boot.slot if self.boot else None,
+            "boot_status": self.boot_status,
         }
 
     def change_settings(self, changes: Mapping[str, Any], *, by: str) -> Settings:
@@ -203,6 +214,47 @@ class Service:
         return InternalError(f"{request.call} failed unexpectedly; see sys/middleware_log")
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _start_boot_trial(self) -> None:
+        """Learn the booted slot, then confirm it with the health check in the background."""
+        try:
+            self.boot = self.engine().start()
+        except SysupdError as exc:
+            self.boot_status = f"error: {exc}"
+            self.log.error(f"boot: {exc}")
+            return
+        self.log.info(f"booted slot {self.boot.slot}, version {self.boot.version}")
+        if self.boot.interrupted:
+            self.log.warning(f"boot: {self.boot.interrupted}; the booted slot is unchanged")
+        if self.boot.rolled_back:
+            self.log.warning(f"boot: rolled back: {self.boot.rolled_back}")
+        self.boot_status = "trial"
+        self.spawn(self._boot_trial())
+
+    async def _boot_trial(self) -> None:
+        ok, detail = await run_health_check(self.settings.health_check_command)
+        try:
+            result = self.engine().confirm(ok, detail)
+        except SysupdError as exc:
+            self.boot_status = f"error: {exc}"
+            self.log.error(f"boot trial: {exc}")
+            return
+        state = self.engine().status()["last_result"]
+        rolled_back = state is not None and state["result"] == "rolled back"
+        if result is None or result.result != "rolled back":
+            self.boot_status = "rolled back" if rolled_back else ("good" if ok else "unhealthy")
+            (self.log.info if ok else self.log.warning)(f"boot trial: {detail}")
+            if result is not None:
+                self.log.info(f"boot trial: {result.detail}")
+            return
+        self.boot_status = "failed"
+        self.log.error(
+            f"boot trial: {detail}; slot {self.boot.slot if self.boot else '?'} "
+            "is abandoned and the previous slot boots next"
+        )
+        self.schedule_reboot(
+            self.settings.auto_reboot_delay_s, RebootKind.RESTART, by="the boot trial"
+        )
 
     def _reboot_due(self, plan: RebootPlan) -> None:
         self.log.info(f"{plan.kind.value} now ({self.settings.reboot_action} action)")

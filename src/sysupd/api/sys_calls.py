@@ -3,12 +3,13 @@ and the idle answers of the update status calls."""
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 from sysupd.api.calls import Call, CallContext
 from sysupd.core.schema import Arg, Schema
 from sysupd.core.settings import settings_to_wire
-from sysupd.errors import BadRequest, ConfigError
+from sysupd.errors import BadRequest, ConfigError, SysupdError
 from sysupd.system.reboot import RebootKind
 
 __all__ = ["SYS_CALLS"]
@@ -51,8 +52,18 @@ async def updates_available(ctx: CallContext, args: dict[str, Any]) -> dict[str,
 
 
 async def update_status(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
-    """The update's state and log."""
-    return {"reboot_required": False, "update_running": False, "update_status": ""}
+    """The update's state and log; with no update since the start, a rollback or an interrupted
+    install is still said plainly."""
+    try:
+        last = ctx.service.engine().status()["last_result"]
+    except SysupdError:
+        last = None
+    told = last is not None and last["result"] in ("rolled back", "interrupted")
+    return {
+        "reboot_required": False,
+        "update_running": False,
+        "update_status": html.escape(last["detail"], quote=False) if told else "",
+    }
 
 
 async def reboot(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import click
 from sysupd import __version__
 from sysupd.cli.release import release
 from sysupd.cli.serve import serve
+from sysupd.cli.updates import boot, install, status
 from sysupd.cli.users import user
 
 __all__ = ["cli", "main"]
@@ -19,6 +20,9 @@ def cli() -> None:
 
 
 cli.add_command(serve)
+cli.add_command(install)
+cli.add_command(status)
+cli.add_command(boot)
 cli.add_command(user)
 cli.add_command(release)
 

@@ -136,9 +136,11 @@ class Engine:
         return BootReport(booted, self._version(state, booted), rolled_back, interrupted)
 
     def confirm(self, healthy: bool, detail: str) -> LastResult | None:
-        """The booted slot's health check passed (or not); returns the result it settles.
+        """Settle the booted slot's health check; returns the result it settles, if any.
 
-        A failed check marks the slot bad: the caller reboots, and the previous slot boots.
+        Only a slot on trial (newly installed) can fail: it is marked bad and the result is
+        "rolled back" — the caller reboots, and the previous slot boots. A failing check on an
+        established slot is reported but changes nothing, since there is no better slot to go to.
         """
         state = self.state_file.load()
         booted = state.booted
@@ -146,27 +148,28 @@ class Engine:
             raise BootError("confirm() before start()")
         env = self.bootloader.load()
         version = self._version(state, booted)
-        if healthy:
-            self.bootloader.save(env.confirm(booted))
-            floor = state.floor
-            if floor is None or parse_version(version) > parse_version(floor):
-                floor = version
-            result = None
-            if state.trial == booted:
-                result = LastResult(
-                    "success",
-                    f"version {version} booted in slot {booted} and passed its health check",
-                    self._now(),
-                    version,
-                )
-            state = replace(state, floor=floor, trial=None, last_result=result or state.last_result)
-        else:
+        if not healthy and state.trial == booted:
             self.bootloader.save(env.reject(booted))
             cause = f"slot {booted} ({version}) failed its health check: {detail}"
-            result = self._rolled_back(state, cause).last_result
-            state = replace(state, trial=None, last_result=result)
-        self.state_file.save(state)
-        return result
+            state = self._rolled_back(state, cause)
+            self.state_file.save(state)
+            return state.last_result
+        self.bootloader.save(env.confirm(booted))
+        if not healthy:
+            return None
+        floor = state.floor
+        if floor is None or parse_version(version) > parse_version(floor):
+            floor = version
+        result = state.last_result
+        if state.trial == booted:
+            result = LastResult(
+                "success",
+                f"version {version} booted in slot {booted} and passed its health check",
+                self._now(),
+                version,
+            )
+        self.state_file.save(replace(state, floor=floor, trial=None, last_result=result))
+        return result if state.trial == booted else None
 
     # -- install -------------------------------------------------------------------------------
 

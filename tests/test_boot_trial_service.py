@@ -1,0 +1,77 @@
+"""The service at start-up: it reports the booted slot's version, confirms the slot with the health
+check, and after a failed check reboots into the previous slot and says "rolled back"."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from sysupd.api.service import Service
+from sysupd.release.repository import ReleaseRepository
+from tests.conftest import ADMIN, USER, ClientFactory, ServiceFactory
+from tests.engines import make_engine
+from tests.releases import PRODUCT, make_repo
+
+
+async def _settled(service: Service) -> str:
+    for _ in range(200):
+        if service.boot_status not in ("starting", "trial"):
+            return service.boot_status
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"boot trial did not settle: {service.boot_status}")
+
+
+def _installed(tmp_path: Path) -> tuple[ReleaseRepository, Path]:
+    repo = make_repo(tmp_path, "1.1.0")
+    bundle = tmp_path / "1.1.0.bundle"
+    repo.write_bundle("1.1.0", bundle)
+    state = tmp_path / "state"
+    engine = make_engine(state, repo)
+    engine.start()
+    engine.confirm(True, "")
+    engine.install_bundle(bundle)
+    return repo, state
+
+
+async def test_new_slot_boots_and_is_confirmed(
+    tmp_path: Path, start_service: ServiceFactory, connect: ClientFactory
+) -> None:
+    repo, state = _installed(tmp_path)
+    service = await start_service(
+        state_dir=state, product=PRODUCT, trust_root=str(repo.path / "metadata" / "1.root.json")
+    )
+    assert await _settled(service) == "good"
+    info = await (await connect(service, login=USER)).call("sys", "info")
+    assert (info["system_version"], info["slot"], info["boot_status"]) == ("1.1.0", "B", "good")
+    assert any("passed its health check" in line for line in service.log.lines())
+
+
+async def test_failed_health_check_reboots_into_the_previous_slot(
+    tmp_path: Path, start_service: ServiceFactory, connect: ClientFactory
+) -> None:
+    repo, state = _installed(tmp_path)
+    settings = {
+        "product": PRODUCT,
+        "trust_root": str(repo.path / "metadata" / "1.root.json"),
+        "health_check_command": "sh -c 'echo database unreachable; exit 3'",
+        "auto_reboot_delay_s": 0,
+        "reboot_action": "exit",
+    }
+    service = await start_service(state_dir=state, **settings)
+    assert await _settled(service) == "failed"
+    await asyncio.wait_for(service.wait_exit_requested(), 5)  # the reboot it scheduled
+    log = "\n".join(service.log.lines())
+    assert "exited with status 3: database unreachable" in log
+    await service.stop()
+
+    after = await start_service(state_dir=state, **{**settings, "health_check_command": ""})
+    assert await _settled(after) == "rolled back"
+    admin = await connect(after, login=ADMIN)
+    info = await admin.call("sys", "info")
+    assert (info["system_version"], info["slot"], info["boot_status"]) == (
+        "0.0.0",
+        "A",
+        "rolled back",
+    )
+    status = await admin.call("sys", "update_status")
+    assert "rolled back" in status["update_status"]

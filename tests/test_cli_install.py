@@ -1,0 +1,121 @@
+"""``sysupd install``, ``status`` and ``boot`` as an operator runs them, and an install killed
+part-way, which leaves the booted slot alone and is reported at the next start."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from sysupd.release.repository import ReleaseRepository
+from tests.procs import run_cli, write_config
+from tests.releases import PRODUCT, make_repo
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> ReleaseRepository:
+    return make_repo(tmp_path, "1.1.0")
+
+
+def _args(tmp_path: Path, repo: ReleaseRepository) -> list[str]:
+    config = write_config(
+        tmp_path / "device.toml",
+        product=PRODUCT,
+        trust_root=str(repo.path / "metadata" / "1.root.json"),
+    )
+    return ["--config", str(config), "--state-dir", str(tmp_path / "state")]
+
+
+async def test_install_status_boot(tmp_path: Path, repo: ReleaseRepository) -> None:
+    bundle = tmp_path / "u.bundle"
+    repo.write_bundle("1.1.0", bundle)
+    device = _args(tmp_path, repo)
+    code, out, err = await run_cli("install", str(bundle), *device)
+    assert code == 0, err
+    assert "installed sysupd-demo 1.1.0" in out
+    code, out, _ = await run_cli("status", "--json", *device)
+    report = json.loads(out)
+    assert (report["next_boot"], report["trial"]) == ("B", "B")
+    assert report["slots"]["B"]["version"] == "1.1.0"
+    code, out, _ = await run_cli("boot", *device)
+    assert code == 0
+    assert "booted slot B (1.1.0)" in out
+    assert "success" in out
+    _, out, _ = await run_cli("status", *device)
+    assert "last result: success" in out
+
+
+async def test_refused_bundle_is_one_clear_line(tmp_path: Path, repo: ReleaseRepository) -> None:
+    bad = tmp_path / "bad.bundle"
+    bad.write_bytes(b"definitely not a bundle" * 10)
+    code, out, err = await run_cli("install", str(bad), *_args(tmp_path, repo))
+    assert code == 1
+    assert out == ""
+    assert err.strip().splitlines() == ["Error: not a sysupd bundle: wrong magic bytes"]
+
+
+async def test_failed_health_check_exits_2(tmp_path: Path, repo: ReleaseRepository) -> None:
+    bundle = tmp_path / "u.bundle"
+    repo.write_bundle("1.1.0", bundle)
+    device = _args(tmp_path, repo)
+    assert (await run_cli("install", str(bundle), *device))[0] == 0
+    with Path(device[1]).open("a") as config:  # noqa: ASYNC230 - a tiny local file
+        config.write('health_check_command = "false"\n')
+    code, out, _ = await run_cli("boot", *device)
+    assert code == 2
+    assert "rolled back" in out
+    code, out, _ = await run_cli("boot", *device)
+    assert code == 0  # the established slot is kept: there is nothing better to go to
+    assert "booted slot A (0.0.0)" in out
+    assert "kept despite the failed check" in out
+
+
+async def test_install_killed_part_way(tmp_path: Path) -> None:
+    big = make_repo(tmp_path / "big")
+    tree = tmp_path / "big-tree"
+    (tree / "data").mkdir(parents=True)
+    (tree / "data" / "blob").write_bytes(os.urandom(96 * 1024 * 1024))
+    big.add_release("2.0.0", tree=tree)
+    bundle = tmp_path / "big.bundle"
+    big.write_bundle("2.0.0", bundle)
+    device = _args(tmp_path, big)
+    running = tmp_path / "state" / "slots" / "A"
+    assert (await run_cli("boot", *device))[0] == 0
+    running.mkdir(parents=True, exist_ok=True)
+    (running / "running-system").write_text("factory\n")
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sysupd",
+        "install",
+        str(bundle),
+        *device,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    while b"installing into slot" not in await asyncio.wait_for(proc.stdout.readline(), 60):
+        pass
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+    state = json.loads((tmp_path / "state" / "engine.json").read_text())
+    if state["job"] is None:
+        pytest.skip("the install finished before the kill landed")
+
+    code, out, _ = await run_cli("boot", *device)
+    assert code == 0
+    assert "interrupted" in out
+    assert "booted slot A (0.0.0)" in out
+    assert (running / "running-system").read_text() == "factory\n"
+    report = json.loads((await run_cli("status", "--json", *device))[1])
+    assert report["next_boot"] == "A"
+    assert report["slots"]["B"]["bootable"] is False
+    assert report["last_result"]["result"] == "interrupted"
+    code, _, err = await run_cli("install", str(bundle), *device)  # the next update succeeds
+    assert code == 0, err
