@@ -225,6 +225,8 @@ class Engine:
         job.advance(JobState.INSTALLING)
         env = self.bootloader.load()
         booted = state.booted or env.order[0]
+        if booted not in state.slots:  # installing before the first start: the factory slot
+            state = state.with_slot(booted, SlotRecord(version=self.settings.factory_version))
         target = inactive_slot(env.order, booted)
         state = replace(state, job=JobRecord(target, str(manifest.version), origin, self._now()))
         self.state_file.save(state)
