@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +101,37 @@ async def connect(http: aiohttp.ClientSession) -> AsyncIterator[ClientFactory]:
     yield open_client
     for client in clients:
         await client.close()
+
+
+def _tmpfs(mount_point: Path, size_mib: int) -> Iterator[Path]:
+    """A real tmpfs of ``size_mib`` at ``mount_point``, or a skip where mounting is not allowed."""
+    mount_point.mkdir()
+    if shutil.which("mount") is None or shutil.which("umount") is None:
+        pytest.skip("no mount/umount here to make a small filesystem")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"mounting a {size_mib} MiB tmpfs is not permitted here: {done.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A full-disk stand-in: a real 1 MiB tmpfs for this test only."""
+    yield from _tmpfs(tmp_path / "tiny", 1)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MiB tmpfs for this test only."""
+    yield from _tmpfs(tmp_path / "small", 2)
 
 
 def api_url(service: Service, call: str) -> str:

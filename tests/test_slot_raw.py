@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import subprocess
 import tracemalloc
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -165,26 +162,6 @@ def test_missing_or_odd_slot_path_is_refused(tmp_path: Path) -> None:
 def test_wipe_truncates_a_file_slot(slot_file: Path) -> None:
     RawSlot("B", slot_file).wipe()
     assert slot_file.stat().st_size == 0
-
-
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 1 MiB tmpfs, mounted for this test only."""
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command here to make a full disk with")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here: {done.stderr.decode().strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
 
 
 def test_full_disk_is_an_install_error(tmp_path: Path, tiny_disk: Path) -> None:

@@ -11,12 +11,9 @@ import errno
 import io
 import os
 import random
-import shutil
 import stat
-import subprocess
 import tarfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -389,27 +386,6 @@ def test_dest_missing(slot: Slot) -> None:
     slot.dest.rmdir()
     with pytest.raises(InstallError, match="cannot be opened"):
         extract_tree(one_way(tar_bytes([])), slot.dest, LIMITS)
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs, or a skip where mounting is not permitted."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    if shutil.which("mount") is None or shutil.which("umount") is None:
-        pytest.skip("no mount/umount here to make a small filesystem")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"mounting a 2 MiB tmpfs is not permitted here: {mounted.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
 
 
 def test_full_disk(small_disk: Path) -> None:
