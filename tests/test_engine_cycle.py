@@ -47,7 +47,8 @@ def test_install_boot_confirm(tmp_path: Path, repo: ReleaseRepository, bundle: P
     assert (state / "slots" / "B" / "etc" / "version").read_text() == "1.1.0\n"
     assert snapshot_tree(state / "slots" / "B") == snapshot_tree(tmp_path / "tree-1.1.0")
     assert progress[-1] == manifest.length
-    assert any("verified release 1.1.0" in line for line in lines)
+    assert any("signed metadata of release 1.1.0" in line for line in lines)
+    assert any("MiB/s" in line for line in lines)
     status = engine.status()
     assert status["next_boot"] == "B"
     assert status["trial"] == "B"

@@ -9,9 +9,11 @@ and its boot entry are never touched, and an interruption at any instant boots w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -176,7 +178,7 @@ class Engine:
     def install_bundle(
         self, path: Path, *, progress: Progress | None = None, log: Log | None = None
     ) -> Manifest:
-        """Verify and install an offline bundle into the inactive slot.
+        """Verify and install an offline bundle file into the inactive slot.
 
         Raises:
             UpdateBusy: another update runs.
@@ -184,13 +186,40 @@ class Engine:
             VerificationError: the bundle is not trusted or not acceptable.
             InstallError: writing the slot failed.
         """
+        return self._run_install(lambda: _open_bundle(path), str(path), progress, log)
+
+    def install_stream(
+        self,
+        source: BinaryIO,
+        origin: str,
+        *,
+        progress: Progress | None = None,
+        log: Log | None = None,
+    ) -> Manifest:
+        """Verify and install a bundle read from ``source`` (e.g. a download) in one pass.
+
+        Raises:
+            UpdateBusy: another update runs.
+            AcquireError: the source failed.
+            VerificationError: the bundle is not trusted or not acceptable.
+            InstallError: writing the slot failed.
+        """
+        return self._run_install(lambda: contextlib.nullcontext(source), origin, progress, log)
+
+    def _run_install(
+        self,
+        opener: Callable[[], AbstractContextManager[BinaryIO]],
+        origin: str,
+        progress: Progress | None,
+        log: Log | None,
+    ) -> Manifest:
         say = log or (lambda _line: None)
         with UpdateLock(self.lock_path):
             job = JobStateMachine()
             try:
                 job.advance(JobState.ACQUIRING)
-                with _open_bundle(path) as source:
-                    return self._install(job, source, str(path), progress, say)
+                with opener() as source:
+                    return self._install(job, source, origin, progress, say)
             except UpdateError as exc:
                 if job.state.running:
                     job.fail()
@@ -207,9 +236,13 @@ class Engine:
         say: Log,
     ) -> Manifest:
         state = self.state_file.load()
+        report = progress or (lambda _stage, _done, _total: None)
+        started = self.clock.monotonic()
+        report(JobState.ACQUIRING, 0, 0)
         header_size = decode_bundle_prefix(_read_exactly(source, BUNDLE_PREFIX_BYTES, "prefix"))
         header = decode_bundle_header(_read_exactly(source, header_size, "header"))
         job.advance(JobState.VERIFYING)
+        report(JobState.VERIFYING, 0, 0)
         policy = ReleasePolicy(
             self.settings.product,
             parse_version(state.floor) if state.floor else None,
@@ -218,7 +251,10 @@ class Engine:
         verified = verify_bundle(header, self.trust.load(), policy, self._clock_now())
         manifest = verified.manifest
         _check_payload_size(source, manifest.length)
-        say(f"verified release {manifest.version} for {manifest.product} ({manifest.length} bytes)")
+        say(
+            f"verified the signed metadata of release {manifest.version} for {manifest.product} "
+            f"({_mib(manifest.length)} payload) in {self.clock.monotonic() - started:.2f} s"
+        )
         if verified.downgrade:
             say(f"downgrade to {manifest.version} allowed by allow_downgrade")
 
@@ -234,10 +270,11 @@ class Engine:
         slot = self.slots[target]
         say(f"installing into slot {target} ({slot.kind} {slot.path})")
         total = manifest.length
+        writing = self.clock.monotonic()
+        report(JobState.INSTALLING, 0, total)
 
         def on_bytes(done: int) -> None:
-            if progress is not None:
-                progress(JobState.INSTALLING, done, total)
+            report(JobState.INSTALLING, done, total)
 
         reader = VerifiedReader(
             source,
@@ -248,8 +285,14 @@ class Engine:
         if not reader.complete:  # every writer reads to the end; refuse one that did not
             raise VerificationError("the payload was not read to its signed end")
         job.mark_payload_verified()
+        took = max(self.clock.monotonic() - writing, 1e-6)
+        say(
+            f"checked and wrote {_mib(total)} into slot {target} in {took:.2f} s "
+            f"({total / took / 2**20:.0f} MiB/s)"
+        )
 
         job.advance(JobState.SWITCHING)
+        report(JobState.SWITCHING, total, total)
         # Newer roots and metadata versions are kept only with the update they came with,
         # so a refused update changes no trust at all.
         self.trust.record(verified)
@@ -320,6 +363,10 @@ class Engine:
         return self.clock.utcnow()
 
 
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
+
+
 def _spec(manifest: Manifest) -> PayloadSpec:
     return PayloadSpec(
         kind=manifest.payload,
@@ -365,7 +412,7 @@ def _read_exactly(source: BinaryIO, size: int, what: str) -> bytes:
 def _check_payload_size(source: BinaryIO, length: int) -> None:
     try:
         left = os.fstat(source.fileno()).st_size - source.tell()
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         return  # not a file: the verifying reader still catches it
     if left < length:
         raise VerificationError(
