@@ -64,7 +64,7 @@ async def test_failed_health_check_exits_2(tmp_path: Path, repo: ReleaseReposito
     repo.write_bundle("1.1.0", bundle)
     device = _args(tmp_path, repo)
     assert (await run_cli("install", str(bundle), *device))[0] == 0
-    with Path(device[1]).open("a") as config:  # noqa: ASYNC230 - a tiny local file
+    with Path(device[1]).open("a") as config:
         config.write('health_check_command = "false"\n')
     code, out, _ = await run_cli("boot", *device)
     assert code == 2

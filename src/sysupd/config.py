@@ -44,6 +44,10 @@ class ServiceConfig:
     """Frames a session may have waiting to be sent before it is judged stuck and closed."""
     send_timeout_s: float = 30.0
     """Seconds a socket may accept nothing before it is judged stuck and closed."""
+    fetch_deadline_s: float = 3600.0
+    """Longest a fetch_url download may take in all."""
+    fetch_stall_s: float = 30.0
+    """A fetch_url download that gets (almost) nothing for this long has stalled."""
     log_max_bytes: int = 1 * MiB
     kdf_time_cost: int = 3
     kdf_memory_kib: int = 65536

@@ -22,7 +22,7 @@ from sysupd.errors import BadRequest, ClientError, Forbidden, PayloadTooLarge, U
 if TYPE_CHECKING:
     from sysupd.api.service import Service
 
-__all__ = ["ALLOWED_METHODS", "handle_api", "parse_basic_auth"]
+__all__ = ["ALLOWED_METHODS", "handle_api", "parse_basic_auth", "refuse_cross_site"]
 
 ALLOWED_METHODS = ("GET", "POST", "PUT", "HEAD", "OPTIONS")
 _CHALLENGE = {"WWW-Authenticate": 'Basic realm="sysupd", charset="UTF-8"'}
@@ -35,7 +35,7 @@ async def handle_api(request: web.Request) -> web.StreamResponse:
     service: Service = request.app[SERVICE_KEY]
     address = request.remote or "unknown"
     try:
-        _refuse_cross_site(request)
+        refuse_cross_site(request)
         call = await _read_call(request)
         ctx = CallContext(service, address)
         if call.namespace != "rpc" or call.name not in ("auth", "auth_token"):
@@ -52,7 +52,7 @@ async def handle_api(request: web.Request) -> web.StreamResponse:
     return _envelope("response", result or {}, 200)
 
 
-def _refuse_cross_site(request: web.Request) -> None:
+def refuse_cross_site(request: web.Request) -> None:
     """Browsers attach cached Basic credentials to requests any page makes; refuse those that
     another site started, so a web page cannot reboot or reconfigure the appliance."""
     if request.headers.get("Sec-Fetch-Site", "") == "cross-site":

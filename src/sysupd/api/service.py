@@ -26,6 +26,8 @@ from sysupd.api.http import ALLOWED_METHODS, handle_api
 from sysupd.api.reboots import RebootPlan, RebootTimer
 from sysupd.api.rpc_calls import RPC_CALLS
 from sysupd.api.sys_calls import SYS_CALLS
+from sysupd.api.updates import UPDATE_CALLS, UpdateManager
+from sysupd.api.uploads import UPLOAD_CALLS, UploadStore, handle_upload
 from sysupd.api.websocket import WsSession, handle_websocket
 from sysupd.config import ServiceConfig
 from sysupd.core.envelope import Request
@@ -82,15 +84,18 @@ class Service:
             self.log,
             lambda: self.settings.lockout_loopback,
         )
-        self.calls = CallTable([*RPC_CALLS, *SYS_CALLS])
+        self.calls = CallTable([*RPC_CALLS, *SYS_CALLS, *UPDATE_CALLS, *UPLOAD_CALLS])
         self.events = EventHub()
         self.sessions: set[WsSession] = set()
         self.reboots = RebootTimer(self.clock, self._reboot_due)
+        self.uploads = UploadStore(config.state_dir / "uploads", self.clock, self.log)
+        self.uploads.clear()
         self._runners: list[web.AppRunner] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._exit: asyncio.Future[ProcessExit] | None = None
         self.boot: BootReport | None = None
         self.boot_status = "starting"
+        self.updates = UpdateManager(self)
         self.ws_port = 0
         self.http_port = 0
 
@@ -117,6 +122,7 @@ class Service:
         http_app[SERVICE_KEY] = self
         for method in ALLOWED_METHODS:
             http_app.router.add_route(method, "/api/{namespace}/{name}", handle_api)
+        http_app.router.add_post("/upload", handle_upload)
         self.ws_port = await self._listen(ws_app, self.config.ws_port, ssl_context)
         self.http_port = await self._listen(http_app, self.config.http_port, ssl_context)
         self.spawn(self._sweep_loop())
@@ -203,15 +209,19 @@ class Service:
         return True
 
     def internal_error(self, request: Request, exc: Exception) -> ClientError:
-        """Log a bug with where it happened and make the 500 that answers it.
+        """Log a bug and make the 500 that answers it.
 
         For ``rpc/*`` calls the exception's message is left out: it may quote credentials.
         """
-        frames = traceback.extract_tb(exc.__traceback__)[-4:]
-        where = " <- ".join(f"{Path(f.filename).name}:{f.lineno} in {f.name}" for f in frames[::-1])
-        what = type(exc).__name__ if request.namespace == "rpc" else repr(exc)
-        self.log.error(f"bug in {request.call}: {what} at {where}")
+        self.log_bug(request.call, exc, with_message=request.namespace != "rpc")
         return InternalError(f"{request.call} failed unexpectedly; see sys/middleware_log")
+
+    def log_bug(self, where: str, exc: Exception, *, with_message: bool = True) -> None:
+        """Log a bug with the place in the code it happened."""
+        frames = traceback.extract_tb(exc.__traceback__)[-4:]
+        at = " <- ".join(f"{Path(f.filename).name}:{f.lineno} in {f.name}" for f in frames[::-1])
+        what = repr(exc) if with_message else type(exc).__name__
+        self.log.error(f"bug in {where}: {what} at {at}")
 
     # -- internals ---------------------------------------------------------------------------
 

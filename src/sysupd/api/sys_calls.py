@@ -3,13 +3,12 @@ and the idle answers of the update status calls."""
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 from sysupd.api.calls import Call, CallContext
 from sysupd.core.schema import Arg, Schema
 from sysupd.core.settings import settings_to_wire
-from sysupd.errors import BadRequest, ConfigError, SysupdError
+from sysupd.errors import BadRequest, ConfigError
 from sysupd.system.reboot import RebootKind
 
 __all__ = ["SYS_CALLS"]
@@ -48,21 +47,6 @@ async def updates_available(ctx: CallContext, args: dict[str, Any]) -> dict[str,
     return {
         "updates_available": False,
         "updates_info": "No update check has completed yet.",
-    }
-
-
-async def update_status(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
-    """The update's state and log; with no update since the start, a rollback or an interrupted
-    install is still said plainly."""
-    try:
-        last = ctx.service.engine().status()["last_result"]
-    except SysupdError:
-        last = None
-    told = last is not None and last["result"] in ("rolled back", "interrupted")
-    return {
-        "reboot_required": False,
-        "update_running": False,
-        "update_status": html.escape(last["detail"], quote=False) if told else "",
     }
 
 
@@ -106,7 +90,6 @@ SYS_CALLS = [
     Call("sys", "list_config", list_config, admin=True),
     Call("sys", "set_config", set_config, Schema(open=True), admin=True),
     Call("sys", "updates_available", updates_available),
-    Call("sys", "update_status", update_status),
     Call(
         "sys",
         "reboot",

@@ -15,6 +15,7 @@ from sysupd.api.service import FIRST_ADMIN, Service
 from sysupd.cli.options import config_options, fail, load
 from sysupd.config import ServiceConfig
 from sysupd.errors import SysupdError
+from sysupd.release.demo import create_demo
 from sysupd.system.reboot import ProcessExit
 
 __all__ = ["serve"]
@@ -50,6 +51,15 @@ def serve(
         os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])  # noqa: S606
 
 
+def _make_demo(service: Service) -> None:
+    """First start with no trust root: a demo repository to try a real update with."""
+    demo = create_demo(service.config.state_dir / "demo", service.settings.product)
+    service.change_settings({"trust_root": str(demo.trust_root.resolve())}, by="the first start")
+    click.echo(f"Made a demo release repository in {demo.repo}; bundles to try:")
+    for bundle in demo.bundles:
+        click.echo(f"  {bundle}")
+
+
 async def _serve(config: ServiceConfig) -> ProcessExit:
     service = Service(config)
     password = service.ensure_first_admin()
@@ -58,6 +68,8 @@ async def _serve(config: ServiceConfig) -> ProcessExit:
             f"Created the administrator {FIRST_ADMIN!r} with password {password}\n"
             "(shown only this once; change it with 'sysupd user passwd admin')",
         )
+        if not service.settings.trust_root:
+            _make_demo(service)
     try:
         await service.start()
     except BaseException:

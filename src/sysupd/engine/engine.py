@@ -10,6 +10,7 @@ and its boot entry are never touched, and an interruption at any instant boots w
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import stat
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from sysupd.core.versions import parse_version
 from sysupd.engine.lock import UpdateLock
 from sysupd.engine.slotset import SlotConfig, inactive_slot, make_writer, slot_configs
 from sysupd.engine.state import EngineState, JobRecord, LastResult, SlotRecord, StateFile
-from sysupd.engine.stream import VerifiedReader
+from sysupd.engine.stream import ByteSource, VerifiedReader
 from sysupd.engine.trust import TrustStore
 from sysupd.errors import AcquireError, BootError, UpdateError, VerificationError
 from sysupd.slots.base import PayloadSpec
@@ -190,7 +191,7 @@ class Engine:
 
     def install_stream(
         self,
-        source: BinaryIO,
+        source: ByteSource,
         origin: str,
         *,
         progress: Progress | None = None,
@@ -208,7 +209,7 @@ class Engine:
 
     def _run_install(
         self,
-        opener: Callable[[], AbstractContextManager[BinaryIO]],
+        opener: Callable[[], AbstractContextManager[ByteSource]],
         origin: str,
         progress: Progress | None,
         log: Log | None,
@@ -230,7 +231,7 @@ class Engine:
     def _install(
         self,
         job: JobStateMachine,
-        source: BinaryIO,
+        source: ByteSource,
         origin: str,
         progress: Progress | None,
         say: Log,
@@ -400,19 +401,28 @@ class _open_bundle:
             self._file.close()
 
 
-def _read_exactly(source: BinaryIO, size: int, what: str) -> bytes:
-    data = source.read(size)
-    if len(data) != size:
-        if what == "prefix" and not data:
+def _read_exactly(source: ByteSource, size: int, what: str) -> bytes:
+    parts: list[bytes] = []
+    got = 0
+    while got < size:  # a stream may return less than asked for
+        part = source.read(size - got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    if got != size:
+        if what == "prefix" and not got:
             raise VerificationError("the file is empty, not a sysupd bundle")
         raise VerificationError(f"the bundle is truncated in its {what}")
-    return data
+    return b"".join(parts)
 
 
-def _check_payload_size(source: BinaryIO, length: int) -> None:
+def _check_payload_size(source: ByteSource, length: int) -> None:
+    if not isinstance(source, io.IOBase):
+        return  # not a file: the verifying reader still catches it
     try:
         left = os.fstat(source.fileno()).st_size - source.tell()
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError):
         return  # not a file: the verifying reader still catches it
     if left < length:
         raise VerificationError(

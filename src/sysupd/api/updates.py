@@ -1,0 +1,335 @@
+"""The update job as clients see it: ``sys/update_now``, its events, and ``sys/update_status``.
+
+One job at a time. The engine does the work in a worker thread (it is blocking file I/O); this
+module keeps the job's log (lines for people: source, size, version, each phase with its duration
+and throughput, the cause of a failure), publishes ``sys/update_now`` events — one at the start,
+one every ``event_interval_s`` with the last log line, and the final one with the whole log — and
+persists the last job so ``sys/update_status`` still tells what happened after a restart.
+
+Invariants: ``running`` is true from the accepted ``update_now`` until the final event; exactly
+one final event is sent per job; the source's temporary file is removed when the job ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sysupd.api.calls import Call, CallContext
+from sysupd.core.job import JobState
+from sysupd.core.schema import Arg, Schema
+from sysupd.engine.engine import Engine
+from sysupd.engine.lock import UpdateBusy, UpdateLock
+from sysupd.errors import SysupdError
+from sysupd.fsutil import atomic_write, read_capped
+from sysupd.sources.bridge import LoopReader
+from sysupd.sources.lan import FetchLimits, InvalidURL, LanDownload, PinnedTarget, check_url
+from sysupd.system.reboot import RebootKind
+
+if TYPE_CHECKING:
+    from sysupd.api.service import Service
+
+__all__ = ["UPDATE_CALLS", "JobRun", "UpdateManager", "bundle_path", "fetched"]
+
+_PHASES = {
+    JobState.ACQUIRING: "download",
+    JobState.VERIFYING: "verify",
+    JobState.INSTALLING: "install",
+    JobState.SWITCHING: "switch",
+}
+_EVENT = "sys/update_now"
+
+
+@dataclass(slots=True)
+class JobRun:
+    """One update job's public state."""
+
+    source: str
+    lines: list[str] = field(default_factory=list)
+    running: bool = True
+    result: str | None = None
+    phase: str = "download"
+    bytes_done: int = 0
+    bytes_total: int = 0
+
+    def log_text(self) -> str:
+        """The whole log as clients get it: HTML-escaped lines joined by ``<br>``."""
+        return "<br>".join(html.escape(line, quote=False) for line in self.lines)
+
+
+Install = Callable[[Engine, Callable[[JobState, int, int], None], Callable[[str], None]], object]
+"""Runs the engine's install (in a worker thread) with a progress and a log callback."""
+
+
+class UpdateManager:
+    """Runs update jobs for the service and answers for them."""
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+        self._path = service.config.state_dir / "last-update.json"
+        self.job: JobRun | None = self._load_last()
+
+    @property
+    def running(self) -> bool:
+        """Whether a job is under way."""
+        return self.job is not None and self.job.running
+
+    def status(self) -> dict[str, Any]:
+        """``sys/update_status``'s reply."""
+        text = self.job.log_text() if self.job is not None else ""
+        if not text:
+            text = self._engine_news()
+        return {
+            "reboot_required": self.reboot_required(),
+            "update_running": self.running,
+            "update_status": text,
+        }
+
+    def reboot_required(self) -> bool:
+        """From a successful install until the reboot into the new slot."""
+        try:
+            status = self._service.engine().status()
+        except SysupdError:
+            return False
+        return status["trial"] is not None and status["trial"] != status["booted"]
+
+    def start(self, source: str, install: Install, cleanup: Callable[[], None]) -> None:
+        """Begin a job; the caller has checked that none runs."""
+        self.job = JobRun(source)
+        self._service.spawn(self._run(self.job, install, cleanup))
+
+    async def _run(self, job: JobRun, install: Install, cleanup: Callable[[], None]) -> None:
+        service = self._service
+        loop = asyncio.get_running_loop()
+        self._say(job, f"update started from {job.source}")
+        self._persist(job)
+        self._publish_progress(job)
+        ticker = service.spawn(self._tick(job))
+
+        def progress(stage: JobState, done: int, total: int) -> None:
+            # Called from the worker thread: plain assignments, read by the ticker.
+            job.phase = _PHASES.get(stage, job.phase)
+            job.bytes_done, job.bytes_total = done, total
+
+        def log(line: str) -> None:
+            loop.call_soon_threadsafe(self._say, job, line)
+
+        started = loop.time()
+        try:
+            await asyncio.to_thread(install, service.engine(), progress, log)
+        except SysupdError as exc:
+            await asyncio.sleep(0)  # let log lines queued by the worker land first
+            self._say(job, f"update failed: {exc}")
+            job.result = "failure"
+        except Exception as exc:  # noqa: BLE001 - a bug ends the job, not the service
+            self._say(job, "update failed: an internal error; see sys/middleware_log")
+            service.log_bug(f"the update job from {job.source}", exc)
+            job.result = "failure"
+        else:
+            await asyncio.sleep(0)
+            self._say(job, f"update installed in {loop.time() - started:.1f} s; reboot required")
+            job.result = "success"
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(OSError):
+                cleanup()
+        job.running = False
+        self._persist(job)
+        success = job.result == "success"
+        service.events.publish(
+            _EVENT,
+            {
+                "result": job.result,
+                "reboot_required": success,
+                "update_running": False,
+                "details": job.log_text(),
+            },
+        )
+        if success and service.settings.auto_reboot:
+            service.schedule_reboot(
+                service.settings.auto_reboot_delay_s, RebootKind.RESTART, by="the update"
+            )
+
+    async def _tick(self, job: JobRun) -> None:
+        while True:
+            await asyncio.sleep(self._service.settings.event_interval_s)
+            self._publish_progress(job)
+
+    def _publish_progress(self, job: JobRun) -> None:
+        self._service.events.publish(
+            _EVENT,
+            {
+                "update_running": True,
+                "reboot_required": False,
+                "details": html.escape(job.lines[-1], quote=False) if job.lines else "",
+                "phase": job.phase,
+                "bytes_done": job.bytes_done,
+                "bytes_total": job.bytes_total,
+            },
+        )
+
+    def _say(self, job: JobRun, line: str) -> None:
+        stamp = self._service.clock.utcnow().strftime("%H:%M:%S")
+        job.lines.append(f"{stamp} {line}")
+        self._service.log.info(f"update: {line}")
+
+    def _persist(self, job: JobRun) -> None:
+        record = {
+            "source": job.source,
+            "lines": job.lines,
+            "running": job.running,
+            "result": job.result,
+        }
+        try:
+            atomic_write(self._path, json.dumps(record).encode())
+        except OSError as exc:
+            self._service.log.warning(f"cannot record the update job: {exc}")
+
+    def _load_last(self) -> JobRun | None:
+        try:
+            record = json.loads(read_capped(self._path, 4 * 1024 * 1024))
+            job = JobRun(
+                str(record["source"]), [str(x) for x in record["lines"]], False, record["result"]
+            )
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self._service.log.warning(f"ignoring an unreadable {self._path}: {exc}")
+            return None
+        if record["running"]:  # the service stopped while it ran
+            job.lines.append("the service stopped while this update ran; it did not complete")
+            job.result = "failure"
+        return job
+
+    def _engine_news(self) -> str:
+        """With no job to show, a rollback or an interrupted install is still said plainly."""
+        try:
+            last = self._service.engine().status()["last_result"]
+        except SysupdError:
+            return ""
+        if last is not None and last["result"] in ("rolled back", "interrupted"):
+            return html.escape(last["detail"], quote=False)
+        return ""
+
+
+def fetched(
+    target: PinnedTarget,
+    networks: tuple[str, ...],
+    limits: FetchLimits,
+    loop: asyncio.AbstractEventLoop,
+) -> Install:
+    """An install streamed from a LAN URL: download, verify and write in one pass."""
+
+    def install(
+        engine: Engine, progress: Callable[[JobState, int, int], None], log: Callable[[str], None]
+    ) -> object:
+        download = LanDownload(target, networks, limits)
+        asyncio.run_coroutine_threadsafe(download.__aenter__(), loop).result()
+        try:
+            size = f"{download.size} bytes" if download.size is not None else "size unknown"
+            log(f"downloading from {target.host} ({target.address}), {size}")
+            reader = LoopReader(download.read, loop)
+            return engine.install_stream(reader, target.url, progress=progress, log=log)
+        finally:
+            asyncio.run_coroutine_threadsafe(download.aclose(), loop).result()
+
+    return install
+
+
+def bundle_path(path: Path) -> Install:
+    """An install of a bundle file."""
+
+    def install(
+        engine: Engine, progress: Callable[[JobState, int, int], None], log: Callable[[str], None]
+    ) -> object:
+        return engine.install_bundle(path, progress=progress, log=log)
+
+    return install
+
+
+_BUSY = {"result": "failure", "error": "Update procedure already running"}
+
+
+def _invalid(why: str) -> dict[str, Any]:
+    return {"result": "failure", "error": "Invalid file or url", "details": why}
+
+
+def _lock_free(engine: Engine) -> bool:
+    """Whether no other process (``sysupd install``) holds the update lock right now."""
+    try:
+        with UpdateLock(engine.lock_path):
+            return True
+    except UpdateBusy:
+        return False
+
+
+async def update_now(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Start an update from an uploaded file, a LAN URL, or (``{}``) the update server."""
+    service = ctx.service
+    manager = service.updates
+    if manager.running or not _lock_free(service.engine()):
+        return _BUSY
+    if "file_upload" in args:
+        name = args["file_upload"]
+        try:
+            path = service.uploads.path_of(name)
+        except ValueError as exc:
+            return _invalid(str(exc))
+        size = path.stat().st_size
+        manager.start(
+            f"the uploaded file {name} ({size} bytes)",
+            bundle_path(path),
+            lambda: service.uploads.remove(name),
+        )
+        return {"result": "success", "updates": "starting"}
+    if "fetch_url" in args:
+        try:
+            target = await check_url(args["fetch_url"], service.settings.fetch_networks)
+        except InvalidURL as exc:
+            return _invalid(str(exc))
+        if manager.running:  # another update_now won the race while the name resolved
+            return _BUSY
+        limits = FetchLimits(
+            max_bytes=service.settings.max_upload_bytes,
+            deadline_s=service.config.fetch_deadline_s,
+            min_rate_window_s=service.config.fetch_stall_s,
+        )
+        networks = service.settings.fetch_networks
+        manager.start(
+            f"{target.host} (fetch_url)",
+            fetched(target, networks, limits, asyncio.get_running_loop()),
+            lambda: None,
+        )
+        return {"result": "success", "updates": "starting"}
+    if not service.settings.update_server:
+        return {"result": "failure", "error": "No update server is configured"}
+    return {
+        "result": "failure",
+        "error": "Online updates from the update server are not available in this version",
+    }
+
+
+async def update_status(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+    """The update's state and log."""
+    return ctx.service.updates.status()
+
+
+UPDATE_CALLS = [
+    Call(
+        "sys",
+        "update_now",
+        update_now,
+        Schema(
+            {"fetch_url": Arg(str), "file_upload": Arg(str)},
+            exclusive=(frozenset({"fetch_url", "file_upload"}),),
+        ),
+        admin=True,
+    ),
+    Call("sys", "update_status", update_status),
+]

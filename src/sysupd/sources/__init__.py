@@ -1,0 +1,1 @@
+"""Where update bytes come from: uploaded files, LAN URLs, the update server."""
