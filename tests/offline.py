@@ -10,7 +10,6 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from sysupd.api.service import Service
 from sysupd.release.repository import ReleaseRepository
 from tests.client import WsClient
 from tests.releases import PRODUCT
@@ -30,13 +29,13 @@ def device_overrides(repo: ReleaseRepository, **extra: Any) -> dict[str, Any]:
 
 
 async def upload(
-    http: aiohttp.ClientSession, client: WsClient, service: Service, data: bytes, name: str
+    http: aiohttp.ClientSession, client: WsClient, http_port: int, data: bytes, name: str
 ) -> dict[str, Any]:
     """``sys/upload_file`` then ``POST /upload`` of ``data`` as ``name``."""
     grant = await client.call("sys", "upload_file")
     auth = aiohttp.encode_basic_auth(grant["upload_user"], grant["upload_pass"])
     async with http.post(
-        f"http://127.0.0.1:{service.http_port}/upload?filename={name}",
+        f"http://127.0.0.1:{http_port}/upload?filename={name}",
         data=data,
         headers={"Authorization": auth, "Content-Type": "application/octet-stream"},
     ) as reply:

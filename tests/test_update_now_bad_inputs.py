@@ -110,7 +110,7 @@ async def test_users_may_not_update(device: Service, connect: ClientFactory) -> 
 async def test_bad_file_upload_names(
     device: Service, admin: WsClient, http: aiohttp.ClientSession, bundle: Path, name: str
 ) -> None:
-    await upload(http, admin, device, bundle.read_bytes(), "kept.bundle")
+    await upload(http, admin, device.http_port, bundle.read_bytes(), "kept.bundle")
     await _refused_now(admin, {"file_upload": name})
     assert device.uploads.names() == ["kept.bundle"]
     _untouched(device)
@@ -242,7 +242,7 @@ async def test_bad_bundles_through_both_paths(
         "truncated": "truncated|ended after",
         "untrusted": "not signed",
     }
-    stored = await upload(http, admin, device, data, "bad.bundle")
+    stored = await upload(http, admin, device.http_port, data, "bad.bundle")
     await _fails_later(device, admin, {"file_upload": stored["file_upload"]}, why[damage])
     assert device.uploads.names() == []
     bad = tmp_path / "bad.bundle"

@@ -37,7 +37,7 @@ async def test_uploaded_bundle_installs_with_events(
     service = await start_service(**device_overrides(repo))
     admin = await connect(service, login=ADMIN)
     watcher = await connect(service, login=USER)
-    stored = await upload(http, admin, service, bundle.read_bytes(), "update.bundle")
+    stored = await upload(http, admin, service.http_port, bundle.read_bytes(), "update.bundle")
     reply = await admin.call("sys", "update_now", {"file_upload": stored["file_upload"]})
     assert reply == {"result": "success", "updates": "starting"}
     running, final = await wait_final(watcher)
@@ -71,7 +71,7 @@ async def test_auto_reboot_is_scheduled_and_can_be_stopped(
         **device_overrides(repo, auto_reboot=True, auto_reboot_delay_s=600)
     )
     admin = await connect(service, login=ADMIN)
-    stored = await upload(http, admin, service, bundle.read_bytes(), "u.bundle")
+    stored = await upload(http, admin, service.http_port, bundle.read_bytes(), "u.bundle")
     await admin.call("sys", "update_now", {"file_upload": stored["file_upload"]})
     await wait_final(admin)
     reboot = await admin.next_event("sys/reboot")
