@@ -155,7 +155,7 @@ def run_timed(
         wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
     if timed_out.is_set():
-        raise BenchError(f"{shlex.join(cmd)} ran out of its {timeout:.0f} s; see {log}")
+        raise BenchError(f"{shlex.join(cmd)} ran out of its {timeout:g} s; see {log}")
     if proc.returncode != 0:
         raise BenchError(
             f"{shlex.join(cmd)} exited with {proc.returncode}; end of {log}:\n{_tail(log)}"
@@ -174,7 +174,7 @@ def run_quiet(cmd: Sequence[str], log: Path, *, timeout: float = _BUILD_TIMEOUT_
             cmd, capture_output=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL
         )
     except subprocess.TimeoutExpired as exc:
-        raise BenchError(f"{shlex.join(cmd)} ran out of its {timeout:.0f} s") from exc
+        raise BenchError(f"{shlex.join(cmd)} ran out of its {timeout:g} s") from exc
     text = (done.stdout + done.stderr).decode(errors="replace")
     with log.open("a") as out:
         out.write(f"$ {shlex.join(cmd)}\n{text}")
@@ -870,9 +870,10 @@ def bench(options: argparse.Namespace, work: Path) -> None:
     b.measure_startup(options.runs)
     for case in cases:
         b.measure(case)
-        remove(case.bundle)  # the repository keeps the payload; the bundle is no longer needed
-        for slot in (work / "slots").glob(f"{case.label}-*"):
-            remove(slot)
+        if not options.keep:  # free the space now: the 2 GiB case comes last
+            remove(case.bundle)
+            for slot in (work / "slots").glob(f"{case.label}-*"):
+                remove(slot)
     print_summary(cases, b.startup)
 
     if options.peers:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import aiohttp
@@ -51,7 +52,7 @@ async def test_uploaded_bundle_installs_with_events(
     assert final["update_running"] is False
     log = final["details"].split("<br>")
     assert any("signed metadata of release 1.1.0" in line for line in log)
-    assert any("MiB/s" in line for line in log)
+    assert any(re.search(r"\((\d|\.)+ (bytes|KiB|MiB)/s\)", line) for line in log)
     status = await watcher.call("sys", "update_status")
     assert status["reboot_required"] is True
     assert status["update_running"] is False

@@ -289,7 +289,7 @@ class Engine:
         took = max(self.clock.monotonic() - writing, 1e-6)
         say(
             f"checked and wrote {_mib(total)} into slot {target} in {took:.2f} s "
-            f"({total / took / 2**20:.0f} MiB/s)"
+            f"({_mib(int(total / took))}/s)"
         )
 
         job.advance(JobState.SWITCHING)
@@ -365,6 +365,11 @@ class Engine:
 
 
 def _mib(size: int) -> str:
+    """A size for people: bytes, KiB or MiB."""
+    if size < 1024:
+        return f"{size} bytes"
+    if size < 2**20:
+        return f"{size / 1024:.1f} KiB"
     return f"{size / 2**20:.1f} MiB"
 
 
