@@ -31,7 +31,7 @@ from sysupd.core.manifest import Manifest, parse_manifest
 from sysupd.core.versions import Version
 from sysupd.errors import VerificationError
 
-__all__ = ["ReleasePolicy", "TrustState", "VerifiedBundle", "verify_bundle"]
+__all__ = ["ReleasePolicy", "TrustState", "VerifiedBundle", "check_policy", "verify_bundle"]
 
 RELEASES_ROLE = "releases"
 
@@ -109,16 +109,7 @@ def verify_bundle(
     except LengthOrHashMismatchError as exc:
         raise VerificationError(f"the chunk list does not match its signed hash: {exc}") from exc
 
-    if manifest.product != policy.product:
-        raise VerificationError(
-            f"the release is for product {manifest.product!r}, this device is {policy.product!r}"
-        )
-    downgrade = policy.floor is not None and manifest.version < policy.floor
-    if downgrade and not policy.allow_downgrade:
-        raise VerificationError(
-            f"version {manifest.version} is older than the installed floor {policy.floor}; "
-            "set allow_downgrade to install it"
-        )
+    downgrade = check_policy(manifest, policy)
     return VerifiedBundle(
         manifest=manifest,
         chunk_list=header.chunks,
@@ -130,6 +121,25 @@ def verify_bundle(
         ),
         downgrade=downgrade,
     )
+
+
+def check_policy(manifest: Manifest, policy: ReleasePolicy) -> bool:
+    """Whether the device accepts ``manifest``'s release; returns whether it is a downgrade.
+
+    Raises:
+        VerificationError: another product, or below the floor without ``allow_downgrade``.
+    """
+    if manifest.product != policy.product:
+        raise VerificationError(
+            f"the release is for product {manifest.product!r}, this device is {policy.product!r}"
+        )
+    downgrade = policy.floor is not None and manifest.version < policy.floor
+    if downgrade and not policy.allow_downgrade:
+        raise VerificationError(
+            f"version {manifest.version} is older than the installed floor {policy.floor}; "
+            "set allow_downgrade to install it"
+        )
+    return downgrade
 
 
 def _walk_roots(

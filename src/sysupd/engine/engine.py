@@ -31,7 +31,7 @@ from sysupd.core.chunks import ChunkVerifier
 from sysupd.core.job import JobState, JobStateMachine
 from sysupd.core.manifest import Manifest
 from sysupd.core.settings import Settings
-from sysupd.core.trustchain import ReleasePolicy, verify_bundle
+from sysupd.core.trustchain import ReleasePolicy, check_policy, verify_bundle
 from sysupd.core.versions import parse_version
 from sysupd.engine.lock import UpdateLock
 from sysupd.engine.slotset import SlotConfig, inactive_slot, make_writer, slot_configs
@@ -42,11 +42,21 @@ from sysupd.errors import AcquireError, BootError, UpdateError, VerificationErro
 from sysupd.slots.base import PayloadSpec
 from sysupd.system.clock import Clock
 
-__all__ = ["BootReport", "Engine", "Progress"]
+__all__ = ["BootReport", "Engine", "Progress", "Release"]
 
 Progress = Callable[[JobState, int, int], None]
 """Called with the stage, bytes done and bytes in all."""
 Log = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """A release whose metadata verified: what to install and how to check its payload."""
+
+    manifest: Manifest
+    chunk_list: bytes
+    commit_trust: Callable[[], None]
+    """Persists the trust the release came with; called only once it is installed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,12 +225,20 @@ class Engine:
         log: Log | None,
     ) -> Manifest:
         say = log or (lambda _line: None)
+
+        def run(job: JobStateMachine, state: EngineState) -> Manifest:
+            with opener() as source:
+                return self._install(job, state, source, origin, progress, say)
+
+        return self._locked_job(run)
+
+    def _locked_job(self, run: Callable[[JobStateMachine, EngineState], Manifest]) -> Manifest:
+        """Run one install under the update lock; a failure is recorded as the last result."""
         with UpdateLock(self.lock_path):
             job = JobStateMachine()
             try:
                 job.advance(JobState.ACQUIRING)
-                with opener() as source:
-                    return self._install(job, source, origin, progress, say)
+                return run(job, self.state_file.load())
             except UpdateError as exc:
                 if job.state.running:
                     job.fail()
@@ -231,12 +249,12 @@ class Engine:
     def _install(
         self,
         job: JobStateMachine,
+        state: EngineState,
         source: ByteSource,
         origin: str,
         progress: Progress | None,
         say: Log,
     ) -> Manifest:
-        state = self.state_file.load()
         report = progress or (lambda _stage, _done, _total: None)
         started = self.clock.monotonic()
         report(JobState.ACQUIRING, 0, 0)
@@ -244,12 +262,7 @@ class Engine:
         header = decode_bundle_header(_read_exactly(source, header_size, "header"))
         job.advance(JobState.VERIFYING)
         report(JobState.VERIFYING, 0, 0)
-        policy = ReleasePolicy(
-            self.settings.product,
-            parse_version(state.floor) if state.floor else None,
-            self.settings.allow_downgrade,
-        )
-        verified = verify_bundle(header, self.trust.load(), policy, self._clock_now())
+        verified = verify_bundle(header, self.trust.load(), self.policy(state), self._clock_now())
         manifest = verified.manifest
         _check_payload_size(source, manifest.length)
         say(
@@ -258,7 +271,65 @@ class Engine:
         )
         if verified.downgrade:
             say(f"downgrade to {manifest.version} allowed by allow_downgrade")
+        return self._write(
+            job,
+            state,
+            Release(manifest, verified.chunk_list, lambda: self.trust.record(verified)),
+            source,
+            origin,
+            report,
+            say,
+        )
 
+    def install_release(
+        self,
+        release: Release,
+        source: ByteSource,
+        origin: str,
+        *,
+        progress: Progress | None = None,
+        log: Log | None = None,
+    ) -> Manifest:
+        """Install a release whose metadata was verified elsewhere (the online channel), reading
+        its payload from ``source``; the release policy is checked here.
+
+        Raises:
+            UpdateBusy: another update runs.
+            AcquireError: the source failed.
+            VerificationError: the release is not acceptable, or the payload not the signed one.
+            InstallError: writing the slot failed.
+        """
+        say = log or (lambda _line: None)
+        report = progress or (lambda _stage, _done, _total: None)
+
+        def run(job: JobStateMachine, state: EngineState) -> Manifest:
+            job.advance(JobState.VERIFYING)
+            if check_policy(release.manifest, self.policy(state)):
+                say(f"downgrade to {release.manifest.version} allowed by allow_downgrade")
+            return self._write(job, state, release, source, origin, report, say)
+
+        return self._locked_job(run)
+
+    def policy(self, state: EngineState | None = None) -> ReleasePolicy:
+        """The device's release policy: its product and version floor."""
+        state = state or self.state_file.load()
+        return ReleasePolicy(
+            self.settings.product,
+            parse_version(state.floor) if state.floor else None,
+            self.settings.allow_downgrade,
+        )
+
+    def _write(
+        self,
+        job: JobStateMachine,
+        state: EngineState,
+        release: Release,
+        source: ByteSource,
+        origin: str,
+        report: Progress,
+        say: Log,
+    ) -> Manifest:
+        manifest = release.manifest
         job.advance(JobState.INSTALLING)
         env = self.bootloader.load()
         booted = state.booted or env.order[0]
@@ -279,7 +350,7 @@ class Engine:
 
         reader = VerifiedReader(
             source,
-            ChunkVerifier(verified.chunk_list, manifest.chunk_size, total, manifest.sha256),
+            ChunkVerifier(release.chunk_list, manifest.chunk_size, total, manifest.sha256),
             progress=on_bytes,
         )
         make_writer(self.slots[target]).install(reader, _spec(manifest))
@@ -296,7 +367,7 @@ class Engine:
         report(JobState.SWITCHING, total, total)
         # Newer roots and metadata versions are kept only with the update they came with,
         # so a refused update changes no trust at all.
-        self.trust.record(verified)
+        release.commit_trust()
         self.bootloader.save(self.bootloader.load().activate(target))
         state = replace(
             state.with_slot(target, SlotRecord(str(manifest.version), self._now(), origin)),
