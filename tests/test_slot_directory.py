@@ -87,7 +87,7 @@ def install_from_file(
     """Install ``sent`` (the bytes on disk) against the chunk list of ``signed``."""
     bundle = tmp_path / "payload.bin"
     bundle.write_bytes(sent)
-    verifier = ChunkVerifier(chunk_digests(signed, CHUNK), CHUNK, len(signed), spec.sha256)
+    verifier = ChunkVerifier(chunk_digests(signed, CHUNK), CHUNK, len(signed))
     seen: list[int] = []
     with bundle.open("rb") as source, VerifiedReader(source, verifier) as reader:
         slot.install(reader, spec, progress=seen.append)

@@ -38,7 +38,7 @@ def install_from_file(
     payload = tmp_path / "image.payload"
     payload.write_bytes(signed if sent is None else sent)
     spec = spec or raw_spec(signed)
-    verifier = ChunkVerifier(chunk_digests(signed, CHUNK), CHUNK, len(signed), spec.sha256)
+    verifier = ChunkVerifier(chunk_digests(signed, CHUNK), CHUNK, len(signed))
     seen: list[int] = []
     with payload.open("rb") as source, VerifiedReader(source, verifier) as reader:
         slot.install(reader, spec, progress=seen.append)
@@ -67,7 +67,7 @@ def test_memory_stays_flat(tmp_path: Path, slot_file: Path) -> None:
     payload.write_bytes(image)
     spec = raw_spec(image)
     chunk = 4 * MiB
-    verifier = ChunkVerifier(chunk_digests(image, chunk), chunk, len(image), spec.sha256)
+    verifier = ChunkVerifier(chunk_digests(image, chunk), chunk, len(image))
     tracemalloc.start()
     try:
         with payload.open("rb") as source, VerifiedReader(source, verifier) as reader:

@@ -350,7 +350,7 @@ class Engine:
 
         reader = VerifiedReader(
             source,
-            ChunkVerifier(release.chunk_list, manifest.chunk_size, total, manifest.sha256),
+            ChunkVerifier(release.chunk_list, manifest.chunk_size, total),
             progress=on_bytes,
         )
         make_writer(self.slots[target]).install(reader, _spec(manifest))
