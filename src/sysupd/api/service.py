@@ -21,6 +21,7 @@ from aiohttp import WSCloseCode, web
 from sysupd import __version__
 from sysupd.api.auth import Authenticator
 from sysupd.api.calls import SERVICE_KEY, CallTable
+from sysupd.api.checks import CHECK_CALLS, UpdateChecker
 from sysupd.api.events import EventHub
 from sysupd.api.http import ALLOWED_METHODS, handle_api
 from sysupd.api.reboots import RebootPlan, RebootTimer
@@ -84,7 +85,7 @@ class Service:
             self.log,
             lambda: self.settings.lockout_loopback,
         )
-        self.calls = CallTable([*RPC_CALLS, *SYS_CALLS, *UPDATE_CALLS, *UPLOAD_CALLS])
+        self.calls = CallTable([*RPC_CALLS, *SYS_CALLS, *UPDATE_CALLS, *CHECK_CALLS, *UPLOAD_CALLS])
         self.events = EventHub()
         self.sessions: set[WsSession] = set()
         self.reboots = RebootTimer(self.clock, self._reboot_due)
@@ -96,6 +97,7 @@ class Service:
         self.boot: BootReport | None = None
         self.boot_status = "starting"
         self.updates = UpdateManager(self)
+        self.checks = UpdateChecker(self)
         self.ws_port = 0
         self.http_port = 0
 
@@ -127,6 +129,7 @@ class Service:
         self.http_port = await self._listen(http_app, self.config.http_port, ssl_context)
         self.spawn(self._sweep_loop())
         self._start_boot_trial()
+        self.spawn(self.checks.run_periodically())
         scheme = "https" if ssl_context else "http"
         self.log.info(
             f"sysupd {__version__} serving: websocket on {self.config.host}:{self.ws_port}, "

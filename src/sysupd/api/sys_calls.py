@@ -42,14 +42,6 @@ async def set_config(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     return {"result": "success"}
 
 
-async def updates_available(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
-    """The result of the last update check."""
-    return {
-        "updates_available": False,
-        "updates_info": "No update check has completed yet.",
-    }
-
-
 async def reboot(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     """Schedule a reboot (or poweroff), replacing any scheduled one."""
     kind = RebootKind.POWEROFF if args.get("poweroff", False) else RebootKind.RESTART
@@ -89,7 +81,6 @@ SYS_CALLS = [
     Call("sys", "middleware_log", middleware_log, admin=True),
     Call("sys", "list_config", list_config, admin=True),
     Call("sys", "set_config", set_config, Schema(open=True), admin=True),
-    Call("sys", "updates_available", updates_available),
     Call(
         "sys",
         "reboot",

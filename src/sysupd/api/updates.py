@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from sysupd.api.calls import Call, CallContext
 from sysupd.core.job import JobState
@@ -307,12 +308,22 @@ async def update_now(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
             lambda: None,
         )
         return {"result": "success", "updates": "starting"}
-    if not service.settings.update_server:
+    server = service.settings.update_server
+    if not server:
         return {"result": "failure", "error": "No update server is configured"}
-    return {
-        "result": "failure",
-        "error": "Online updates from the update server are not available in this version",
-    }
+    checked = await service.checks.check()
+    if checked.error:
+        return {"result": "failure", "error": f"The update check failed: {checked.error}"}
+    if checked.candidate is None:
+        return {"result": "failure", "error": "No newer update is available"}
+    if manager.running:  # another update_now won the race while the check ran
+        return _BUSY
+    manager.start(
+        f"the update server {urlsplit(server).netloc} (release {checked.candidate.version})",
+        service.checks.online_install(server),
+        lambda: None,
+    )
+    return {"result": "success", "updates": "starting"}
 
 
 async def update_status(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:

@@ -71,6 +71,20 @@ class TrustStore:
         }
         atomic_write(self._dir / "versions.json", json.dumps(versions).encode())
 
+    def record_online(self, root: bytes, targets_version: int, releases_version: int) -> None:
+        """Persist what the online channel verified, with the release it installed."""
+        self._dir.mkdir(parents=True, exist_ok=True)
+        current = self.load()
+        if root != current.root:
+            version = json.loads(root)["signed"]["version"]
+            atomic_write(self._dir / f"{version}.root.json", root)
+            atomic_write(self._dir / "root.json", root)
+        versions = {
+            "targets": max(targets_version, current.targets_version),
+            "releases": max(releases_version, current.releases_version),
+        }
+        atomic_write(self._dir / "versions.json", json.dumps(versions).encode())
+
     def _read(self, path: Path) -> bytes:
         try:
             return read_capped(path, MAX_METADATA_BYTES)

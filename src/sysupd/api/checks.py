@@ -1,0 +1,186 @@
+"""Update checks against the update server: ``sys/update_check``, ``sys/updates_available``, the
+periodic check, and ``sys/update_now {}``'s online install.
+
+A check runs in a worker thread with a new ngclient ``Updater`` (see ``sources.online``); one check
+at a time. A failed check says so (``error``) and never reads as "no updates".
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from sysupd.api.calls import Call, CallContext
+from sysupd.core.job import JobState
+from sysupd.core.manifest import Manifest
+from sysupd.core.versions import parse_version
+from sysupd.engine.engine import Engine, Release
+from sysupd.errors import AcquireError, SysupdError
+from sysupd.sources.online import Candidate, OnlineChannel
+from sysupd.sources.tuf_fetcher import FetcherLimits
+
+if TYPE_CHECKING:
+    from sysupd.api.service import Service
+
+__all__ = ["CHECK_CALLS", "CheckResult", "UpdateChecker"]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """How the last check ended."""
+
+    checked_at: str
+    candidate: Manifest | None
+    error: str | None = None
+
+
+class UpdateChecker:
+    """Checks for updates for the service."""
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+        self._lock = asyncio.Lock()
+        self.last: CheckResult | None = None
+
+    def limits(self) -> FetcherLimits:
+        """The fetcher's limits from the configuration."""
+        config = self._service.config
+        return FetcherLimits(
+            deadline_s=config.fetch_deadline_s, min_rate_window_s=config.fetch_stall_s
+        )
+
+    def installed(self) -> str:
+        """The booted slot's version."""
+        boot = self._service.boot
+        return boot.version if boot else self._service.settings.factory_version
+
+    async def check(self) -> CheckResult:
+        """Check now (or wait for the check under way) and keep the result."""
+        async with self._lock:
+            service = self._service
+            server = service.settings.update_server
+            now = service.clock.utcnow().strftime("%Y-%m-%dT%H:%M:%SZ")
+            if not server:
+                result = CheckResult(now, None, "no update server is configured")
+            else:
+                try:
+                    candidate = await asyncio.to_thread(self._newest, server, service.engine())
+                    result = CheckResult(now, candidate.manifest if candidate else None)
+                except SysupdError as exc:
+                    result = CheckResult(now, None, str(exc))
+            self.last = result
+            if result.error:
+                service.log.warning(f"update check failed: {result.error}")
+            elif result.candidate:
+                service.log.info(f"update check: {result.candidate.version} is available")
+            else:
+                service.log.info("update check: no newer release")
+            return result
+
+    def _newest(self, server: str, engine: Engine) -> Candidate | None:
+        channel = OnlineChannel(
+            server, engine.state_dir / "online", engine.trust.load(), self.limits()
+        )
+        try:
+            return channel.newest(engine.policy(), parse_version(self.installed()))
+        finally:
+            channel.close()
+
+    def available(self) -> dict[str, Any]:
+        """``sys/updates_available``'s reply."""
+        last = self.last
+        reply: dict[str, Any] = {"updates_available": False, "version": None, "size": None}
+        if last is None:
+            return {
+                **reply,
+                "updates_info": "No update check has completed yet.",
+                "last_checked": None,
+            }
+        reply["last_checked"] = last.checked_at
+        if last.error:
+            return {
+                **reply,
+                "updates_info": f"The last update check failed: {last.error}.",
+                "error": last.error,
+            }
+        if last.candidate is None:
+            info = f"No updates: {self.installed()} is the newest release for this system."
+            return {**reply, "updates_info": info}
+        found = last.candidate
+        info = f"Version {found.version} is available ({found.length / 2**20:.1f} MiB)."
+        if found.notes:
+            info += f" {found.notes}"
+        return {
+            **reply,
+            "updates_available": True,
+            "updates_info": info,
+            "version": str(found.version),
+            "size": found.length,
+        }
+
+    async def run_periodically(self) -> None:
+        """Check at start and every ``update_check_interval_s`` (0: never)."""
+        while True:
+            interval = self._service.settings.update_check_interval_s
+            if interval > 0 and self._service.settings.update_server:
+                await self.check()
+                await asyncio.sleep(interval)
+            else:
+                await asyncio.sleep(60)
+
+    def online_install(self, server: str) -> Callable[..., object]:
+        """The job that installs the newest release from the update server."""
+        limits = self.limits()
+        installed = parse_version(self.installed())
+
+        def install(
+            engine: Engine,
+            progress: Callable[[JobState, int, int], None],
+            log: Callable[[str], None],
+        ) -> object:
+            channel = OnlineChannel(
+                server, engine.state_dir / "online", engine.trust.load(), limits
+            )
+            try:
+                candidate = channel.newest(engine.policy(), installed)
+                if candidate is None:
+                    raise AcquireError("no newer release is available any more")
+                manifest = candidate.manifest
+                log(
+                    f"release {manifest.version} from {urlsplit(server).netloc}: "
+                    f"{manifest.length} bytes, metadata verified"
+                )
+                chunks = channel.chunk_list(candidate)
+                url, stream = channel.open_payload(candidate)
+
+                def commit() -> None:
+                    engine.trust.record_online(*channel.trusted_versions())
+
+                with stream:
+                    return engine.install_release(
+                        Release(manifest, chunks, commit), stream, url, progress=progress, log=log
+                    )
+            finally:
+                channel.close()
+
+        return install
+
+
+async def update_check(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Start a check now; the reply does not wait for it."""
+    ctx.service.spawn(ctx.service.checks.check())
+    return {"result": "success", "status": "starting check for updates"}
+
+
+async def updates_available(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+    """The result of the last check."""
+    return ctx.service.checks.available()
+
+
+CHECK_CALLS = [
+    Call("sys", "update_check", update_check, admin=True),
+    Call("sys", "updates_available", updates_available),
+]

@@ -1,0 +1,147 @@
+"""The online channel: the update server's TUF repository, read with python-tuf's ``ngclient``.
+
+A check makes a new ``Updater`` (bootstrapped from the device's trusted root; ngclient keeps its
+own cache of timestamp and snapshot under ``<state_dir>/online`` for rollback and freeze
+protection), refreshes, loads the ``releases`` role, and picks the newest release for this product
+above the installed version and the floor. Rollback, freeze, mix-and-match, endless data, slow
+retrieval and key rotation are ngclient's to refuse, through our origin-locked fetcher.
+
+Installing downloads the (small) chunk list through ngclient, which verifies it, then streams the
+payload from its consistent-snapshot URL straight into the engine's chunk verifier.
+
+Invariants: nothing from the server is used unless ngclient verified the metadata naming it; the
+trust store learns newer roots and metadata versions only with an installed release.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuf.api.exceptions import DownloadError, RepositoryError
+from tuf.api.metadata import Metadata, TargetFile, Targets
+from tuf.ngclient import Updater, UpdaterConfig
+
+from sysupd.core.manifest import Manifest, parse_manifest
+from sysupd.core.trustchain import ReleasePolicy, TrustState, check_policy
+from sysupd.core.versions import Version
+from sysupd.errors import AcquireError, VerificationError
+from sysupd.fsutil import read_capped
+from sysupd.sources.tuf_fetcher import FetcherLimits, OriginFetcher, StreamReader
+
+__all__ = ["Candidate", "OnlineChannel"]
+
+_PROBE = "releases/.sysupd-probe"  # a path under the releases delegation, to load that role
+_MAX_CHUNK_LIST = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """The newest acceptable release on the server."""
+
+    manifest: Manifest
+    payload: TargetFile
+    chunks: TargetFile
+
+
+class OnlineChannel:
+    """One conversation with the update server (one ``Updater``); use from a worker thread."""
+
+    def __init__(
+        self,
+        server: str,
+        cache_dir: Path,
+        trust: TrustState,
+        limits: FetcherLimits,
+    ) -> None:
+        base = server.rstrip("/")
+        self._cache = cache_dir
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        self.fetcher = OriginFetcher(base, limits=limits)
+        self._targets_url = f"{base}/targets/"
+        try:
+            self._updater = Updater(
+                metadata_dir=str(cache_dir),
+                metadata_base_url=f"{base}/metadata/",
+                target_base_url=self._targets_url,
+                fetcher=self.fetcher,
+                config=UpdaterConfig(),
+                bootstrap=trust.root,
+            )
+        except (RepositoryError, ValueError) as exc:
+            raise VerificationError(f"the trusted root cannot be used: {exc}") from exc
+
+    def newest(self, policy: ReleasePolicy, installed: Version) -> Candidate | None:
+        """Refresh the metadata; the newest release for this device above ``installed``.
+
+        Raises:
+            AcquireError: the server could not be reached or sent too little, too slowly.
+            VerificationError: the metadata is not trusted (signatures, expiry, rollback, …).
+        """
+        releases = self._releases()
+        best: Candidate | None = None
+        for entry in releases.signed.targets.values():
+            custom = entry.custom if isinstance(entry.custom, dict) else {}
+            if "sysupd" not in custom:
+                continue  # a chunk list, or another tool's target
+            try:
+                manifest = parse_manifest(entry.path, entry.length, entry.hashes, custom)
+                if manifest.version <= installed:
+                    continue
+                check_policy(manifest, policy)
+            except VerificationError:
+                continue  # another product, below the floor, or malformed: not for us
+            chunks = releases.signed.targets.get(manifest.chunks_target)
+            if chunks is None:
+                continue
+            if best is None or manifest.version > best.manifest.version:
+                best = Candidate(manifest, entry, chunks)
+        return best
+
+    def chunk_list(self, candidate: Candidate) -> bytes:
+        """The candidate's chunk list, downloaded and verified by ngclient.
+
+        Raises:
+            AcquireError: the download failed.
+            VerificationError: it does not match its signed length and hash.
+        """
+        with tempfile.TemporaryDirectory(dir=self._cache) as scratch:
+            path = Path(scratch) / "chunks"
+            try:
+                self._updater.download_target(candidate.chunks, str(path))
+            except DownloadError as exc:
+                raise AcquireError(f"the chunk list could not be downloaded: {exc}") from exc
+            except RepositoryError as exc:
+                raise VerificationError(f"the chunk list is not the signed one: {exc}") from exc
+            return read_capped(path, _MAX_CHUNK_LIST)
+
+    def open_payload(self, candidate: Candidate) -> tuple[str, StreamReader]:
+        """The payload's URL and an open stream of it (unverified bytes: feed the verifier)."""
+        directory, _, name = candidate.payload.path.rpartition("/")
+        url = f"{self._targets_url}{directory}/{candidate.manifest.sha256}.{name}"
+        return url, self.fetcher.open_stream(url, candidate.manifest.length)
+
+    def trusted_versions(self) -> tuple[bytes, int, int]:
+        """The newest verified root and the targets and releases versions, after ``newest``."""
+        root = read_capped(self._cache / "root.json", 4 * 1024 * 1024)
+        targets = Metadata[Targets].from_bytes(read_capped(self._cache / "targets.json", 2**24))
+        releases = Metadata[Targets].from_bytes(read_capped(self._cache / "releases.json", 2**24))
+        return root, targets.signed.version, releases.signed.version
+
+    def close(self) -> None:
+        """Close the fetcher's connections."""
+        self.fetcher.close()
+
+    def _releases(self) -> Metadata[Targets]:
+        try:
+            self._updater.refresh()
+            self._updater.get_targetinfo(_PROBE)  # loads and verifies the releases role
+            data = read_capped(self._cache / "releases.json", 2**24)
+        except DownloadError as exc:
+            raise AcquireError(f"the update server could not be read: {exc}") from exc
+        except RepositoryError as exc:
+            raise VerificationError(f"the update server's metadata is not trusted: {exc}") from exc
+        except OSError as exc:
+            raise VerificationError(f"the releases metadata is missing: {exc}") from exc
+        return Metadata[Targets].from_bytes(data)

@@ -1,0 +1,88 @@
+"""A real nginx serving a directory on a free loopback port, as a vendor or LAN mirror would."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.procs import free_port
+
+__all__ = ["nginx_serving"]
+
+_CONFIG = """
+daemon off;
+master_process on;
+worker_processes 1;
+user root;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log {work}/access.log;
+    client_body_temp_path {work}/body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    types {{ application/json json; }}
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+    }}
+}}
+"""
+
+
+@contextmanager
+def nginx_serving(root: Path, work: Path) -> Iterator[str]:
+    """nginx serving ``root``; yields its base URL. Skips the test where nginx is missing."""
+    binary = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    if binary is None:
+        pytest.skip("nginx is not installed (Debian package nginx; .ci/run installs it)")
+    work.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = work / "nginx.conf"
+    config.write_text(_CONFIG.format(work=work, port=port, root=root))
+    proc = subprocess.Popen(
+        [binary, "-c", str(config), "-p", str(work)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        for _ in range(200):
+            if (work / "nginx.pid").exists():
+                break
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"nginx failed: {proc.stderr.read().decode() if proc.stderr else ''}"
+                )
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGQUIT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def access_log(work: Path) -> list[str]:
+    """The request lines nginx logged."""
+    log = work / "access.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+__all__ += ["access_log"]

@@ -1,0 +1,40 @@
+"""An update server for the tests: a release repository published and served by real nginx."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sysupd.release.repository import ReleaseRepository
+from tests.nginx import nginx_serving
+from tests.releases import PRODUCT
+
+__all__ = ["online_overrides", "serve_repo"]
+
+
+@contextmanager
+def serve_repo(repo: ReleaseRepository, work: Path) -> Iterator[str]:
+    """nginx serving only ``metadata/`` and ``targets/`` of ``repo`` (never its keys)."""
+    www = work / "www"
+    www.mkdir(parents=True, exist_ok=True)
+    for part in ("metadata", "targets"):
+        link = www / part
+        if not link.exists():
+            link.symlink_to(repo.path / part)
+    with nginx_serving(www, work / "nginx") as url:
+        yield url
+
+
+def online_overrides(repo: ReleaseRepository, server: str, **extra: Any) -> dict[str, Any]:
+    """Settings of a device that trusts ``repo`` and checks ``server`` (only when asked)."""
+    return {
+        "product": PRODUCT,
+        "trust_root": str(repo.path / "metadata" / "1.root.json"),
+        "update_server": server,
+        "update_check_interval_s": 0,
+        "event_interval_s": 0.1,
+        "auto_reboot": False,
+        **extra,
+    }
