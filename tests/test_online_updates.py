@@ -100,3 +100,15 @@ async def test_server_down_is_an_error_not_no_updates(
     assert reply["result"] == "failure"
     assert "The update check failed" in reply["error"]
     assert service.engine().status()["next_boot"] == "A"
+
+
+async def test_releases_for_another_product_are_passed_over_with_the_reason(
+    tmp_path: Path, repo: ReleaseRepository, start_service: ServiceFactory, connect: ClientFactory
+) -> None:
+    with serve_repo(repo, tmp_path / "server") as url:
+        service = await start_service(**online_overrides(repo, url, product="another-box"))
+        admin = await connect(service, login=ADMIN)
+        available = await _checked(admin, service)
+    assert available["updates_available"] is False
+    assert "product 'sysupd-demo'" in str(available["updates_info"])
+    assert "this device is 'another-box'" in str(available["updates_info"])

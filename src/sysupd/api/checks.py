@@ -19,7 +19,7 @@ from sysupd.core.manifest import Manifest
 from sysupd.core.versions import parse_version
 from sysupd.engine.engine import Engine, Release
 from sysupd.errors import AcquireError, SysupdError
-from sysupd.sources.online import Candidate, OnlineChannel
+from sysupd.sources.online import OnlineChannel, Survey
 from sysupd.sources.tuf_fetcher import FetcherLimits
 
 if TYPE_CHECKING:
@@ -35,6 +35,8 @@ class CheckResult:
     checked_at: str
     candidate: Manifest | None
     error: str | None = None
+    passed_over: tuple[str, ...] = ()
+    """Why newer releases on the server are not for this device."""
 
 
 class UpdateChecker:
@@ -67,8 +69,9 @@ class UpdateChecker:
                 result = CheckResult(now, None, "no update server is configured")
             else:
                 try:
-                    candidate = await asyncio.to_thread(self._newest, server, service.engine())
-                    result = CheckResult(now, candidate.manifest if candidate else None)
+                    survey = await asyncio.to_thread(self._newest, server, service.engine())
+                    found = survey.candidate.manifest if survey.candidate else None
+                    result = CheckResult(now, found, passed_over=survey.passed_over)
                 except SysupdError as exc:
                     result = CheckResult(now, None, str(exc))
             self.last = result
@@ -80,7 +83,7 @@ class UpdateChecker:
                 service.log.info("update check: no newer release")
             return result
 
-    def _newest(self, server: str, engine: Engine) -> Candidate | None:
+    def _newest(self, server: str, engine: Engine) -> Survey:
         channel = OnlineChannel(
             server, engine.state_dir / "online", engine.trust.load(), self.limits()
         )
@@ -108,6 +111,8 @@ class UpdateChecker:
             }
         if last.candidate is None:
             info = f"No updates: {self.installed()} is the newest release for this system."
+            if last.passed_over:
+                info += " Passed over: " + "; ".join(last.passed_over[:5]) + "."
             return {**reply, "updates_info": info}
         found = last.candidate
         info = f"Version {found.version} is available ({found.length / 2**20:.1f} MiB)."
@@ -145,7 +150,7 @@ class UpdateChecker:
                 server, engine.state_dir / "online", engine.trust.load(), limits
             )
             try:
-                candidate = channel.newest(engine.policy(), installed)
+                candidate = channel.newest(engine.policy(), installed).candidate
                 if candidate is None:
                     raise AcquireError("no newer release is available any more")
                 manifest = candidate.manifest

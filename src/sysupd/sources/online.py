@@ -30,10 +30,18 @@ from sysupd.errors import AcquireError, VerificationError
 from sysupd.fsutil import read_capped
 from sysupd.sources.tuf_fetcher import FetcherLimits, OriginFetcher, StreamReader
 
-__all__ = ["Candidate", "OnlineChannel"]
+__all__ = ["Candidate", "OnlineChannel", "Survey"]
 
 _PROBE = "releases/.sysupd-probe"  # a path under the releases delegation, to load that role
 _MAX_CHUNK_LIST = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Survey:
+    """What a check found: the candidate, and why other releases are not for this device."""
+
+    candidate: Candidate | None
+    passed_over: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +80,9 @@ class OnlineChannel:
         except (RepositoryError, ValueError) as exc:
             raise VerificationError(f"the trusted root cannot be used: {exc}") from exc
 
-    def newest(self, policy: ReleasePolicy, installed: Version) -> Candidate | None:
-        """Refresh the metadata; the newest release for this device above ``installed``.
+    def newest(self, policy: ReleasePolicy, installed: Version) -> Survey:
+        """Refresh the metadata; the newest release for this device above ``installed``, and why
+        each newer release that is not offered was passed over.
 
         Raises:
             AcquireError: the server could not be reached or sent too little, too slowly.
@@ -81,23 +90,30 @@ class OnlineChannel:
         """
         releases = self._releases()
         best: Candidate | None = None
+        passed_over: list[str] = []
         for entry in releases.signed.targets.values():
             custom = entry.custom if isinstance(entry.custom, dict) else {}
             if "sysupd" not in custom:
                 continue  # a chunk list, or another tool's target
             try:
                 manifest = parse_manifest(entry.path, entry.length, entry.hashes, custom)
-                if manifest.version <= installed:
-                    continue
+            except VerificationError as exc:
+                passed_over.append(str(exc))
+                continue
+            if manifest.version <= installed:
+                continue
+            try:
                 check_policy(manifest, policy)
-            except VerificationError:
-                continue  # another product, below the floor, or malformed: not for us
+            except VerificationError as exc:
+                passed_over.append(f"{manifest.version}: {exc}")
+                continue
             chunks = releases.signed.targets.get(manifest.chunks_target)
             if chunks is None:
+                passed_over.append(f"{manifest.version}: its chunk list is not signed")
                 continue
             if best is None or manifest.version > best.manifest.version:
                 best = Candidate(manifest, entry, chunks)
-        return best
+        return Survey(best, tuple(passed_over))
 
     def chunk_list(self, candidate: Candidate) -> bytes:
         """The candidate's chunk list, downloaded and verified by ngclient.
