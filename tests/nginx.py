@@ -36,14 +36,19 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         root {root};
+{extra}
     }}
 }}
 """
 
 
 @contextmanager
-def nginx_serving(root: Path, work: Path) -> Iterator[str]:
-    """nginx serving ``root``; yields its base URL. Skips the test where nginx is missing."""
+def nginx_serving(root: Path, work: Path, extra: str = "") -> Iterator[str]:
+    """nginx serving ``root``; yields its base URL. Skips the test where nginx is missing.
+
+    ``extra`` is added to the ``server`` block as is (directives such as
+    ``location ~ \\.tar\\.zst$ { limit_rate 256; }``).
+    """
     binary = shutil.which("nginx") or (
         "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
     )
@@ -52,7 +57,7 @@ def nginx_serving(root: Path, work: Path) -> Iterator[str]:
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = work / "nginx.conf"
-    config.write_text(_CONFIG.format(work=work, port=port, root=root))
+    config.write_text(_CONFIG.format(work=work, port=port, root=root, extra=extra))
     proc = subprocess.Popen(
         [binary, "-c", str(config), "-p", str(work)],
         stdout=subprocess.DEVNULL,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,20 +12,32 @@ from sysupd.release.repository import ReleaseRepository
 from tests.nginx import nginx_serving
 from tests.releases import PRODUCT
 
-__all__ = ["online_overrides", "serve_repo"]
+__all__ = ["copy_published", "online_overrides", "serve_repo"]
 
 
 @contextmanager
-def serve_repo(repo: ReleaseRepository, work: Path) -> Iterator[str]:
-    """nginx serving only ``metadata/`` and ``targets/`` of ``repo`` (never its keys)."""
+def serve_repo(repo: ReleaseRepository, work: Path, extra: str = "") -> Iterator[str]:
+    """nginx serving only ``metadata/`` and ``targets/`` of ``repo`` (never its keys).
+
+    ``extra``: more nginx directives for the ``server`` block (see ``nginx_serving``).
+    """
     www = work / "www"
     www.mkdir(parents=True, exist_ok=True)
     for part in ("metadata", "targets"):
         link = www / part
         if not link.exists():
             link.symlink_to(repo.path / part)
-    with nginx_serving(www, work / "nginx") as url:
+    with nginx_serving(www, work / "nginx", extra) as url:
         yield url
+
+
+def copy_published(repo: ReleaseRepository, dest: Path) -> Path:
+    """A copy of what ``repo`` publishes now (``metadata/`` and ``targets/``, never its keys), as
+    a mirror that stops following the repository would keep serving; returns ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for part in ("metadata", "targets"):
+        shutil.copytree(repo.path / part, dest / part, ignore=shutil.ignore_patterns(".*"))
+    return dest
 
 
 def online_overrides(repo: ReleaseRepository, server: str, **extra: Any) -> dict[str, Any]:

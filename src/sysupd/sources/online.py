@@ -65,6 +65,7 @@ class OnlineChannel:
     ) -> None:
         base = server.rstrip("/")
         self._cache = cache_dir
+        self._seen = trust
         cache_dir.mkdir(parents=True, exist_ok=True)
         self.fetcher = OriginFetcher(base, limits=limits)
         self._targets_url = f"{base}/targets/"
@@ -88,9 +89,10 @@ class OnlineChannel:
             AcquireError: the server could not be reached or sent too little, too slowly.
             VerificationError: the metadata is not trusted (signatures, expiry, rollback, …).
         """
-        releases = self._releases()
+        releases = self._check_seen(self._releases())
         best: Candidate | None = None
         passed_over: list[str] = []
+        older: list[Version] = []
         for entry in releases.signed.targets.values():
             custom = entry.custom if isinstance(entry.custom, dict) else {}
             if "sysupd" not in custom:
@@ -101,6 +103,8 @@ class OnlineChannel:
                 passed_over.append(str(exc))
                 continue
             if manifest.version <= installed:
+                if manifest.product == policy.product:
+                    older.append(manifest.version)
                 continue
             try:
                 check_policy(manifest, policy)
@@ -113,6 +117,11 @@ class OnlineChannel:
                 continue
             if best is None or manifest.version > best.manifest.version:
                 best = Candidate(manifest, entry, chunks)
+        if best is None and older:
+            passed_over.append(
+                f"the newest release for {policy.product} on the server, {max(older)}, is not "
+                f"newer than the installed {installed} (older releases would be a downgrade)"
+            )
         return Survey(best, tuple(passed_over))
 
     def chunk_list(self, candidate: Candidate) -> bytes:
@@ -144,6 +153,21 @@ class OnlineChannel:
         targets = Metadata[Targets].from_bytes(read_capped(self._cache / "targets.json", 2**24))
         releases = Metadata[Targets].from_bytes(read_capped(self._cache / "releases.json", 2**24))
         return root, targets.signed.version, releases.signed.version
+
+    def _check_seen(self, releases: Metadata[Targets]) -> Metadata[Targets]:
+        """Refuse metadata older than what the device already trusts from any path (an offline
+        bundle may have brought newer versions than this server's cache has seen)."""
+        targets = Metadata[Targets].from_bytes(read_capped(self._cache / "targets.json", 2**24))
+        for role, version, seen in (
+            ("targets", targets.signed.version, self._seen.targets_version),
+            ("releases", releases.signed.version, self._seen.releases_version),
+        ):
+            if version < seen:
+                raise VerificationError(
+                    f"the update server's {role} metadata v{version} is older than v{seen}, "
+                    "which this device has already seen (rollback or a stale mirror)"
+                )
+        return releases
 
     def close(self) -> None:
         """Close the fetcher's connections."""
