@@ -90,6 +90,7 @@ class OnlineChannel:
             VerificationError: the metadata is not trusted (signatures, expiry, rollback, …).
         """
         releases = self._check_seen(self._releases())
+        delegation = self._delegation()
         best: Candidate | None = None
         passed_over: list[str] = []
         older: list[Version] = []
@@ -97,6 +98,9 @@ class OnlineChannel:
             custom = entry.custom if isinstance(entry.custom, dict) else {}
             if "sysupd" not in custom:
                 continue  # a chunk list, or another tool's target
+            if not delegation.is_delegated_path(entry.path):
+                passed_over.append(f"{entry.path} is outside the paths the releases role may sign")
+                continue
             try:
                 manifest = parse_manifest(entry.path, entry.length, entry.hashes, custom)
             except VerificationError as exc:
@@ -153,6 +157,14 @@ class OnlineChannel:
         targets = Metadata[Targets].from_bytes(read_capped(self._cache / "targets.json", 2**24))
         releases = Metadata[Targets].from_bytes(read_capped(self._cache / "releases.json", 2**24))
         return root, targets.signed.version, releases.signed.version
+
+    def _delegation(self) -> DelegatedRole:
+        targets = Metadata[Targets].from_bytes(read_capped(self._cache / "targets.json", 2**24))
+        roles = targets.signed.delegations.roles if targets.signed.delegations else None
+        role = roles.get("releases") if roles else None
+        if role is None:
+            raise VerificationError("the update server's targets metadata delegates no releases")
+        return role
 
     def _check_seen(self, releases: Metadata[Targets]) -> Metadata[Targets]:
         """Refuse metadata older than what the device already trusts from any path (an offline
