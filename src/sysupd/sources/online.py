@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuf.api.exceptions import DownloadError, RepositoryError
-from tuf.api.metadata import Metadata, TargetFile, Targets
+from tuf.api.metadata import DelegatedRole, Metadata, TargetFile, Targets
 from tuf.ngclient import Updater, UpdaterConfig
 
 from sysupd.core.manifest import Manifest, parse_manifest
