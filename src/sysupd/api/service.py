@@ -96,6 +96,8 @@ class Service:
         self._exit: asyncio.Future[ProcessExit] | None = None
         self.boot: BootReport | None = None
         self.boot_status = "starting"
+        self.boot_settled = asyncio.Event()
+        """Set once the boot trial has run (or could not): updates wait for it."""
         self.updates = UpdateManager(self)
         self.checks = UpdateChecker(self)
         self.ws_port = 0
@@ -235,6 +237,7 @@ class Service:
         except SysupdError as exc:
             self.boot_status = f"error: {exc}"
             self.log.error(f"boot: {exc}")
+            self.boot_settled.set()
             return
         self.log.info(f"booted slot {self.boot.slot}, version {self.boot.version}")
         if self.boot.interrupted:
@@ -245,9 +248,15 @@ class Service:
         self.spawn(self._boot_trial())
 
     async def _boot_trial(self) -> None:
+        try:
+            await self._run_boot_trial()
+        finally:
+            self.boot_settled.set()
+
+    async def _run_boot_trial(self) -> None:
         ok, detail = await run_health_check(self.settings.health_check_command)
         try:
-            result = self.engine().confirm(ok, detail)
+            result = await asyncio.to_thread(self.engine().confirm, ok, detail)
         except SysupdError as exc:
             self.boot_status = f"error: {exc}"
             self.log.error(f"boot trial: {exc}")

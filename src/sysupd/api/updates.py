@@ -255,6 +255,7 @@ def bundle_path(path: Path) -> Install:
 
 
 _BUSY = {"result": "failure", "error": "Update procedure already running"}
+_SETTLE_WAIT_S = 5.0
 
 
 def _invalid(why: str) -> dict[str, Any]:
@@ -274,6 +275,13 @@ async def update_now(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     """Start an update from an uploaded file, a LAN URL, or (``{}``) the update server."""
     service = ctx.service
     manager = service.updates
+    try:
+        await asyncio.wait_for(service.boot_settled.wait(), _SETTLE_WAIT_S)
+    except TimeoutError:
+        return {
+            "result": "failure",
+            "error": "The system is still checking the slot it booted; try again shortly",
+        }
     if manager.running or not _lock_free(service.engine()):
         return _BUSY
     if "file_upload" in args:

@@ -38,7 +38,7 @@ from sysupd.engine.slotset import SlotConfig, inactive_slot, make_writer, slot_c
 from sysupd.engine.state import EngineState, JobRecord, LastResult, SlotRecord, StateFile
 from sysupd.engine.stream import ByteSource, VerifiedReader
 from sysupd.engine.trust import TrustStore
-from sysupd.errors import AcquireError, BootError, UpdateError, VerificationError
+from sysupd.errors import AcquireError, BootError, InstallError, VerificationError
 from sysupd.slots.base import PayloadSpec
 from sysupd.system.clock import Clock
 
@@ -108,24 +108,21 @@ class Engine:
         Raises:
             BootError: no slot is bootable, or the bootloader's record is unusable.
         """
+        with UpdateLock(self.lock_path, blocking=True):
+            return self._start()
+
+    def _start(self) -> BootReport:
         state = self.state_file.load()
         env = self.bootloader.load()
-        interrupted = None
-        if state.job is not None:
-            interrupted = (
-                f"the install of {state.job.version} into slot {state.job.slot} was interrupted"
-            )
-            state = replace(
-                state,
-                job=None,
-                last_result=LastResult("interrupted", interrupted, self._now(), state.job.version),
-            )
+        state, interrupted = self._settle_job(state, env)
         preferred = env.order[0]
+        fell_back = False
         if self.bootloader.name == "file":  # sysupd itself is the bootloader
             choice = env.choose_boot(self.settings.boot_attempts)
             if choice.slot is None:
                 raise BootError("no slot is bootable: every slot is marked bad or out of attempts")
             booted, env = choice.slot, choice.env
+            fell_back = choice.fell_back_from is not None
             self.bootloader.save(env)
         else:  # the firmware chose, and says which on the kernel command line
             found = self.bootloader.booted_slot()
@@ -135,11 +132,17 @@ class Engine:
                     "as docs/grub.md says?"
                 )
             booted = found
+            record = env.slots[preferred]
+            # Only a slot the firmware really tried and gave up on is a rollback; a restart of
+            # the service before the reboot into a new slot is not.
+            fell_back = booted != preferred and (
+                not record.ok or record.tries >= self.settings.boot_attempts
+            )
         rolled_back = None
-        if booted != preferred and state.trial == preferred:
+        if fell_back:
             rolled_back = (
                 f"slot {preferred} ({self._version(state, preferred)}) did not come up within "
-                f"{self.settings.boot_attempts} boot attempts"
+                f"{self.settings.boot_attempts} boot attempts; slot {booted} booted instead"
             )
             state = self._rolled_back(state, rolled_back)
         state = replace(state, booted=booted)
@@ -148,6 +151,29 @@ class Engine:
         self.state_file.save(state)
         return BootReport(booted, self._version(state, booted), rolled_back, interrupted)
 
+    def _settle_job(self, state: EngineState, env: BootEnv) -> tuple[EngineState, str | None]:
+        """A job record at start-up: did the install get as far as the switch, or not?"""
+        job = state.job
+        if job is None:
+            return state, None
+        if env.order[0] == job.slot and env.slots[job.slot].ok:
+            # The switch happened; only the final bookkeeping was lost.
+            done = LastResult(
+                "installed",
+                f"version {job.version} installed into slot {job.slot}; reboot to try it",
+                self._now(),
+                job.version,
+            )
+            return replace(state, job=None, trial=job.slot, last_result=done), None
+        interrupted = f"the install of {job.version} into slot {job.slot} was interrupted"
+        state = state.with_slot(job.slot, SlotRecord())
+        return replace(
+            state,
+            job=None,
+            trial=None if state.trial == job.slot else state.trial,
+            last_result=LastResult("interrupted", interrupted, self._now(), job.version),
+        ), interrupted
+
     def confirm(self, healthy: bool, detail: str) -> LastResult | None:
         """Settle the booted slot's health check; returns the result it settles, if any.
 
@@ -155,13 +181,18 @@ class Engine:
         "rolled back" — the caller reboots, and the previous slot boots. A failing check on an
         established slot is reported but changes nothing, since there is no better slot to go to.
         """
+        with UpdateLock(self.lock_path, blocking=True):
+            return self._confirm(healthy, detail)
+
+    def _confirm(self, healthy: bool, detail: str) -> LastResult | None:
         state = self.state_file.load()
         booted = state.booted
         if booted is None:
             raise BootError("confirm() before start()")
         env = self.bootloader.load()
         version = self._version(state, booted)
-        if not healthy and state.trial == booted:
+        fallback = any(r.ok for name, r in env.slots.items() if name != booted)
+        if not healthy and state.trial == booted and fallback:
             self.bootloader.save(env.reject(booted))
             cause = f"slot {booted} ({version}) failed its health check: {detail}"
             state = self._rolled_back(state, cause)
@@ -239,11 +270,13 @@ class Engine:
             try:
                 job.advance(JobState.ACQUIRING)
                 return run(job, self.state_file.load())
-            except UpdateError as exc:
+            except Exception as exc:
                 if job.state.running:
                     job.fail()
-                failed = LastResult("failed", str(exc), self._now(), None)
+                failed = LastResult("failed", str(exc) or type(exc).__name__, self._now(), None)
                 self.state_file.save(replace(self.state_file.load(), job=None, last_result=failed))
+                if isinstance(exc, OSError):
+                    raise InstallError(f"the install failed: {exc}") from exc
                 raise
 
     def _install(
@@ -332,11 +365,20 @@ class Engine:
         manifest = release.manifest
         job.advance(JobState.INSTALLING)
         env = self.bootloader.load()
-        booted = state.booted or env.order[0]
+        booted = self.bootloader.booted_slot() or state.booted or env.order[0]
+        if state.trial is not None and state.trial == booted:
+            raise InstallError(
+                f"slot {booted} is still on trial: an update now would overwrite the only "
+                "known-good slot; wait until its health check has passed"
+            )
         if booted not in state.slots:  # installing before the first start: the factory slot
             state = state.with_slot(booted, SlotRecord(version=self.settings.factory_version))
         target = inactive_slot(env.order, booted)
-        state = replace(state, job=JobRecord(target, str(manifest.version), origin, self._now()))
+        state = replace(
+            state.with_slot(target, SlotRecord()),
+            trial=None if state.trial == target else state.trial,
+            job=JobRecord(target, str(manifest.version), origin, self._now()),
+        )
         self.state_file.save(state)
         self.bootloader.save(env.begin_install(target))
         slot = self.slots[target]
@@ -365,14 +407,17 @@ class Engine:
 
         job.advance(JobState.SWITCHING)
         report(JobState.SWITCHING, total, total)
-        # Newer roots and metadata versions are kept only with the update they came with,
-        # so a refused update changes no trust at all.
-        release.commit_trust()
-        self.bootloader.save(self.bootloader.load().activate(target))
+        # Record the slot's new content first, then switch, then keep the trust: a crash in
+        # between is settled at the next start (see _settle_job), never a mix.
         state = replace(
             state.with_slot(target, SlotRecord(str(manifest.version), self._now(), origin)),
-            job=None,
             trial=target,
+        )
+        self.state_file.save(state)
+        self.bootloader.save(self.bootloader.load().activate(target))
+        state = replace(
+            state,
+            job=None,
             last_result=LastResult(
                 "installed",
                 f"version {manifest.version} installed into slot {target}; reboot to try it",
@@ -381,6 +426,8 @@ class Engine:
             ),
         )
         self.state_file.save(state)
+        # Newer roots and metadata versions are kept only with the update they came with.
+        release.commit_trust()
         job.advance(JobState.DONE)
         say(f"slot {target} will boot next, on trial")
         return manifest

@@ -21,17 +21,19 @@ class UpdateBusy(UpdateError):
 
 
 class UpdateLock:
-    """A non-blocking exclusive lock, as a context manager."""
+    """An exclusive lock, as a context manager: refused at once when held (installs), or waited
+    for (``blocking``: the boot bookkeeping, which must not race an install)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, blocking: bool = False) -> None:
         self._path = path
+        self._blocking = blocking
         self._fd: int | None = None
 
     def __enter__(self) -> UpdateLock:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if self._blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             os.close(fd)
             raise UpdateBusy("Update procedure already running") from exc

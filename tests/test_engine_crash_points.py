@@ -1,0 +1,171 @@
+"""The engine at the instants an install can be cut short, and in the boot situations that must
+never lose the known-good slot."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from sysupd.boot.adapter import MemoryBootloader
+from sysupd.engine.engine import Engine
+from sysupd.engine.state import JobRecord
+from sysupd.errors import InstallError, VerificationError
+from sysupd.release.repository import ReleaseRepository
+from tests.engines import make_engine
+from tests.releases import make_repo
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> ReleaseRepository:
+    return make_repo(tmp_path, "1.1.0", "1.2.0")
+
+
+def _bundle(repo: ReleaseRepository, tmp_path: Path, version: str) -> Path:
+    out = tmp_path / f"{version}.bundle"
+    repo.write_bundle(version, out)
+    return out
+
+
+def _booted(state: Path, repo: ReleaseRepository) -> Engine:
+    engine = make_engine(state, repo)
+    engine.start()
+    engine.confirm(True, "")
+    return engine
+
+
+def test_crash_after_the_switch_settles_as_installed(
+    tmp_path: Path, repo: ReleaseRepository
+) -> None:
+    state = tmp_path / "state"
+    engine = _booted(state, repo)
+    engine.install_bundle(_bundle(repo, tmp_path, "1.1.0"))
+    # The power fails after the switch, before the final bookkeeping: the job is still recorded.
+    record = engine.state_file.load()
+    engine.state_file.save(
+        dataclasses.replace(record, job=JobRecord("B", "1.1.0", "x", "t"), last_result=None)
+    )
+    rebooted = make_engine(state, repo)
+    report = rebooted.start()
+    assert (report.slot, report.version, report.interrupted) == ("B", "1.1.0", None)
+    result = rebooted.confirm(False, "broken")
+    assert result is not None
+    assert result.result == "rolled back"  # the new slot was still on trial
+    assert make_engine(state, repo).start().slot == "A"
+
+
+def test_crash_before_the_switch_settles_as_interrupted(
+    tmp_path: Path, repo: ReleaseRepository
+) -> None:
+    state = tmp_path / "state"
+    engine = _booted(state, repo)
+    env = engine.bootloader.load().begin_install("B")
+    engine.bootloader.save(env)
+    record = engine.state_file.load()
+    engine.state_file.save(dataclasses.replace(record, job=JobRecord("B", "1.1.0", "x", "t")))
+    report = make_engine(state, repo).start()
+    assert report.slot == "A"
+    assert report.interrupted is not None
+    status = make_engine(state, repo).status()
+    assert status["slots"]["B"]["version"] is None
+    assert status["trial"] is None
+
+
+def test_no_install_while_the_booted_slot_is_on_trial(
+    tmp_path: Path, repo: ReleaseRepository
+) -> None:
+    state = tmp_path / "state"
+    _booted(state, repo).install_bundle(_bundle(repo, tmp_path, "1.1.0"))
+    trial = make_engine(state, repo)
+    assert trial.start().slot == "B"
+    with pytest.raises(InstallError, match="still on trial"):
+        trial.install_bundle(_bundle(repo, tmp_path, "1.2.0"))
+    assert trial.status()["slots"]["A"]["bootable"] is True
+
+
+def test_the_last_bootable_slot_is_never_rejected(tmp_path: Path, repo: ReleaseRepository) -> None:
+    state = tmp_path / "state"
+    engine = _booted(state, repo)
+    engine.install_bundle(_bundle(repo, tmp_path, "1.1.0"))
+    env = engine.bootloader.load()
+    engine.bootloader.save(env.reject("A"))  # the old slot got lost meanwhile
+    trial = make_engine(state, repo)
+    assert trial.start().slot == "B"
+    assert trial.confirm(False, "flaky") is None
+    assert make_engine(state, repo).start().slot == "B"
+
+
+def test_failed_reinstall_clears_reboot_required(tmp_path: Path, repo: ReleaseRepository) -> None:
+    state = tmp_path / "state"
+    engine = _booted(state, repo)
+    engine.install_bundle(_bundle(repo, tmp_path, "1.1.0"))
+    bad = tmp_path / "bad.bundle"
+    data = bytearray(_bundle(repo, tmp_path, "1.2.0").read_bytes())
+    data[-10] ^= 1
+    bad.write_bytes(bytes(data))
+    with pytest.raises(VerificationError):
+        engine.install_bundle(bad)
+    status = engine.status()
+    assert status["trial"] is None
+    assert status["slots"]["B"]["version"] is None
+    assert status["next_boot"] == "A"
+
+
+def test_confirmed_slot_that_stops_coming_up_is_reported_as_a_rollback(
+    tmp_path: Path, repo: ReleaseRepository
+) -> None:
+    state = tmp_path / "state"
+    _booted(state, repo).install_bundle(_bundle(repo, tmp_path, "1.1.0"))
+    good = make_engine(state, repo)
+    good.start()
+    good.confirm(True, "")
+    for _ in range(3):  # later starts that crash before their health check
+        assert make_engine(state, repo).start().slot == "B"
+    report = make_engine(state, repo).start()
+    assert report.slot == "A"
+    assert report.rolled_back is not None
+    assert "did not come up" in report.rolled_back
+
+
+def _firmware(engine: Engine, booted: str) -> MemoryBootloader:
+    """Put a firmware-chosen boot loader (as grub is) in place of the file one."""
+    memory = MemoryBootloader(tuple(engine.slots), engine.bootloader.load(), booted)
+    engine.bootloader = memory
+    return memory
+
+
+def test_restart_before_the_reboot_is_not_a_rollback(
+    tmp_path: Path, repo: ReleaseRepository
+) -> None:
+    state = tmp_path / "state"
+    engine = make_engine(state, repo)
+    firmware = _firmware(engine, "A")
+    engine.start()
+    engine.confirm(True, "")
+    engine.install_bundle(_bundle(repo, tmp_path, "1.1.0"))
+    restarted = make_engine(state, repo)
+    restarted.bootloader = firmware  # the service restarts; the machine has not rebooted
+    report = restarted.start()
+    assert (report.slot, report.rolled_back) == ("A", None)
+    assert restarted.status()["trial"] == "B"
+
+
+def test_install_goes_to_the_slot_the_firmware_did_not_boot(
+    tmp_path: Path, repo: ReleaseRepository
+) -> None:
+    state = tmp_path / "state"
+    engine = make_engine(state, repo)
+    firmware = _firmware(engine, "A")
+    engine.start()
+    engine.confirm(True, "")
+    engine.install_bundle(_bundle(repo, tmp_path, "1.1.0"))
+    # The machine reboots into B and confirms it; `sysupd install` then runs before the
+    # service recorded the new boot.
+    firmware.env = firmware.load().confirm("B")
+    firmware.booted = "B"
+    record = engine.state_file.load()
+    engine.state_file.save(dataclasses.replace(record, trial=None))
+    engine.install_bundle(_bundle(repo, tmp_path, "1.2.0"))
+    assert (state / "slots" / "A" / "etc" / "version").read_text() == "1.2.0\n"
+    assert (state / "slots" / "B" / "etc" / "version").read_text() == "1.1.0\n"
