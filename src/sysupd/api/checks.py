@@ -8,6 +8,7 @@ at a time. A failed check says so (``error``) and never reads as "no updates".
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,7 @@ from urllib.parse import urlsplit
 from sysupd.api.calls import Call, CallContext
 from sysupd.core.job import JobState
 from sysupd.core.manifest import Manifest
-from sysupd.core.versions import parse_version
+from sysupd.core.versions import Version, parse_version
 from sysupd.engine.engine import Engine, Release
 from sysupd.errors import AcquireError, SysupdError
 from sysupd.sources.online import OnlineChannel, Survey
@@ -45,6 +46,8 @@ class UpdateChecker:
     def __init__(self, service: Service) -> None:
         self._service = service
         self._lock = asyncio.Lock()
+        self._cache_lock = threading.Lock()
+        """ngclient's cache directory is used by one Updater at a time (check or install)."""
         self.last: CheckResult | None = None
 
     def limits(self) -> FetcherLimits:
@@ -74,6 +77,9 @@ class UpdateChecker:
                     result = CheckResult(now, found, passed_over=survey.passed_over)
                 except SysupdError as exc:
                     result = CheckResult(now, None, str(exc))
+                except Exception as exc:  # noqa: BLE001 - a check must end in a result, not a crash
+                    service.log_bug("the update check", exc)
+                    result = CheckResult(now, None, f"the check failed unexpectedly ({exc!r})")
             self.last = result
             if result.error:
                 service.log.warning(f"update check failed: {result.error}")
@@ -84,13 +90,14 @@ class UpdateChecker:
             return result
 
     def _newest(self, server: str, engine: Engine) -> Survey:
-        channel = OnlineChannel(
-            server, engine.state_dir / "online", engine.trust.load(), self.limits()
-        )
-        try:
-            return channel.newest(engine.policy(), parse_version(self.installed()))
-        finally:
-            channel.close()
+        with self._cache_lock:
+            channel = OnlineChannel(
+                server, engine.state_dir / "online", engine.trust.load(), self.limits()
+            )
+            try:
+                return channel.newest(engine.policy(), parse_version(self.installed()))
+            finally:
+                channel.close()
 
     def available(self) -> dict[str, Any]:
         """``sys/updates_available``'s reply."""
@@ -140,38 +147,51 @@ class UpdateChecker:
         """The job that installs the newest release from the update server."""
         limits = self.limits()
         installed = parse_version(self.installed())
+        cache_lock = self._cache_lock
 
         def install(
             engine: Engine,
             progress: Callable[[JobState, int, int], None],
             log: Callable[[str], None],
         ) -> object:
-            channel = OnlineChannel(
-                server, engine.state_dir / "online", engine.trust.load(), limits
-            )
-            try:
-                candidate = channel.newest(engine.policy(), installed).candidate
-                if candidate is None:
-                    raise AcquireError("no newer release is available any more")
-                manifest = candidate.manifest
-                log(
-                    f"release {manifest.version} from {urlsplit(server).netloc}: "
-                    f"{manifest.length} bytes, metadata verified"
+            with cache_lock:
+                channel = OnlineChannel(
+                    server, engine.state_dir / "online", engine.trust.load(), limits
                 )
-                chunks = channel.chunk_list(candidate)
-                url, stream = channel.open_payload(candidate)
-
-                def commit() -> None:
-                    engine.trust.record_online(*channel.trusted_versions())
-
-                with stream:
-                    return engine.install_release(
-                        Release(manifest, chunks, commit), stream, url, progress=progress, log=log
-                    )
-            finally:
-                channel.close()
+                try:
+                    return _install_newest(channel, engine, installed, server, progress, log)
+                finally:
+                    channel.close()
 
         return install
+
+
+def _install_newest(
+    channel: OnlineChannel,
+    engine: Engine,
+    installed: Version,
+    server: str,
+    progress: Callable[[JobState, int, int], None],
+    log: Callable[[str], None],
+) -> object:
+    candidate = channel.newest(engine.policy(), installed).candidate
+    if candidate is None:
+        raise AcquireError("no newer release is available any more")
+    manifest = candidate.manifest
+    log(
+        f"release {manifest.version} from {urlsplit(server).netloc}: "
+        f"{manifest.length} bytes, metadata verified"
+    )
+    chunks = channel.chunk_list(candidate)
+    url, stream = channel.open_payload(candidate)
+
+    def commit() -> None:
+        engine.trust.record_online(*channel.trusted_versions())
+
+    with stream:
+        return engine.install_release(
+            Release(manifest, chunks, commit), stream, url, progress=progress, log=log
+        )
 
 
 async def update_check(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:

@@ -49,6 +49,7 @@ __all__ = ["FIRST_ADMIN", "Service"]
 
 FIRST_ADMIN = "admin"
 _SWEEP_INTERVAL_S = 60.0
+_REBOOT_RETRY_S = 5
 
 
 class InternalError(ClientError):
@@ -279,6 +280,11 @@ class Service:
         )
 
     def _reboot_due(self, plan: RebootPlan) -> None:
+        if self.updates.running:
+            # Never cut an install short: try again once it has ended.
+            self.log.info(f"{plan.kind.value} deferred: an update is running")
+            self.reboots.schedule(_REBOOT_RETRY_S, plan.kind)
+            return
         self.log.info(f"{plan.kind.value} now ({self.settings.reboot_action} action)")
         self.spawn(self._reboot(plan))
 

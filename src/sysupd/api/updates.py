@@ -16,6 +16,8 @@ import asyncio
 import contextlib
 import html
 import json
+import os
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +60,7 @@ class JobRun:
     phase: str = "download"
     bytes_done: int = 0
     bytes_total: int = 0
+    ended_at: str = ""
 
     def log_text(self) -> str:
         """The whole log as clients get it: HTML-escaped lines joined by ``<br>``."""
@@ -84,8 +87,9 @@ class UpdateManager:
     def status(self) -> dict[str, Any]:
         """``sys/update_status``'s reply."""
         text = self.job.log_text() if self.job is not None else ""
-        if not text:
-            text = self._engine_news()
+        news, at = self._engine_news()
+        if news and (self.job is None or (not self.job.running and at >= self.job.ended_at)):
+            text = f"{text}<br>{news}" if text else news
         return {
             "reboot_required": self.reboot_required(),
             "update_running": self.running,
@@ -141,6 +145,7 @@ class UpdateManager:
             with contextlib.suppress(OSError):
                 cleanup()
         job.running = False
+        job.ended_at = service.clock.utcnow().strftime("%Y-%m-%dT%H:%M:%SZ")
         self._persist(job)
         success = job.result == "success"
         service.events.publish(
@@ -186,6 +191,7 @@ class UpdateManager:
             "lines": job.lines,
             "running": job.running,
             "result": job.result,
+            "ended_at": job.ended_at,
         }
         try:
             atomic_write(self._path, json.dumps(record).encode())
@@ -196,27 +202,41 @@ class UpdateManager:
         try:
             record = json.loads(read_capped(self._path, 4 * 1024 * 1024))
             job = JobRun(
-                str(record["source"]), [str(x) for x in record["lines"]], False, record["result"]
+                str(record["source"]),
+                [str(x) for x in record["lines"]],
+                False,
+                record["result"],
+                ended_at=str(record.get("ended_at", "")),
             )
+            was_running = bool(record["running"])
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             self._service.log.warning(f"ignoring an unreadable {self._path}: {exc}")
             return None
-        if record["running"]:  # the service stopped while it ran
-            job.lines.append("the service stopped while this update ran; it did not complete")
-            job.result = "failure"
+        if was_running:  # the service stopped while it ran: what did the engine get to?
+            try:
+                last = self._service.engine().status()["last_result"]
+            except SysupdError:
+                last = None
+            if last is not None and last["result"] == "installed":
+                job.lines.append("the service stopped at the end of this update; it installed")
+                job.result = "success"
+            else:
+                job.lines.append("the service stopped while this update ran; it did not complete")
+                job.result = "failure"
         return job
 
-    def _engine_news(self) -> str:
-        """With no job to show, a rollback or an interrupted install is still said plainly."""
+    def _engine_news(self) -> tuple[str, str]:
+        """A rollback or an interrupted install the engine recorded, and when, to be said
+        plainly even after the job that led to it."""
         try:
             last = self._service.engine().status()["last_result"]
         except SysupdError:
-            return ""
+            return "", ""
         if last is not None and last["result"] in ("rolled back", "interrupted"):
-            return html.escape(last["detail"], quote=False)
-        return ""
+            return html.escape(last["detail"], quote=False), str(last["at"])
+        return "", ""
 
 
 def fetched(
@@ -291,10 +311,14 @@ async def update_now(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         except ValueError as exc:
             return _invalid(str(exc))
         size = path.stat().st_size
+        # The job reads its own copy of the name: a new upload under the same name meanwhile is
+        # neither read nor deleted by it.
+        taken = path.with_name(f".job-{secrets.token_hex(8)}")
+        os.replace(path, taken)
         manager.start(
             f"the uploaded file {name} ({size} bytes)",
-            bundle_path(path),
-            lambda: service.uploads.remove(name),
+            bundle_path(taken),
+            lambda: taken.unlink(missing_ok=True),
         )
         return {"result": "success", "updates": "starting"}
     if "fetch_url" in args:
