@@ -39,7 +39,6 @@ import math
 import re
 import socket
 import ssl
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -50,6 +49,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from sysupd import __version__
+from sysupd.core.transfer import RateWatch
 from sysupd.errors import AcquireError
 
 __all__ = ["MAX_URL_CHARS", "FetchLimits", "InvalidURL", "LanDownload", "PinnedTarget", "check_url"]
@@ -233,27 +233,6 @@ class _PinnedResolver(AbstractResolver):
         self._pins.clear()
 
 
-class _RateWatch:
-    """The minimum-rate rule over network time: at least ``min_bps`` across every full window."""
-
-    def __init__(self, window_s: float, min_bps: int) -> None:
-        self._window_s = window_s
-        self._min_bps = min_bps
-        self._samples: deque[tuple[float, int]] = deque([(0.0, 0)])
-
-    def stalled(self, now_s: float, total: int) -> bool:
-        """Record ``total`` bytes at ``now_s``; true when the last window fell below the rate."""
-        if now_s - self._samples[-1][0] >= self._window_s / 32:  # bounds the samples kept
-            self._samples.append((now_s, total))
-        edge = now_s - self._window_s
-        while len(self._samples) >= 2 and self._samples[1][0] <= edge:
-            self._samples.popleft()
-        start_s, start_total = self._samples[0]
-        if start_s > edge:
-            return False  # not a full window of history yet
-        return total - start_total < self._min_bps * (now_s - start_s)
-
-
 class _Dropped(Exception):
     """The connection broke; the message says how. Never leaves this module."""
 
@@ -297,7 +276,7 @@ class LanDownload:
         self._resumes = 0
         self._net_s = 0.0
         self._net_bytes = 0
-        self._rate = _RateWatch(limits.min_rate_window_s, limits.min_rate_bps)
+        self._rate = RateWatch(limits.min_rate_window_s, limits.min_rate_bps)
         self._deadline = math.inf
         self._reported = (-1, -math.inf)
         self._failed: AcquireError | None = None

@@ -43,7 +43,6 @@ import http.client
 import re
 import ssl
 import time
-from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -68,6 +67,7 @@ from urllib3.exceptions import (
 from urllib3.util import Url, parse_url
 
 from sysupd import __version__
+from sysupd.core.transfer import RateWatch
 from sysupd.errors import AcquireError
 
 if TYPE_CHECKING:
@@ -139,27 +139,6 @@ def _parse(url: str) -> Url:
     if parsed.auth is not None:
         raise ValueError("a user name or password in the URL is not allowed")
     return parsed
-
-
-class _RateWatch:
-    """The minimum-rate rule over network time: at least ``min_bps`` across every full window."""
-
-    def __init__(self, window_s: float, min_bps: int) -> None:
-        self._window_s = window_s
-        self._min_bps = min_bps
-        self._samples: deque[tuple[float, int]] = deque([(0.0, 0)])
-
-    def stalled(self, now_s: float, total: int) -> bool:
-        """Record ``total`` bytes at ``now_s``; true when the last window fell below the rate."""
-        if now_s - self._samples[-1][0] >= self._window_s / 32:  # bounds the samples kept
-            self._samples.append((now_s, total))
-        edge = now_s - self._window_s
-        while len(self._samples) >= 2 and self._samples[1][0] <= edge:
-            self._samples.popleft()
-        start_s, start_total = self._samples[0]
-        if start_s > edge:
-            return False  # not a full window of history yet
-        return total - start_total < self._min_bps * (now_s - start_s)
 
 
 class _Dropped(Exception):
@@ -313,7 +292,7 @@ class _Transfer:
         self._deadline = 0.0
         self._net_s = 0.0
         self._net_bytes = 0
-        self._rate = _RateWatch(self._limits.min_rate_window_s, self._limits.min_rate_bps)
+        self._rate = RateWatch(self._limits.min_rate_window_s, self._limits.min_rate_bps)
         self._reported = (0, 0.0)
 
     def open(self) -> None:
