@@ -11,6 +11,8 @@ Invariants:
 - ``install`` starts from an empty directory and, on any failure, empties it again before the
   error propagates: a half-extracted tree never looks installed.
 - A payload refused for its description (not a tree) changes nothing.
+- A ``VerifiedReader`` payload is asked to verify one chunk ahead on its worker thread (one more
+  chunk buffer), so hashing overlaps parsing and writing; it still hands out only checked bytes.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO
 
+from sysupd.engine.stream import VerifiedReader
 from sysupd.errors import InstallError, SysupdError, VerificationError
 from sysupd.slots.base import PayloadSpec, ProgressStream, expect_end
 from sysupd.slots.extract import ExtractLimits, extract_tree
@@ -31,6 +34,7 @@ from sysupd.slots.extract import ExtractLimits, extract_tree
 __all__ = ["DirectorySlot"]
 
 _DIR_MODE = 0o755
+_READ_AHEAD_CHUNKS = 1  # chunk hashing beside parsing and writing: one more chunk buffer
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -63,6 +67,9 @@ class DirectorySlot:
                 f"a {spec.kind} payload cannot go into a directory slot ({self.name})"
             )
         self.wipe()
+        if isinstance(payload, VerifiedReader):
+            with suppress(ValueError):  # already being read: it goes on without read-ahead
+                payload.read_ahead(_READ_AHEAD_CHUNKS)
         source = payload if progress is None else ProgressStream(payload, progress)
         try:
             extract_tree(

@@ -1,0 +1,383 @@
+"""The writing side of tree extraction: files and directories under one descriptor, durably.
+
+Responsibility: create what ``sysupd.slots.extract`` allowed, relative to the slot directory's
+descriptor, never following a link, and make all of it durable; report clashes (a path twice, a
+file where a directory is) in the allow-list's words. ``ThreadedTreeWriter`` runs it on a worker
+thread, so file creation and writing overlap the parsing and verification of what follows.
+
+Invariants:
+
+- Every component is created or opened with ``O_NOFOLLOW`` relative to its parent's descriptor;
+  files with ``O_EXCL``; modes are set with ``fchmod`` (the umask does not decide).
+- Durable when ``finish`` returns: every file is fsynced (in batches, after its writeback was
+  started as soon as it was written), every directory when the open chain leaves it, and the
+  slot directory last. Nothing but fsync is relied upon for durability.
+- The threaded writer does the operations in the order given, stops at the first error and hands
+  it to the extracting thread at its next call; it holds at most ``_QUEUED_BUFFERS`` buffers of
+  data; ``close`` stops it and closes every descriptor.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import queue
+import stat
+import threading
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+from sysupd.errors import InstallError, SysupdError
+from sysupd.slots._tarstream import refused
+
+__all__ = ["DATA_BYTES", "Entry", "ThreadedTreeWriter", "open_empty_directory"]
+
+DATA_BYTES = 1 << 20  # one buffer of file data
+_QUEUED_BUFFERS = 3  # buffers of file data in flight to the writer thread
+_FSYNC_BATCH_FILES = 128  # written files kept open, then fsynced together
+_WRITEBACK_BYTES = 8 << 20  # a file's writeback is started after this many bytes, and at its end
+_DIR_MODE = 0o755
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One allowed member, as it will be written."""
+
+    member: str  # the name in the archive, for messages
+    parts: tuple[str, ...]
+    is_dir: bool
+    mode: int
+    size: int
+    mtime_ns: int | None
+
+    @property
+    def path(self) -> str:
+        return "/".join(self.parts)
+
+
+def _install_error(exc: OSError, path: str) -> InstallError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InstallError(f"no space left in the slot while writing {path!r}")
+    if exc.errno == errno.EIO:
+        return InstallError(f"I/O error in the slot while writing {path!r}")
+    return InstallError(f"cannot write {path!r} in the slot: {exc.strerror or exc}")
+
+
+def open_empty_directory(dest: Path) -> int:
+    try:
+        fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InstallError(f"the slot directory {str(dest)!r} cannot be opened: {exc}") from exc
+    try:
+        with os.scandir(fd) as listing:
+            if next(listing, None) is not None:
+                raise InstallError(f"the slot directory {str(dest)!r} is not empty")
+    except OSError as exc:
+        os.close(fd)
+        raise InstallError(f"the slot directory {str(dest)!r} cannot be listed: {exc}") from exc
+    except InstallError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Have the kernel start writing a range of a file out now, without waiting for it.
+
+    On Linux, ``POSIX_FADV_DONTNEED`` starts writeback of the range's dirty pages (and drops only
+    pages already clean), so the disk works while the next files are parsed and written, and the
+    fsync that follows waits for I/O already under way. Best effort: durability still comes from
+    that fsync alone.
+    """
+    with suppress(OSError):
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        written = os.write(fd, data)
+        if written == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        data = data[written:]
+
+
+class _TreeWriter:
+    """Creates directories and files below ``root_fd`` and makes them durable.
+
+    The chain of directories leading to the last member stays open, so members in tar order
+    cost one open each; a directory is fsynced when the chain leaves it, the root last.
+
+    Durability, and why it stays cheap: every file is fsynced before ``finish`` returns, on its
+    own descriptor (so a writeback error of that file is reported there, and nothing relies on
+    syncfs or on error reporting across descriptors). What makes 1,000+ fsyncs cheap is that each
+    file's writeback is started as soon as it is written (``POSIX_FADV_DONTNEED``, which on Linux
+    starts writeback of dirty pages and drops only clean ones; every ``_WRITEBACK_BYTES`` for
+    large files): the disk works while the next files are parsed and written, and the fsyncs,
+    done in batches of ``_FSYNC_BATCH_FILES`` open files, mostly find the data already written
+    and one journal commit covering the batch. Measured on the 2-core VM (1,024 files of 1 MiB):
+    1.0 s with one fsync per file after writing it, 0.55 s with writeback started early; one
+    syncfs(2) at the end was about the same (0.47 s) and would report errors less precisely.
+    """
+
+    def __init__(self, root_fd: int) -> None:
+        self._root_fd = root_fd
+        self._chain_names: list[str] = []
+        self._chain_fds: list[int] = []
+        self._implicit: set[tuple[str, ...]] = set()  # made as parents, not (yet) listed
+        self._unsynced: list[int] = []  # the file being written is the last
+        self._file: Entry | None = None
+        self._copied = self._started = 0  # its bytes written, and those whose writeback started
+        self.files = 0
+        self.directories = 0
+
+    def add_directory(self, entry: Entry) -> None:
+        parent_fd = self._enter(entry.parts[:-1], entry)
+        self._make_directory(parent_fd, entry.parts, entry, listed=True)
+
+    def begin_file(self, entry: Entry) -> None:
+        """Create the file; its data follows with ``write``, then ``end_file``."""
+        parent_fd = self._enter(entry.parts[:-1], entry)
+        try:
+            fd = os.open(entry.parts[-1], _FILE_FLAGS, entry.mode, dir_fd=parent_fd)
+        except FileExistsError as exc:
+            raise self._clash(parent_fd, entry.parts, entry) from exc
+        except OSError as exc:
+            raise _install_error(exc, entry.path) from exc
+        self._unsynced.append(fd)
+        self._file, self._copied, self._started = entry, 0, 0
+
+    def write(self, data: memoryview) -> None:
+        """Append to the file begun last."""
+        assert self._file is not None
+        fd = self._unsynced[-1]
+        try:
+            _write_all(fd, data)
+        except OSError as exc:
+            raise _install_error(exc, self._file.path) from exc
+        self._copied += len(data)
+        if self._copied - self._started >= _WRITEBACK_BYTES:
+            _start_writeback(fd, self._started, self._copied - self._started)
+            self._started = self._copied
+
+    def end_file(self) -> None:
+        """Give the file begun last its mode and mtime, and start its writeback."""
+        entry, fd = self._file, self._unsynced[-1]
+        assert entry is not None
+        try:
+            os.fchmod(fd, entry.mode)  # the umask must not decide
+            if entry.mtime_ns is not None:
+                os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+        except OSError as exc:
+            raise _install_error(exc, entry.path) from exc
+        if self._copied > self._started:
+            _start_writeback(fd, self._started, self._copied - self._started)
+        self._file = None
+        self.files += 1
+        if len(self._unsynced) >= _FSYNC_BATCH_FILES:
+            self._sync_files()
+
+    def finish(self) -> None:
+        """Make everything written durable."""
+        self._sync_files()
+        while self._chain_fds:
+            self._leave_directory()
+        try:
+            os.fsync(self._root_fd)
+        except OSError as exc:
+            raise _install_error(exc, ".") from exc
+
+    def close(self) -> None:
+        """Close every descriptor still open, without syncing (after an error)."""
+        while self._unsynced:
+            with suppress(OSError):
+                os.close(self._unsynced.pop())
+        while self._chain_fds:
+            self._chain_names.pop()
+            with suppress(OSError):
+                os.close(self._chain_fds.pop())
+
+    def _enter(self, parts: tuple[str, ...], entry: Entry) -> int:
+        """The descriptor of directory ``parts``, creating missing ones as parents."""
+        keep = 0
+        for have, want in zip(self._chain_names, parts, strict=False):
+            if have != want:
+                break
+            keep += 1
+        while len(self._chain_fds) > keep:
+            self._leave_directory()
+        while len(self._chain_fds) < len(parts):
+            depth = len(self._chain_fds) + 1
+            self._make_directory(self._current_fd(), parts[:depth], entry, listed=False)
+        return self._current_fd()
+
+    def _current_fd(self) -> int:
+        return self._chain_fds[-1] if self._chain_fds else self._root_fd
+
+    def _make_directory(
+        self, parent_fd: int, parts: tuple[str, ...], entry: Entry, *, listed: bool
+    ) -> None:
+        """Create (or reopen) directory ``parts`` and push it on the open chain."""
+        name, path = parts[-1], "/".join(parts)
+        created = True
+        try:
+            os.mkdir(name, _DIR_MODE, dir_fd=parent_fd)
+        except FileExistsError:
+            created = False
+        except OSError as exc:
+            raise _install_error(exc, path) from exc
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+                raise self._clash(parent_fd, parts, entry) from exc
+            raise _install_error(exc, path) from exc
+        self._chain_names.append(name)
+        self._chain_fds.append(fd)
+        if created:
+            try:
+                os.fchmod(fd, _DIR_MODE)  # the umask must not decide
+            except OSError as exc:
+                raise _install_error(exc, path) from exc
+            self.directories += 1
+            if not listed:
+                self._implicit.add(parts)
+        elif listed:
+            if parts not in self._implicit:
+                raise refused(entry.member, f"the directory {path!r} appears twice")
+            self._implicit.discard(parts)
+
+    def _clash(self, parent_fd: int, parts: tuple[str, ...], entry: Entry) -> SysupdError:
+        """Explain why ``parts`` could not be created or entered as ``entry`` needs."""
+        path = "/".join(parts)
+        try:
+            found = os.stat(parts[-1], dir_fd=parent_fd, follow_symlinks=False).st_mode
+        except OSError as exc:
+            return _install_error(exc, path)
+        if parts != entry.parts:
+            if stat.S_ISREG(found):
+                return refused(entry.member, f"it lies under {path!r}, which is a file")
+        elif stat.S_ISREG(found):
+            if entry.is_dir:
+                return refused(entry.member, f"it is a directory where the file {path!r} is")
+            return refused(entry.member, f"the file {path!r} appears twice")
+        elif stat.S_ISDIR(found) and not entry.is_dir:
+            return refused(entry.member, f"it is a file where the directory {path!r} is")
+        return InstallError(f"the slot changed during extraction: {path!r} was replaced")
+
+    def _leave_directory(self) -> None:
+        self._chain_names.pop()
+        fd = self._chain_fds.pop()
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise _install_error(exc, "a directory") from exc
+        finally:
+            os.close(fd)
+
+    def _sync_files(self) -> None:
+        try:
+            for fd in self._unsynced:
+                os.fsync(fd)
+            while self._unsynced:
+                os.close(self._unsynced.pop())
+        except OSError as exc:
+            raise _install_error(exc, "files") from exc
+
+
+_Job = tuple[Callable[..., None], tuple[object, ...]]
+
+
+class ThreadedTreeWriter:
+    """A ``_TreeWriter`` on a worker thread: the caller queues operations and data, in order.
+
+    ``buffer()`` lends a data buffer (waiting while ``_QUEUED_BUFFERS`` are in flight); the
+    caller fills it and passes a slice of it to ``write``, which gives it back once written.
+    An error of the writer is raised by the caller's next call (or ``finish``); after it the
+    worker only gives buffers back.
+    """
+
+    def __init__(self, root_fd: int) -> None:
+        self._writer = _TreeWriter(root_fd)
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
+        for _ in range(_QUEUED_BUFFERS):
+            self._free.put(memoryview(bytearray(DATA_BYTES)))
+        self._failed: BaseException | None = None
+        self._abandoned = False
+        self._thread = threading.Thread(target=self._run, name="sysupd-tree-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def files(self) -> int:
+        return self._writer.files
+
+    @property
+    def directories(self) -> int:
+        return self._writer.directories
+
+    def add_directory(self, entry: Entry) -> None:
+        self._queue(self._writer.add_directory, entry)
+
+    def begin_file(self, entry: Entry) -> None:
+        self._queue(self._writer.begin_file, entry)
+
+    def buffer(self) -> memoryview:
+        """A free data buffer (waits for one)."""
+        self._raise_failure()
+        return self._free.get()
+
+    def write(self, data: memoryview) -> None:
+        """Write ``data`` (a slice of a buffer from ``buffer()``), then give the buffer back."""
+        self._queue(self._write, data)
+
+    def end_file(self) -> None:
+        self._queue(self._writer.end_file)
+
+    def finish(self) -> None:
+        """Wait for every operation, then make everything durable; raises what failed."""
+        self._queue(self._writer.finish)
+        self._stop()
+        self._raise_failure()
+
+    def close(self) -> None:
+        """Stop after the operation at hand (skipping the rest) and close every descriptor."""
+        self._abandoned = True
+        self._stop()
+        self._writer.close()
+
+    def _queue(self, operation: Callable[..., None], *args: object) -> None:
+        self._raise_failure()
+        self._jobs.put((operation, args))
+
+    def _raise_failure(self) -> None:
+        if self._failed is not None:
+            raise self._failed
+
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join()
+
+    def _write(self, data: memoryview) -> None:
+        try:
+            self._writer.write(data)
+        finally:
+            whole = data.obj
+            assert isinstance(whole, bytearray)
+            self._free.put(memoryview(whole))
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            operation, args = job
+            if self._failed is not None or self._abandoned:
+                if operation == self._write:
+                    self._free.put(memoryview(args[0].obj))  # type: ignore[attr-defined]
+                continue
+            try:
+                operation(*args)
+            except BaseException as exc:  # noqa: BLE001 - raised in the extracting thread
+                self._failed = exc
