@@ -60,6 +60,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
+from _harness import (
+    BenchError,
+    kill_group,
+    preallocate,
+    remove,
+    sysupd_command,
+    warm,
+    write_random,
+)
+
 MIB = 1 << 20
 DEFAULT_MIB = 1024
 RSS_2G_MIB = 2048
@@ -76,10 +86,6 @@ _BUILD_TIMEOUT_S = 1800.0
 _PEER_TIMEOUT_S = 3600.0
 
 
-class BenchError(Exception):
-    """The benchmark cannot go on."""
-
-
 # -- subprocesses ------------------------------------------------------------------------------
 
 
@@ -89,11 +95,6 @@ class Sample:
 
     wall_s: float
     rss_kib: int
-
-
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
 
 
 def _tail(path: Path) -> str:
@@ -138,14 +139,14 @@ def run_timed(
 
         def expire() -> None:
             timed_out.set()
-            _kill_group(proc.pid)
+            kill_group(proc.pid)
 
         timer = threading.Timer(timeout, expire)
         timer.start()
         try:
             _, status, usage = os.wait4(proc.pid, 0)
         except BaseException:
-            _kill_group(proc.pid)
+            kill_group(proc.pid)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(proc.pid, 0)
             proc.returncode = -1
@@ -183,34 +184,7 @@ def run_quiet(cmd: Sequence[str], log: Path, *, timeout: float = _BUILD_TIMEOUT_
     return text
 
 
-def sysupd_command() -> list[str]:
-    """The ``sysupd`` console script of this interpreter's environment."""
-    script = Path(sys.executable).with_name("sysupd")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "sysupd"]
-
-
 # -- files -------------------------------------------------------------------------------------
-
-
-def write_random(path: Path, size: int) -> None:
-    """``size`` random (incompressible) bytes."""
-    with path.open("wb") as out:
-        left = size
-        while left:
-            block = os.urandom(min(_COPY_BYTES, left))
-            out.write(block)
-            left -= len(block)
-
-
-def preallocate(path: Path, size: int) -> None:
-    """A fresh regular file of ``size`` allocated bytes (like a partition, but a file)."""
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        if size:
-            os.posix_fallocate(fd, 0, size)
-    finally:
-        os.close(fd)
 
 
 def sha256_file(path: Path) -> str:
@@ -222,22 +196,6 @@ def sha256_file(path: Path) -> str:
         while count := source.readinto(buffer):
             digest.update(view[:count])
     return digest.hexdigest()
-
-
-def warm(path: Path) -> None:
-    """Read ``path`` to its end, so its pages are cached for the next contender."""
-    buffer = bytearray(_COPY_BYTES)
-    with path.open("rb", buffering=0) as source:
-        while source.readinto(buffer):
-            pass
-
-
-def remove(path: Path) -> None:
-    """Delete a file or a tree, if present."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
 
 
 # -- the cases ---------------------------------------------------------------------------------

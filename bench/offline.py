@@ -69,6 +69,16 @@ from typing import Any
 
 import aiohttp
 
+from _harness import (
+    BenchError,
+    kill_group,
+    preallocate,
+    remove,
+    sysupd_command,
+    warm,
+    write_random,
+)
+
 MIB = 1 << 20
 DEFAULT_MIB = 1024
 RSS_2G_MIB = 2048
@@ -85,10 +95,6 @@ _TAIL_CHARS = 2000
 _BUILD_TIMEOUT_S = 1800.0
 _START_TIMEOUT_S = 60.0
 _CALL_TIMEOUT_S = 60.0
-
-
-class BenchError(Exception):
-    """The benchmark cannot go on."""
 
 
 # -- child processes ---------------------------------------------------------------------------
@@ -111,7 +117,7 @@ class Children:
             try:
                 popen.wait(15)
             except subprocess.TimeoutExpired:
-                _kill_group(popen.pid)
+                kill_group(popen.pid)
                 popen.wait(5)
         with contextlib.suppress(ValueError):
             self.popens.remove(popen)
@@ -123,11 +129,6 @@ class Children:
 
 
 CHILDREN = Children()
-
-
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
 
 
 def _tail(path: Path) -> str:
@@ -168,14 +169,14 @@ def run_timed(cmd: Sequence[str], log: Path, *, timeout: float, sync_first: bool
 
         def expire() -> None:
             timed_out.set()
-            _kill_group(proc.pid)
+            kill_group(proc.pid)
 
         timer = threading.Timer(timeout, expire)
         timer.start()
         try:
             _, status, usage = os.wait4(proc.pid, 0)
         except BaseException:
-            _kill_group(proc.pid)
+            kill_group(proc.pid)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(proc.pid, 0)
             proc.returncode = -1
@@ -220,12 +221,6 @@ def run_quiet(
     return text
 
 
-def sysupd_command() -> list[str]:
-    """The ``sysupd`` console script of this interpreter's environment."""
-    script = Path(sys.executable).with_name("sysupd")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "sysupd"]
-
-
 def free_port() -> int:
     """A TCP port that was free on 127.0.0.1 a moment ago."""
     with socket.socket() as sock:
@@ -245,27 +240,6 @@ def proc_status_kib(pid: int, key: str) -> int:
 # -- files -------------------------------------------------------------------------------------
 
 
-def write_random(path: Path, size: int) -> None:
-    """``size`` random (incompressible) bytes."""
-    with path.open("wb") as out:
-        left = size
-        while left:
-            block = os.urandom(min(_COPY_BYTES, left))
-            out.write(block)
-            left -= len(block)
-
-
-def preallocate(path: Path, size: int) -> None:
-    """A fresh regular file of ``size`` allocated bytes (like a partition, but a file)."""
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        if size:
-            os.posix_fallocate(fd, 0, size)
-    finally:
-        os.close(fd)
-
-
 def sha256_file(path: Path, limit: int | None = None) -> str:
     """The SHA-256 of the file (of its first ``limit`` bytes), hex; also caches its pages."""
     digest = hashlib.sha256()
@@ -281,22 +255,6 @@ def sha256_file(path: Path, limit: int | None = None) -> str:
             if left == 0:
                 break
     return digest.hexdigest()
-
-
-def warm(path: Path) -> None:
-    """Read ``path`` to its end, so its pages are cached for the next contender."""
-    buffer = bytearray(_COPY_BYTES)
-    with path.open("rb", buffering=0) as source:
-        while source.readinto(buffer):
-            pass
-
-
-def remove(path: Path) -> None:
-    """Delete a file or a tree, if present."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
 
 
 # -- releases ----------------------------------------------------------------------------------
@@ -1058,7 +1016,7 @@ class OfflineBench:
             try:
                 out, _ = await curl.communicate()
             except BaseException:
-                _kill_group(curl.pid)
+                kill_group(curl.pid)
                 await curl.wait()
                 raise
         uploaded = time.perf_counter()

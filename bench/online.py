@@ -46,11 +46,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from _harness import (
+    BenchError,
+    preallocate,
+    remove,
+    sysupd_command,
+    warm,
+)
 from offline import (
     DEFAULT_MIB,
     MIB,
     RATIO_TARGET,
-    BenchError,
     Release,
     Sample,
     WsApi,
@@ -64,8 +70,6 @@ from offline import (
     mbs,
     median,
     nginx_serving,
-    preallocate,
-    remove,
     revision,
     run_main,
     run_quiet,
@@ -75,10 +79,8 @@ from offline import (
     span,
     start_serve,
     stop_serve,
-    sysupd_command,
     table,
     verdict,
-    warm,
     workdir,
 )
 
