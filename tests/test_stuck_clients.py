@@ -27,6 +27,8 @@ async def test_pipelining_client_that_never_reads_is_removed(
     transport = stuck.ws._conn.transport  # type: ignore[union-attr]  # a client that stops reading
     assert transport is not None
     transport.pause_reading()
+    for n in range(120):  # large replies, so the socket's buffers fill after a few frames
+        service.log.info(f"padding {n} " + "p" * 4000)
     frame = json.dumps({"namespace": "sys", "name": "middleware_log", "id": "x", "args": {}})
     for _ in range(2000):
         if len(service.sessions) < 2:

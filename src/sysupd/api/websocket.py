@@ -173,17 +173,21 @@ class WsSession:
 
     async def _write_loop(self) -> None:
         timeout = self.service.config.send_timeout_s
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 frame = await self._queue.get()
-                # asyncio.timeout, not wait_for: no extra task per frame on the hot path.
-                async with asyncio.timeout(timeout):
+                # A timer handle, not wait_for: no extra task per frame on the hot path.
+                guard = loop.call_later(
+                    timeout, self._stuck, f"it accepted nothing for {timeout:g} s"
+                )
+                try:
                     if isinstance(frame, _Close):
                         await self._ws.close(code=frame.code, message=frame.message)
                         return
                     await self._ws.send_str(frame)
-        except TimeoutError:
-            self._stuck(f"it accepted nothing for {timeout:g} s")
+                finally:
+                    guard.cancel()
         except (ConnectionError, RuntimeError):
             # The peer went away mid-send; the read loop sees the close and ends the session.
             return
