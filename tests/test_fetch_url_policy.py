@@ -7,7 +7,6 @@ the requests they see. Every network test stays on 127.0.0.0/8.
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import random
 import re
@@ -20,10 +19,6 @@ from typing import Protocol
 
 import pytest
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from sysupd.errors import AcquireError
 from sysupd.sources.lan import (
@@ -34,6 +29,7 @@ from sysupd.sources.lan import (
     PinnedTarget,
     check_url,
 )
+from tests.certs import write_self_signed
 
 DATA = random.Random(7).randbytes(512 * 1024)
 LOOPBACK = ["127.0.0.0/8"]
@@ -288,38 +284,10 @@ async def test_redirects_obey_the_same_rules(serve: Serve, location: str, reason
     assert connected_to(events) == ["127.0.0.1"]
 
 
-def _certificate(directory: Path, name: str) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 async def test_https_to_a_pinned_address_verifies_the_host_name(
     serve: Serve, tmp_path: Path
 ) -> None:
-    cert, key = _certificate(tmp_path, "updates.invalid")
+    cert, key = write_self_signed(tmp_path, "updates.invalid")
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_context.load_cert_chain(cert, key)
     recorder = Recorder()

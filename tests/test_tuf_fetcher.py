@@ -7,9 +7,7 @@ fetcher in a worker thread with ``asyncio.to_thread``, the way the online channe
 from __future__ import annotations
 
 import asyncio
-import datetime
 import hashlib
-import ipaddress
 import random
 import re
 import socket
@@ -21,10 +19,6 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from tuf.api.exceptions import (
     DownloadError,
     DownloadHTTPError,
@@ -35,6 +29,7 @@ from tuf.ngclient import Updater
 
 from sysupd.errors import AcquireError
 from sysupd.sources.tuf_fetcher import FetcherLimits, OriginFetcher, StreamReader
+from tests.certs import write_self_signed
 from tests.releases import make_repo
 
 MIB = 1 << 20
@@ -535,33 +530,7 @@ async def test_a_stream_of_32_mib_holds_only_a_chunk_in_memory(serve: Serve) -> 
 
 def self_signed(directory: Path) -> tuple[ssl.SSLContext, Path]:
     """A server context with a fresh certificate for 127.0.0.1, and the certificate's file."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    cert_path, key_path = write_self_signed(directory)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert_path, key_path)
     return context, cert_path
