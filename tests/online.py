@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from sysupd.api.service import Service
 from sysupd.release.repository import ReleaseRepository
+from tests.client import WsClient
 from tests.nginx import nginx_serving
 from tests.releases import PRODUCT
 
-__all__ = ["copy_published", "online_overrides", "serve_repo"]
+__all__ = ["checked", "copy_published", "online_overrides", "serve_repo"]
 
 
 @contextmanager
@@ -51,3 +56,19 @@ def online_overrides(repo: ReleaseRepository, server: str, **extra: Any) -> dict
         "auto_reboot": False,
         **extra,
     }
+
+
+async def checked(client: WsClient, service: Service) -> dict[str, Any]:
+    """``sys/update_check``, wait for it to end, then ``sys/updates_available``."""
+    before = service.checks.last
+    assert await client.call("sys", "update_check") == {
+        "result": "success",
+        "status": "starting check for updates",
+    }
+    for _ in range(400):
+        if service.checks.last is not before:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        pytest.fail("the update check did not end within 8 s")
+    return await client.call("sys", "updates_available")

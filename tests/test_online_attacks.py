@@ -33,7 +33,7 @@ from tests.client import WsClient
 from tests.conftest import ADMIN, ClientFactory, ServiceFactory
 from tests.nginx import nginx_serving
 from tests.offline import upload, wait_final
-from tests.online import copy_published, online_overrides, serve_repo
+from tests.online import checked, copy_published, online_overrides, serve_repo
 from tests.releases import PRODUCT, make_repo, make_tree
 
 _SERIALIZER = JSONSerializer(compact=False)
@@ -45,25 +45,9 @@ be >= 2")."""
 # ----------------------------------------------------------------------------------- helpers
 
 
-async def _checked(client: WsClient, service: Service) -> dict[str, Any]:
-    """``sys/update_check``, wait for it to end, then ``sys/updates_available``."""
-    before = service.checks.last
-    assert await client.call("sys", "update_check") == {
-        "result": "success",
-        "status": "starting check for updates",
-    }
-    for _ in range(400):
-        if service.checks.last is not before:
-            break
-        await asyncio.sleep(0.02)
-    else:
-        pytest.fail("the update check did not end within 8 s")
-    return await client.call("sys", "updates_available")
-
-
 async def _check_refused(client: WsClient, service: Service, reason: str) -> str:
     """A check that fails, reported as a failure naming ``reason`` (a regex); its error."""
-    available = await _checked(client, service)
+    available = await checked(client, service)
     assert available["updates_available"] is False
     assert available["version"] is None
     error = str(available.get("error") or "")
@@ -198,7 +182,7 @@ async def test_rollback_of_the_server_metadata_is_refused(
         state_dir = tmp_path / "device"
         service = await start_service(state_dir, **online_overrides(repo, url))
         admin = await connect(service, login=ADMIN)
-        seen = await _checked(admin, service)
+        seen = await checked(admin, service)
         assert seen["version"] == "1.1.0", seen
         trust = _trust(service)
 
@@ -276,7 +260,7 @@ async def test_arbitrary_payload_is_refused_and_slot_b_wiped(
     with serve_repo(repo, tmp_path / "server") as url:
         service = await start_service(**online_overrides(repo, url))
         admin = await connect(service, login=ADMIN)
-        assert (await _checked(admin, service))["version"] == "1.1.0"
+        assert (await checked(admin, service))["version"] == "1.1.0"
         await _install_fails(admin, "does not match")
     _assert_untouched(service)
     assert _trust(service) == {}
@@ -321,7 +305,7 @@ async def test_release_for_another_product_is_not_offered_and_says_why(
     with serve_repo(repo, tmp_path / "server") as url:
         service = await start_service(**online_overrides(repo, url, product="another-box"))
         admin = await connect(service, login=ADMIN)
-        available = await _checked(admin, service)
+        available = await checked(admin, service)
         assert available["updates_available"] is False
         assert "error" not in available
         info = str(available["updates_info"])
@@ -344,7 +328,7 @@ async def test_release_below_the_floor_is_not_offered_and_says_why(
             await asyncio.sleep(0.02)
         assert service.engine().status()["floor"] == "2.0.0"
         admin = await connect(service, login=ADMIN)
-        available = await _checked(admin, service)
+        available = await checked(admin, service)
         assert available["updates_available"] is False
         assert "error" not in available
         info = str(available["updates_info"])
@@ -366,7 +350,7 @@ async def test_key_rotation_is_followed_and_old_keys_are_refused(
     with serve_repo(repo, tmp_path / "server") as url:
         service = await start_service(**online_overrides(repo, url))
         admin = await connect(service, login=ADMIN)
-        assert (await _checked(admin, service))["version"] == "1.1.0"
+        assert (await checked(admin, service))["version"] == "1.1.0"
         assert _trust(service) == {}  # a check alone trusts nothing new
         await _install_succeeds(admin)
         assert _trusted_root(service)["version"] == 2
@@ -375,7 +359,7 @@ async def test_key_rotation_is_followed_and_old_keys_are_refused(
         old_timestamp_key = keys.load_signer(repo.path / "keys" / "timestamp.pem")
         repo.rotate_key("timestamp")
         repo.publish()
-        assert (await _checked(admin, service))["version"] == "1.1.0"
+        assert (await checked(admin, service))["version"] == "1.1.0"
         status, trust = service.engine().status(), _trust(service)
 
         # A newer timestamp signed with the old, replaced key is refused.
@@ -414,7 +398,7 @@ async def test_root_threshold_of_two_keys_is_enforced(
 
         # Signed by the v1 key and both new keys, it is accepted, and kept with the install.
         _publish_root(repo, _signed_root(repo, 2, [key_a, key_b], 2, [v1_key, key_a, key_b]))
-        available = await _checked(admin, service)
+        available = await checked(admin, service)
         assert available["version"] == "1.1.0", available
         await _install_succeeds(admin)
     root = _trusted_root(service)
@@ -437,7 +421,7 @@ async def test_stale_mirror_is_refused_after_newer_metadata(
     ):
         service = await start_service(**online_overrides(repo, url))
         admin = await connect(service, login=ADMIN)
-        assert (await _checked(admin, service))["version"] == "1.1.0"
+        assert (await checked(admin, service))["version"] == "1.1.0"
 
         assert await admin.call("sys", "set_config", {"update_server": mirror_url}) == {
             "result": "success"
@@ -451,7 +435,7 @@ async def test_stale_mirror_is_refused_after_newer_metadata(
         # is offered 1.0.0 there, so the refusal above is rollback protection at work.
         fresh = await start_service(tmp_path / "fresh", **online_overrides(repo, mirror_url))
         fresh_admin = await connect(fresh, login=ADMIN)
-        assert (await _checked(fresh_admin, fresh))["version"] == "1.0.0"
+        assert (await checked(fresh_admin, fresh))["version"] == "1.0.0"
 
 
 async def test_stale_mirror_is_refused_after_an_offline_install(

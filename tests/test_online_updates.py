@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 
 from sysupd.api.service import Service
 from sysupd.release.repository import ReleaseRepository
-from tests.client import WsClient
 from tests.conftest import ADMIN, USER, ClientFactory, ServiceFactory
 from tests.offline import wait_final
-from tests.online import online_overrides, serve_repo
+from tests.online import checked, online_overrides, serve_repo
 from tests.procs import free_port
 from tests.releases import make_repo
 
@@ -24,19 +22,6 @@ def repo(tmp_path: Path) -> ReleaseRepository:
     return repo
 
 
-async def _checked(client: WsClient, service: Service) -> dict[str, object]:
-    before = service.checks.last
-    assert await client.call("sys", "update_check") == {
-        "result": "success",
-        "status": "starting check for updates",
-    }
-    for _ in range(200):
-        if service.checks.last is not before:
-            break
-        await asyncio.sleep(0.05)
-    return await client.call("sys", "updates_available")
-
-
 async def test_check_then_install_from_nginx(
     tmp_path: Path, repo: ReleaseRepository, start_service: ServiceFactory, connect: ClientFactory
 ) -> None:
@@ -45,7 +30,7 @@ async def test_check_then_install_from_nginx(
         admin = await connect(service, login=ADMIN)
         user = await connect(service, login=USER)
         assert (await user.call("sys", "updates_available"))["updates_available"] is False
-        available = await _checked(admin, service)
+        available = await checked(admin, service)
         assert available["updates_available"] is True
         assert available["version"] == "1.1.0"
         assert isinstance(available["size"], int)
@@ -70,7 +55,7 @@ async def test_nothing_newer(
     with serve_repo(repo, tmp_path / "server") as url:
         service = await start_service(**online_overrides(repo, url, factory_version="1.1.0"))
         admin = await connect(service, login=ADMIN)
-        available = await _checked(admin, service)
+        available = await checked(admin, service)
         assert available["updates_available"] is False
         assert "newest release" in str(available["updates_info"])
         assert "error" not in available
@@ -92,7 +77,7 @@ async def test_server_down_is_an_error_not_no_updates(
     server = f"http://127.0.0.1:{free_port()}"
     service = await start_service(**online_overrides(repo, server))
     admin = await connect(service, login=ADMIN)
-    available = await _checked(admin, service)
+    available = await checked(admin, service)
     assert available["updates_available"] is False
     assert available["error"]
     assert "failed" in str(available["updates_info"])
@@ -108,7 +93,7 @@ async def test_releases_for_another_product_are_passed_over_with_the_reason(
     with serve_repo(repo, tmp_path / "server") as url:
         service = await start_service(**online_overrides(repo, url, product="another-box"))
         admin = await connect(service, login=ADMIN)
-        available = await _checked(admin, service)
+        available = await checked(admin, service)
     assert available["updates_available"] is False
     assert "product 'sysupd-demo'" in str(available["updates_info"])
     assert "this device is 'another-box'" in str(available["updates_info"])
