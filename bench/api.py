@@ -415,7 +415,7 @@ async def start_sysupd(workdir: Path, cpus: set[int] | None, profile: Path | Non
     stdout_path, stderr_path = workdir / "serve.out", workdir / "serve.err"
     prefix = ["-m", "cProfile", "-o", str(profile)] if profile is not None else []
     command = [sys.executable, *prefix, "-m", "sysupd", "serve", *common, "--host", HOST]
-    command += ["--ws-port", "0", "--http-port", "0"]
+    command += ["--ws-port", "0", "--http-port", "0", "--no-tls"]
     popen = _spawn(command, stdout_path, stderr_path, cpus)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

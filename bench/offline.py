@@ -459,7 +459,7 @@ async def start_serve(config: Path, state_dir: Path, logs: Path, name: str) -> S
         "--host",
         HOST,
     ]
-    command += ["--ws-port", "0", "--http-port", "0"]
+    command += ["--ws-port", "0", "--http-port", "0", "--no-tls"]
     with out.open("wb") as sink:
         popen = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
             command,

@@ -30,6 +30,8 @@ def test_config_values(state_dir: Path, **overrides: Any) -> dict[str, Any]:
         "host": "127.0.0.1",
         "ws_port": 0,
         "http_port": 0,
+        "wss_port": 0,
+        "https_port": 0,
         **FAST_KDF,
         **overrides,
     }

@@ -54,6 +54,8 @@ class ServeProcess:
         self.config = config
         self.ws_port = free_port()
         self.http_port = free_port()
+        self.wss_port = free_port()
+        self.https_port = free_port()
         self.proc: asyncio.subprocess.Process | None = None
         self.stdout_lines: list[str] = []
 
@@ -74,6 +76,10 @@ class ServeProcess:
             str(self.ws_port),
             "--http-port",
             str(self.http_port),
+            "--wss-port",
+            str(self.wss_port),
+            "--https-port",
+            str(self.https_port),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

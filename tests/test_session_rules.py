@@ -115,7 +115,7 @@ async def test_query_lists_what_each_role_may_call(
         assert name not in user_calls[namespace]
     for name in ("info", "update_status", "updates_available", "reboot_time"):
         assert name in user_calls["sys"]
-    assert set(user_calls["rpc"]) == {"auth", "auth_token", "auth_clear", "query"}
+    assert set(user_calls["rpc"]) == {"auth", "auth_token", "auth_clear", "query", "token"}
 
 
 @pytest.mark.parametrize(("namespace", "name", "args"), ADMIN_CALLS)

@@ -30,9 +30,18 @@ class ServiceConfig:
 
     state_dir: Path
     host: str = "0.0.0.0"  # noqa: S104 - an appliance serves its LAN; the contract's default
+    """Address the TLS listeners (wss, https) bind."""
+    plain_host: str = "127.0.0.1"
+    """Address the plain listeners (ws, http) bind: loopback, so that no password crosses the
+    network in clear text unless the operator opens them on purpose."""
     ws_port: int = 5182
     http_port: int = 5183
+    wss_port: int = 5184
+    https_port: int = 5185
+    tls: bool = True
+    """Serve wss and https; false turns the TLS listeners off."""
     tls_cert_file: str = ""
+    """A certificate (PEM) to serve; empty: the one made beside the state at the first start."""
     tls_key_file: str = ""
     max_frame_bytes: int = 1 * MiB
     login_timeout_s: float = 30.0
@@ -56,9 +65,9 @@ class ServiceConfig:
     """The settings as the file gives them; the database may hold newer values."""
 
     @property
-    def tls(self) -> bool:
-        """Whether the listeners speak TLS (wss/https)."""
-        return bool(self.tls_cert_file and self.tls_key_file)
+    def tls_dir(self) -> Path:
+        """Where the generated certificate and key are kept."""
+        return self.state_dir / "tls"
 
     @property
     def db_path(self) -> Path:
@@ -74,7 +83,7 @@ class ServiceConfig:
 _HINTS: dict[str, Any] = typing.get_type_hints(ServiceConfig)
 _SERVICE_FIELDS = {f.name for f in dataclasses.fields(ServiceConfig)} - {"settings", "state_dir"}
 _SETTING_FIELDS = {f.name for f in dataclasses.fields(Settings)}
-_TLS_PORTS = {"ws_port": 5184, "http_port": 5185}
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ServiceConfig)}
 
 
 def load_config(
@@ -119,14 +128,27 @@ def build_config(values: Mapping[str, Any]) -> ServiceConfig:
     service.setdefault("state_dir", Path("sysupd-state"))
     if bool(service.get("tls_cert_file")) != bool(service.get("tls_key_file")):
         raise ConfigError("TLS needs both 'tls_cert_file' and 'tls_key_file'")
-    if service.get("tls_cert_file") and service.get("tls_key_file"):
-        for port, default in _TLS_PORTS.items():
-            service.setdefault(port, default)
+    _check_ports_distinct(service)
     settings = apply_changes(Settings(), setting_changes)
     config = ServiceConfig(settings=settings, **service)
     if config.kdf_memory_kib < 8 * config.kdf_parallelism:
         raise ConfigError("'kdf_memory_kib' must be at least 8 times 'kdf_parallelism'")
     return config
+
+
+def _check_ports_distinct(service: Mapping[str, Any]) -> None:
+    """Each listener needs a port of its own (0 lets the kernel choose, so it never clashes)."""
+    names = ["ws_port", "http_port"]
+    if service.get("tls", True):
+        names += ["wss_port", "https_port"]
+    taken: dict[int, str] = {}
+    for name in names:
+        port = service.get(name, _DEFAULTS[name])
+        if port and port in taken:
+            raise ConfigError(
+                f"{taken[port]!r} and {name!r} are both {port}; each listener needs its own port"
+            )
+        taken[port] = name
 
 
 def _check_service_value(name: str, value: Any) -> Any:

@@ -41,9 +41,9 @@ class ServiceLog:
             self._preload(path)
             self._file = path.open("a", encoding="utf-8")
 
-    def info(self, message: str) -> None:
-        """Record a line."""
-        self._write("INFO", message)
+    def info(self, message: str, *, console: bool = True) -> None:
+        """Record a line; ``console=False`` keeps it off stderr (the command printed it already)."""
+        self._write("INFO", message, console=console)
 
     def warning(self, message: str) -> None:
         """Record a line about something that went wrong but was handled."""
@@ -67,10 +67,11 @@ class ServiceLog:
             self._file.close()
             self._file = None
 
-    def _write(self, level: str, message: str) -> None:
+    def _write(self, level: str, message: str, *, console: bool = True) -> None:
         stamp = self._clock.utcnow().strftime("%Y-%m-%dT%H:%M:%SZ")
         line = f"{stamp} {level} {' '.join(message.splitlines())}"
-        getattr(_console, level.lower())(message)
+        if console:
+            getattr(_console, level.lower())(message)
         self._append(line)
         if self._path is None:
             return

@@ -18,7 +18,7 @@ import secrets
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from sysupd.core.sessions import LoginThrottle, TokenTable
+from sysupd.core.sessions import LoginThrottle, SavedToken, TokenTable
 from sysupd.errors import TooManyRequests, Unauthorized
 from sysupd.servicelog import ServiceLog
 from sysupd.store.users import User, UserStore
@@ -159,6 +159,20 @@ class Authenticator:
             raise Unauthorized("the token is unknown or has expired")
         self._log.info(f"token login: user {user.name!r} from {address}")
         return user, self._tokens.issue(user.uuid, user.stamp, now)
+
+    def mint(self, user: User, address: str) -> str:
+        """Another token for a logged-in ``user`` (``rpc/token``, ext), for a client that keeps
+        one to log in with later while its session goes on."""
+        self._log.info(f"token issued: user {user.name!r} from {address}")
+        return self._tokens.issue(user.uuid, user.stamp, self._clock.monotonic())
+
+    def export_tokens(self) -> list[SavedToken]:
+        """The live tokens, to keep across a restart."""
+        return self._tokens.export(self._clock.monotonic())
+
+    def restore_tokens(self, saved: list[SavedToken]) -> None:
+        """Take back tokens kept across a restart."""
+        self._tokens.restore(saved, self._clock.monotonic())
 
     def touch(self, token: str) -> User | None:
         """The user of a live token, extending it; ``None`` if it died, or its user is gone or

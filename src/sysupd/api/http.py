@@ -11,18 +11,24 @@ import binascii
 import json
 from base64 import b64decode
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from sysupd.api.calls import SERVICE_KEY, CallContext
 from sysupd.core.envelope import EnvelopeError, Request, error_args, parse_request_object
+from sysupd.core.origins import is_own_origin
 from sysupd.errors import BadRequest, ClientError, Forbidden, PayloadTooLarge, Unauthorized
 
 if TYPE_CHECKING:
     from sysupd.api.service import Service
 
-__all__ = ["ALLOWED_METHODS", "handle_api", "parse_basic_auth", "refuse_cross_site"]
+__all__ = [
+    "ALLOWED_METHODS",
+    "error_response",
+    "handle_api",
+    "parse_basic_auth",
+    "refuse_cross_site",
+]
 
 ALLOWED_METHODS = ("GET", "POST", "PUT", "HEAD", "OPTIONS")
 _CHALLENGE = {"WWW-Authenticate": 'Basic realm="sysupd", charset="UTF-8"'}
@@ -43,8 +49,7 @@ async def handle_api(request: web.Request) -> web.StreamResponse:
             ctx.user = await service.auth.check_basic(name, password, address)
         result = await service.calls.dispatch(ctx, call)
     except ClientError as exc:
-        headers = _CHALLENGE if isinstance(exc, Unauthorized) else None
-        return _envelope("error", error_args(exc), int(exc.code), headers)
+        return error_response(exc)
     except Exception as exc:  # noqa: BLE001 - a bug is a 500, never a dropped request
         call = Request(request.match_info["namespace"], request.match_info["name"], "", {})
         error = service.internal_error(call, exc)
@@ -52,13 +57,25 @@ async def handle_api(request: web.Request) -> web.StreamResponse:
     return _envelope("response", result or {}, 200)
 
 
+def error_response(exc: ClientError) -> web.Response:
+    """The error envelope of ``exc`` with its HTTP status (and a Basic challenge for a 401)."""
+    headers = _CHALLENGE if isinstance(exc, Unauthorized) else None
+    return _envelope("error", error_args(exc), int(exc.code), headers)
+
+
 def refuse_cross_site(request: web.Request) -> None:
-    """Browsers attach cached Basic credentials to requests any page makes; refuse those that
-    another site started, so a web page cannot reboot or reconfigure the appliance."""
+    """Browsers attach cached Basic credentials to requests any page makes, and let any page open
+    a WebSocket; refuse those that another site started, so a web page elsewhere cannot reboot
+    or reconfigure the appliance (see ``core.origins``).
+
+    Raises:
+        Forbidden: the request came from another site's page.
+    """
     if request.headers.get("Sec-Fetch-Site", "") == "cross-site":
         raise Forbidden("cross-site requests are refused")
     origin = request.headers.get("Origin")
-    if origin is not None and urlsplit(origin).netloc.lower() != request.host.lower():
+    ports = request.app[SERVICE_KEY].listening_ports()
+    if origin is not None and not is_own_origin(origin, request.host, ports):
         raise Forbidden(f"requests from origin {origin[:100]!r} are refused")
 
 

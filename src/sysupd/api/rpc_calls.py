@@ -49,6 +49,14 @@ async def auth_clear(ctx: CallContext, args: dict[str, Any]) -> None:
         ctx.session.log_out()
 
 
+async def token(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+    """(ext) Another token for the logged-in user, leaving the session's own token alone: a
+    command-line client keeps it to log in with next time, while this session goes on."""
+    assert ctx.user is not None
+    new = ctx.service.auth.mint(ctx.user, ctx.address)
+    return {"args": [new, int(ctx.service.auth.token_ttl_s), ctx.user.uuid]}
+
+
 async def query(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     """The calls this user may make."""
     assert ctx.user is not None
@@ -78,4 +86,5 @@ RPC_CALLS = [
     # Like the other rpc/auth* calls it needs no login: on any socket it ends the session.
     Call("rpc", "auth_clear", auth_clear, login=False),
     Call("rpc", "query", query),
+    Call("rpc", "token", token),
 ]

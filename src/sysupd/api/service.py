@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import sqlite3
 import ssl
 import traceback
 from collections.abc import Mapping
@@ -40,10 +41,13 @@ from sysupd.servicelog import ServiceLog
 from sysupd.store.db import Database
 from sysupd.store.meta import system_id
 from sysupd.store.settings import SettingsStore
+from sysupd.store.tokens import TokenStore
 from sysupd.store.users import UserStore, make_hasher
 from sysupd.system.clock import Clock, SystemClock
 from sysupd.system.health import run_health_check
 from sysupd.system.reboot import ProcessExit, RebootKind, run_reboot_action
+from sysupd.system.tls import Certificate, load_certificate, server_context
+from sysupd.web.assets import PAGE_KEY, PageAssets, handle_asset, handle_page
 
 __all__ = ["FIRST_ADMIN", "Service"]
 
@@ -66,6 +70,12 @@ class Service:
         self.config = config
         self.clock: Clock = clock or SystemClock()
         config.state_dir.mkdir(parents=True, exist_ok=True)
+        # First, so that a certificate problem leaves nothing open behind it.
+        self.certificate: Certificate | None = None
+        if config.tls:
+            self.certificate = load_certificate(
+                config.tls_dir, config.tls_cert_file, config.tls_key_file, host=config.host
+            )
         self.log = ServiceLog(config.log_path, self.clock, config.log_max_bytes)
         self.db = Database(config.db_path)
         self.users = UserStore(
@@ -86,6 +96,8 @@ class Service:
             self.log,
             lambda: self.settings.lockout_loopback,
         )
+        self._tokens = TokenStore(self.db)
+        self.auth.restore_tokens(self._tokens.take_all(self.clock.utcnow()))
         self.calls = CallTable([*RPC_CALLS, *SYS_CALLS, *UPDATE_CALLS, *CHECK_CALLS, *UPLOAD_CALLS])
         self.events = EventHub()
         self.sessions: set[WsSession] = set()
@@ -95,6 +107,7 @@ class Service:
         self._runners: list[web.AppRunner] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._exit: asyncio.Future[ProcessExit] | None = None
+        self._stopped = False
         self.boot: BootReport | None = None
         self.boot_status = "starting"
         self.boot_settled = asyncio.Event()
@@ -103,6 +116,8 @@ class Service:
         self.checks = UpdateChecker(self)
         self.ws_port = 0
         self.http_port = 0
+        self.wss_port = 0
+        self.https_port = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -112,35 +127,60 @@ class Service:
             return None
         password = secrets.token_urlsafe(12)
         self.users.add(FIRST_ADMIN, password, is_admin=True)
-        self.log.info(f"created the first administrator {FIRST_ADMIN!r}")
+        self.log.info(f"created the first administrator {FIRST_ADMIN!r}", console=False)
         return password
 
     async def start(self) -> None:
-        """Bind both listeners; ``ws_port`` and ``http_port`` then hold the real ports."""
+        """Bind the listeners; ``ws_port``, ``http_port``, ``wss_port`` and ``https_port`` then
+        hold the real ports (0 for a listener that is off)."""
         self._exit = asyncio.get_running_loop().create_future()
-        ssl_context = self._ssl_context()
         ws_app = web.Application()
         ws_app[SERVICE_KEY] = self
         ws_app.router.add_get("/websocket", handle_websocket)
         ws_app.router.add_get("/", handle_websocket)
         http_app = web.Application(client_max_size=self.config.max_frame_bytes)
         http_app[SERVICE_KEY] = self
+        http_app[PAGE_KEY] = PageAssets()
         for method in ALLOWED_METHODS:
             http_app.router.add_route(method, "/api/{namespace}/{name}", handle_api)
         http_app.router.add_post("/upload", handle_upload)
-        self.ws_port = await self._listen(ws_app, self.config.ws_port, ssl_context)
-        self.http_port = await self._listen(http_app, self.config.http_port, ssl_context)
+        http_app.router.add_get("/websocket", handle_websocket)
+        http_app.router.add_get("/", handle_page)
+        http_app.router.add_get("/static/{name}", handle_asset)
+        ws_runner, http_runner = await self._runner(ws_app), await self._runner(http_app)
+        plain = self.config.plain_host
+        self.ws_port = await self._listen(ws_runner, plain, self.config.ws_port, None)
+        self.http_port = await self._listen(http_runner, plain, self.config.http_port, None)
+        if self.certificate is not None:
+            context = server_context(self.certificate)
+            host = self.config.host
+            self.wss_port = await self._listen(ws_runner, host, self.config.wss_port, context)
+            self.https_port = await self._listen(http_runner, host, self.config.https_port, context)
         self.spawn(self._sweep_loop())
         self._start_boot_trial()
         self.spawn(self.checks.run_periodically())
-        scheme = "https" if ssl_context else "http"
-        self.log.info(
-            f"sysupd {__version__} serving: websocket on {self.config.host}:{self.ws_port}, "
-            f"{scheme} on {self.config.host}:{self.http_port}, system {self.system_id}"
+        tls = (
+            f", wss on {self.config.host}:{self.wss_port}, https on "
+            f"{self.config.host}:{self.https_port} (certificate {self.certificate.fingerprint})"
+            if self.certificate is not None
+            else ""
         )
+        serving = (
+            f"sysupd {__version__} serving: ws on {plain}:{self.ws_port}, http on "
+            f"{plain}:{self.http_port}{tls}, system {self.system_id}"
+        )
+        self.log.info(serving, console=False)  # the command prints where it listens
+
+    def listening_ports(self) -> frozenset[int]:
+        """The ports the service listens on: a page served on one may use the others."""
+        ports = (self.ws_port, self.http_port, self.wss_port, self.https_port)
+        return frozenset(p for p in ports if p)
 
     async def stop(self) -> None:
         """Close every session and listener; idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
         self.reboots.cancel()
         for task in list(self._tasks):
             task.cancel()
@@ -149,6 +189,11 @@ class Service:
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
+        # Kept only by a clean stop (a reboot into a new slot): clients stay logged in.
+        try:
+            self._tokens.put_all(self.auth.export_tokens(), self.clock.utcnow())
+        except sqlite3.Error as exc:
+            self.log.warning(f"cannot keep the login tokens for the next start: {exc}")
         self.auth.close()
         self.log.info("sysupd stopped")
         self.log.close()
@@ -306,19 +351,17 @@ class Service:
             await asyncio.sleep(_SWEEP_INTERVAL_S)
             self.auth.sweep()
 
-    async def _listen(
-        self, app: web.Application, port: int, ssl_context: ssl.SSLContext | None
-    ) -> int:
+    async def _runner(self, app: web.Application) -> web.AppRunner:
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(runner, self.config.host, port, ssl_context=ssl_context)
-        await site.start()
-        return int(runner.addresses[-1][1])
+        return runner
 
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        if not self.config.tls:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self.config.tls_cert_file, self.config.tls_key_file)
-        return context
+    async def _listen(
+        self, runner: web.AppRunner, host: str, port: int, ssl_context: ssl.SSLContext | None
+    ) -> int:
+        before = set(map(tuple, runner.addresses))
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+        await site.start()
+        added = [a for a in runner.addresses if tuple(a) not in before]
+        return int(added[0][1])

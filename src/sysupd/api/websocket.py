@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from sysupd.api.calls import SERVICE_KEY, CallContext
+from sysupd.api.http import error_response, refuse_cross_site
 from sysupd.core.envelope import EnvelopeError, encode_error, encode_reply, parse_request
 from sysupd.core.sessions import SessionState, SessionStateMachine
-from sysupd.errors import ClientError, Unauthorized
+from sysupd.errors import ClientError, Forbidden, Unauthorized
 from sysupd.store.users import User
 
 if TYPE_CHECKING:
@@ -232,11 +233,17 @@ class WsSession:
 
 
 async def handle_websocket(request: web.Request) -> web.StreamResponse:
-    """The WebSocket listener's handler for ``/`` and ``/websocket``."""
+    """The handler for ``/`` and ``/websocket`` on the WebSocket listener, and ``/websocket`` on
+    the HTTP listener (ext): an upgrade from another site's page is refused before it opens."""
     service = request.app[SERVICE_KEY]
+    address = request.remote or "unknown"
+    try:
+        refuse_cross_site(request)
+    except Forbidden as exc:
+        service.log.warning(f"websocket from {address} refused: {exc.details}")
+        return error_response(exc)
     ws = web.WebSocketResponse(max_msg_size=service.config.max_frame_bytes, decode_text=False)
     await ws.prepare(request)
-    address = request.remote or "unknown"
     session = WsSession(service, ws, address, request.transport)
     service.log.info(f"websocket opened from {address}")
     service.events.subscribe(session)

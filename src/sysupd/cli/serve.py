@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -23,20 +24,29 @@ __all__ = ["serve"]
 
 @click.command()
 @config_options
-@click.option("--host", help="Address both listeners bind [default: 0.0.0.0].")
-@click.option("--ws-port", type=int, help="WebSocket port [default: 5182].")
-@click.option("--http-port", type=int, help="HTTP port [default: 5183].")
+@click.option("--host", help="Address the TLS listeners (wss, https) bind [default: 0.0.0.0].")
+@click.option(
+    "--plain-host", help="Address the plain listeners (ws, http) bind [default: 127.0.0.1]."
+)
+@click.option("--ws-port", type=int, help="Plain WebSocket port [default: 5182].")
+@click.option("--http-port", type=int, help="Plain HTTP port [default: 5183].")
+@click.option("--wss-port", type=int, help="WebSocket over TLS port [default: 5184].")
+@click.option("--https-port", type=int, help="HTTPS port [default: 5185].")
+@click.option(
+    "--tls/--no-tls", default=None, help="Serve wss and https (the default) or not at all."
+)
 def serve(
     config_file: Path | None,
     state_dir: Path | None,
-    host: str | None,
-    ws_port: int | None,
-    http_port: int | None,
+    **listeners: str | int | bool | None,
 ) -> None:
-    """Run the service (WebSocket and HTTP API)."""
-    config = load(
-        config_file, state_dir, {"host": host, "ws_port": ws_port, "http_port": http_port}
-    )
+    """Run the service: the API on WebSocket and HTTP, and the web page.
+
+    The TLS listeners (wss 5184, https 5185) serve the network with the configured certificate
+    or one made at the first start; the plain ones (ws 5182, http 5183) serve loopback only,
+    unless --plain-host (or plain_host in the file) opens them.
+    """
+    config = load(config_file, state_dir, listeners)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         how = asyncio.run(_serve(config))
@@ -75,10 +85,7 @@ async def _serve(config: ServiceConfig) -> ProcessExit:
     except BaseException:
         await service.stop()
         raise
-    click.echo(
-        f"sysupd listening: ws://{config.host}:{service.ws_port}/websocket  "
-        f"http://{config.host}:{service.http_port}/  (state in {config.state_dir})",
-    )
+    click.echo("\n".join(_banner(service)))
     sys.stdout.flush()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -87,3 +94,35 @@ async def _serve(config: ServiceConfig) -> ProcessExit:
         return await service.wait_exit_requested()
     finally:
         await service.stop()
+
+
+def _banner(service: Service) -> list[str]:
+    """Where the service listens, for people (and the first line for scripts that wait for it)."""
+    config = service.config
+    plain, host = _url_host(config.plain_host), _url_host(config.host)
+    first = (
+        f"sysupd listening: ws://{plain}:{service.ws_port}/websocket  "
+        f"http://{plain}:{service.http_port}/"
+    )
+    certificate = service.certificate
+    if certificate is None:
+        return [f"{first}  (state in {config.state_dir}; TLS is off)"]
+    made = " (made now)" if certificate.generated else ""
+    return [
+        f"{first}  wss://{host}:{service.wss_port}/websocket  https://{host}:{service.https_port}/"
+        f"  (state in {config.state_dir})",
+        f"Web page: https://{_page_host(config.host)}:{service.https_port}/  "
+        f"(on this machine also http://localhost:{service.http_port}/)",
+        f"TLS certificate SHA-256 fingerprint{made}: {certificate.fingerprint}",
+    ]
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _page_host(host: str) -> str:
+    """The host part of the page's address: listening on every address, the machine's name."""
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - a comparison, not a bind
+        return socket.gethostname() or "localhost"
+    return _url_host(host)

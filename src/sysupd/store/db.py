@@ -28,6 +28,16 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # 2: login tokens kept across a restart (by digest)
+    """
+    CREATE TABLE tokens (
+        digest TEXT PRIMARY KEY,
+        user_uuid TEXT NOT NULL,
+        stamp TEXT NOT NULL,
+        idle_s REAL NOT NULL,
+        saved_at TEXT NOT NULL
+    );
+    """,
 )
 
 

@@ -1,0 +1,59 @@
+"""WebSocket upgrades from another site's page are refused on every listener; the page's own
+origin, and clients that send no Origin, work on both (``/websocket`` on the HTTP listener is
+ext)."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from sysupd.api.service import Service
+from tests.client import WsClient
+from tests.conftest import ADMIN
+
+
+def _listeners(service: Service) -> dict[str, int]:
+    return {"ws": service.ws_port, "http": service.http_port}
+
+
+@pytest.mark.parametrize("listener", ["ws", "http"])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},
+        {"Origin": "http://127.0.0.1:1"},
+        {"Sec-Fetch-Site": "cross-site"},
+    ],
+    ids=["other-site", "null", "other-port", "fetch-metadata"],
+)
+async def test_cross_site_upgrades_are_refused_with_a_reason(
+    service: Service, http: aiohttp.ClientSession, listener: str, headers: dict[str, str]
+) -> None:
+    port = _listeners(service)[listener]
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect(f"http://127.0.0.1:{port}/websocket", headers=headers)
+    assert refused.value.status == 403
+    assert "refused" in service.log.lines()[-1]
+
+
+@pytest.mark.parametrize("listener", ["ws", "http"])
+async def test_the_pages_own_origin_works_on_both_listeners(
+    service: Service, http: aiohttp.ClientSession, listener: str
+) -> None:
+    port = _listeners(service)[listener]
+    page_origin = {"Origin": f"http://127.0.0.1:{service.http_port}"}
+    ws = await http.ws_connect(f"http://127.0.0.1:{port}/websocket", headers=page_origin)
+    client = WsClient(ws)
+    await client.login(*ADMIN)
+    assert (await client.call("sys", "info"))["system_id"] == service.system_id
+    await client.close()
+
+
+async def test_no_origin_is_a_command_line_client_and_passes(
+    service: Service, http: aiohttp.ClientSession
+) -> None:
+    ws = await http.ws_connect(f"http://127.0.0.1:{service.http_port}/websocket")
+    client = WsClient(ws)
+    await client.login(*ADMIN)
+    await client.close()
