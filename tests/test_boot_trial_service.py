@@ -43,7 +43,7 @@ async def test_new_slot_boots_and_is_confirmed(
     assert await _settled(service) == "good"
     info = await (await connect(service, login=USER)).call("sys", "info")
     assert (info["system_version"], info["slot"], info["boot_status"]) == ("1.1.0", "B", "good")
-    assert any("passed its health check" in line for line in service.log.lines())
+    assert any("is confirmed" in line for line in service.log.lines())
 
 
 async def test_failed_health_check_reboots_into_the_previous_slot(
@@ -74,4 +74,5 @@ async def test_failed_health_check_reboots_into_the_previous_slot(
         "rolled back",
     )
     status = await admin.call("sys", "update_status")
-    assert "rolled back" in status["update_status"]
+    assert "rolled back: slot B (1.1.0) failed its health check" in status["update_status"]
+    assert "rolled back: rolled back" not in status["update_status"]

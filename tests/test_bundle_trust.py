@@ -105,7 +105,7 @@ def test_metadata_rollback_is_refused(tmp_path: Path) -> None:
     repo = make_repo(tmp_path, "1.0.0")
     header = read_header(_bundle(repo, "1.0.0", tmp_path))
     seen = dataclasses.replace(_trust(repo), releases_version=999)
-    with pytest.raises(VerificationError, match="rollback"):
+    with pytest.raises(VerificationError, match=r"rollback.*'sysupd release bundle'"):
         verify_bundle(header, seen, POLICY, NOW)
 
 

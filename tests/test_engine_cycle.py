@@ -137,3 +137,32 @@ def test_established_slot_is_kept_when_its_check_fails(
     status = again.status()
     assert status["slots"]["A"]["bootable"] is True
     assert status["next_boot"] == "A"
+
+
+def test_a_restart_before_the_reboot_keeps_the_new_slot_on_trial(
+    tmp_path: Path, repo: ReleaseRepository, bundle: Path
+) -> None:
+    """With a firmware bootloader the service may restart on the old slot after an install (no
+    reboot yet): the old slot's health check must not settle the new slot's trial."""
+    state, cmdline = tmp_path / "state", tmp_path / "cmdline"
+    grubenv = tmp_path / "grubenv"
+    changes = {"bootloader": "grub", "grubenv": str(grubenv)}
+    cmdline.write_text("BOOT_IMAGE=/vmlinuz root=/dev/vda2 sysupd.slot=A\n")
+
+    def engine() -> Engine:
+        settings = make_engine(state, repo, **changes).settings
+        return Engine(state, settings, make_engine(state, repo).clock, cmdline=cmdline)
+
+    engine().start()
+    engine().confirm(True, "")
+    engine().install_bundle(bundle)
+    assert engine().status()["trial"] == "B"
+    engine().start()  # the service restarts, still on slot A
+    assert engine().confirm(True, "") is None
+    assert engine().status()["trial"] == "B", "B still waits for its first boot"
+    cmdline.write_text("BOOT_IMAGE=/vmlinuz root=/dev/vda3 sysupd.slot=B\n")
+    engine().start()
+    result = engine().confirm(True, "")
+    assert result is not None
+    assert result.result == "success"
+    assert engine().status()["trial"] is None

@@ -86,6 +86,7 @@ async def test_update_calls_answer_their_idle_shapes(
         "reboot_required": False,
         "update_running": False,
         "update_status": "",
+        "last_result": None,  # ext: nothing installed or booted on trial yet
     }
     available = await user.call("sys", "updates_available")
     assert available["updates_available"] is False

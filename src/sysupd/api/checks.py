@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from sysupd.api.calls import Call, CallContext
 from sysupd.core.job import JobState
 from sysupd.core.manifest import Manifest
+from sysupd.core.units import human_size
 from sysupd.core.versions import Version, parse_version
 from sysupd.engine.engine import Engine, Release
 from sysupd.errors import AcquireError, SysupdError
@@ -122,7 +123,7 @@ class UpdateChecker:
                 info += " Passed over: " + "; ".join(last.passed_over[:5]) + "."
             return {**reply, "updates_info": info}
         found = last.candidate
-        info = f"Version {found.version} is available ({found.length / 2**20:.1f} MiB)."
+        info = f"Version {found.version} is available ({human_size(found.length)})."
         if found.notes:
             info += f" {found.notes}"
         return {

@@ -311,9 +311,10 @@ class Service:
         rolled_back = state is not None and state["result"] == "rolled back"
         if result is None or result.result != "rolled back":
             self.boot_status = "rolled back" if rolled_back else ("good" if ok else "unhealthy")
-            (self.log.info if ok else self.log.warning)(f"boot trial: {detail}")
-            if result is not None:
+            if result is not None:  # a new slot confirmed: its line says how
                 self.log.info(f"boot trial: {result.detail}")
+            else:
+                (self.log.info if ok else self.log.warning)(f"boot trial: {detail}")
             return
         self.boot_status = "failed"
         self.log.error(

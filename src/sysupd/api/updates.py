@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 from sysupd.api.calls import Call, CallContext
 from sysupd.core.job import JobState
 from sysupd.core.schema import Arg, Schema
+from sysupd.core.units import human_duration, human_rate, human_size
 from sysupd.engine.engine import Engine
 from sysupd.engine.lock import UpdateBusy, UpdateLock
 from sysupd.errors import SysupdError
@@ -47,6 +48,7 @@ _PHASES = {
     JobState.SWITCHING: "switch",
 }
 _EVENT = "sys/update_now"
+_LINE_EVENT_DELAY_S = 0.05
 
 
 @dataclass(slots=True)
@@ -61,10 +63,35 @@ class JobRun:
     bytes_done: int = 0
     bytes_total: int = 0
     ended_at: str = ""
+    local: bool = False
+    """The bytes are on this machine already (an upload): nothing is downloaded."""
+    slot: str = ""
+    """The slot it installs into, once known."""
+    installing_since: float | None = None
+    """When the payload started to flow (monotonic), for the rate and the time left."""
 
     def log_text(self) -> str:
         """The whole log as clients get it: HTML-escaped lines joined by ``<br>``."""
         return "<br>".join(html.escape(line, quote=False) for line in self.lines)
+
+    def rate(self, now: float) -> float | None:
+        """Bytes a second since the payload started to flow, once there is a rate to tell."""
+        if self.installing_since is None or now <= self.installing_since or not self.bytes_done:
+            return None
+        return self.bytes_done / (now - self.installing_since)
+
+    def progress_line(self, now: float) -> str | None:
+        """ "installing into slot B: 512.0 MiB of 1.0 GiB, 210 MiB/s, 3 s left" while the payload
+        flows; ``None`` in the other phases (their log line says what happens)."""
+        if self.phase != "install" or not self.bytes_total or self.bytes_done >= self.bytes_total:
+            return None
+        where = f"installing into slot {self.slot}" if self.slot else "installing"
+        line = f"{where}: {human_size(self.bytes_done)} of {human_size(self.bytes_total)}"
+        rate = self.rate(now)
+        if rate:
+            left = (self.bytes_total - self.bytes_done) / rate
+            line += f", {human_rate(rate)}, {human_duration(left)} left"
+        return line
 
 
 Install = Callable[[Engine, Callable[[JobState, int, int], None], Callable[[str], None]], object]
@@ -78,6 +105,7 @@ class UpdateManager:
         self._service = service
         self._path = service.config.state_dir / "last-update.json"
         self.job: JobRun | None = self._load_last()
+        self._soon: asyncio.TimerHandle | None = None
 
     @property
     def running(self) -> bool:
@@ -85,28 +113,35 @@ class UpdateManager:
         return self.job is not None and self.job.running
 
     def status(self) -> dict[str, Any]:
-        """``sys/update_status``'s reply."""
+        """``sys/update_status``'s reply; (ext) ``last_result``: how the engine's last install or
+        boot trial ended (``result``, ``detail``, ``at``, ``version``), or ``None``."""
+        try:
+            engine = self._service.engine().status()
+        except SysupdError:
+            engine = None
+        last = engine["last_result"] if engine else None
         text = self.job.log_text() if self.job is not None else ""
-        news, at = self._engine_news()
+        news, at = _news(last)
         if news and (self.job is None or (not self.job.running and at >= self.job.ended_at)):
             text = f"{text}<br>{news}" if text else news
         return {
-            "reboot_required": self.reboot_required(),
+            "reboot_required": _reboot_required(engine),
             "update_running": self.running,
             "update_status": text,
+            "last_result": last,
         }
 
-    def reboot_required(self) -> bool:
-        """From a successful install until the reboot into the new slot."""
-        try:
-            status = self._service.engine().status()
-        except SysupdError:
-            return False
-        return status["trial"] is not None and status["trial"] != status["booted"]
-
-    def start(self, source: str, install: Install, cleanup: Callable[[], None]) -> None:
-        """Begin a job; the caller has checked that none runs."""
-        self.job = JobRun(source)
+    def start(
+        self,
+        source: str,
+        install: Install,
+        cleanup: Callable[[], None],
+        *,
+        local: bool = False,
+    ) -> None:
+        """Begin a job; the caller has checked that none runs. ``local``: the bytes are on this
+        machine already, so the job verifies instead of downloading first."""
+        self.job = JobRun(source, local=local, phase="verify" if local else "download")
         self._service.spawn(self._run(self.job, install, cleanup))
 
     async def _run(self, job: JobRun, install: Install, cleanup: Callable[[], None]) -> None:
@@ -116,18 +151,29 @@ class UpdateManager:
         self._persist(job)
         self._publish_progress(job)
         ticker = service.spawn(self._tick(job))
+        engine = service.engine()
 
         def progress(stage: JobState, done: int, total: int) -> None:
             # Called from the worker thread: plain assignments, read by the ticker.
-            job.phase = _PHASES.get(stage, job.phase)
+            phase = _PHASES.get(stage, job.phase)
+            if phase == "download" and job.local:
+                phase = "verify"
+            if phase == "install" and job.installing_since is None:
+                job.installing_since = service.clock.monotonic()
+            job.phase = phase
             job.bytes_done, job.bytes_total = done, total
 
         def log(line: str) -> None:
             loop.call_soon_threadsafe(self._say, job, line)
 
+        def run() -> object:
+            with contextlib.suppress(SysupdError):
+                job.slot = engine.target_slot()  # for people only: the engine decides again
+            return install(engine, progress, log)
+
         started = loop.time()
         try:
-            await asyncio.to_thread(install, service.engine(), progress, log)
+            await asyncio.to_thread(run)
         except SysupdError as exc:
             await asyncio.sleep(0)  # let log lines queued by the worker land first
             self._say(job, f"update failed: {exc}")
@@ -138,10 +184,11 @@ class UpdateManager:
             job.result = "failure"
         else:
             await asyncio.sleep(0)
-            self._say(job, f"update installed in {loop.time() - started:.1f} s; reboot required")
+            self._say(job, f"update installed in {loop.time() - started:.1f} s; reboot to start it")
             job.result = "success"
         finally:
             ticker.cancel()
+            self._cancel_soon()
             with contextlib.suppress(OSError):
                 cleanup()
         job.running = False
@@ -155,6 +202,10 @@ class UpdateManager:
                 "reboot_required": success,
                 "update_running": False,
                 "details": job.log_text(),
+                "phase": "done" if success else "failed",
+                "bytes_done": job.bytes_done,
+                "bytes_total": job.bytes_total,
+                "log": job.log_text(),
             },
         )
         if success and service.settings.auto_reboot:
@@ -168,22 +219,44 @@ class UpdateManager:
             self._publish_progress(job)
 
     def _publish_progress(self, job: JobRun) -> None:
+        self._cancel_soon()
+        now = self._service.clock.monotonic()
+        rate = job.rate(now) if job.phase == "install" else None
+        left = (job.bytes_total - job.bytes_done) / rate if rate else None
+        line = job.progress_line(now) or (job.lines[-1] if job.lines else "")
         self._service.events.publish(
             _EVENT,
             {
                 "update_running": True,
                 "reboot_required": False,
-                "details": html.escape(job.lines[-1], quote=False) if job.lines else "",
+                "details": html.escape(line, quote=False),
                 "phase": job.phase,
                 "bytes_done": job.bytes_done,
                 "bytes_total": job.bytes_total,
+                "rate_bytes_s": int(rate) if rate else None,
+                "seconds_left": round(left, 1) if left is not None else None,
+                "slot": job.slot or None,
+                "log": job.log_text(),
             },
         )
+
+    def _publish_soon(self, job: JobRun) -> None:
+        """A new log line: tell everyone shortly (lines close together make one event)."""
+        if self._soon is None and job.running:
+            loop = asyncio.get_running_loop()
+            self._soon = loop.call_later(_LINE_EVENT_DELAY_S, self._publish_progress, job)
+
+    def _cancel_soon(self) -> None:
+        if self._soon is not None:
+            self._soon.cancel()
+            self._soon = None
 
     def _say(self, job: JobRun, line: str) -> None:
         stamp = self._service.clock.utcnow().strftime("%H:%M:%S")
         job.lines.append(f"{stamp} {line}")
         self._service.log.info(f"update: {line}")
+        if len(job.lines) > 1:
+            self._publish_soon(job)
 
     def _persist(self, job: JobRun) -> None:
         record = {
@@ -227,16 +300,29 @@ class UpdateManager:
                 job.result = "failure"
         return job
 
-    def _engine_news(self) -> tuple[str, str]:
-        """A rollback or an interrupted install the engine recorded, and when, to be said
-        plainly even after the job that led to it."""
-        try:
-            last = self._service.engine().status()["last_result"]
-        except SysupdError:
-            return "", ""
-        if last is not None and last["result"] in ("rolled back", "interrupted"):
-            return html.escape(last["detail"], quote=False), str(last["at"])
+
+def _reboot_required(engine: dict[str, Any] | None) -> bool:
+    """From a successful install until the reboot into the new slot."""
+    return (
+        engine is not None and engine["trial"] is not None and engine["trial"] != engine["booted"]
+    )
+
+
+def _news(last: dict[str, Any] | None) -> tuple[str, str]:
+    """What the engine recorded after the job, and when, to be said plainly even after the job
+    that led to it: the new slot confirmed, a rollback, or an interrupted install."""
+    prefix = _NEWS.get(last["result"]) if last is not None else None
+    if last is None or prefix is None:
         return "", ""
+    return html.escape(prefix + last["detail"], quote=False), str(last["at"])
+
+
+_NEWS = {
+    "success": "after the reboot: ",
+    "rolled back": "rolled back: ",
+    "interrupted": "",
+}
+"""Engine results that ``sys/update_status`` tells after the job's own log, with their lead-in."""
 
 
 def fetched(
@@ -316,9 +402,10 @@ async def update_now(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         taken = path.with_name(f".job-{secrets.token_hex(8)}")
         os.replace(path, taken)
         manager.start(
-            f"the uploaded file {name} ({size} bytes)",
+            f"the uploaded file {name} ({human_size(size)})",
             bundle_path(taken),
             lambda: taken.unlink(missing_ok=True),
+            local=True,
         )
         return {"result": "success", "updates": "starting"}
     if "fetch_url" in args:

@@ -185,8 +185,10 @@ def _check_signed(delegator: Root | Targets, role: str, md: Metadata[Any]) -> No
 def _check_fresh(md: Metadata[Targets], role: str, seen_version: int, now: datetime) -> None:
     if md.signed.version < seen_version:
         raise VerificationError(
-            f"{role} metadata v{md.signed.version} is older than v{seen_version}, "
-            "which this device has already seen (rollback)"
+            f"{role} metadata v{md.signed.version} is older than v{seen_version}, which this "
+            "device has already seen (a rollback): the bundle was made before the release "
+            "repository's latest change, or it is replayed. Make it again from the current "
+            "repository ('sysupd release bundle') and install that one"
         )
     if md.signed.is_expired(now):
         raise VerificationError(

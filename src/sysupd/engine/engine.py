@@ -32,6 +32,7 @@ from sysupd.core.job import JobState, JobStateMachine
 from sysupd.core.manifest import Manifest
 from sysupd.core.settings import Settings
 from sysupd.core.trustchain import ReleasePolicy, check_policy, verify_bundle
+from sysupd.core.units import human_rate, human_size
 from sysupd.core.versions import parse_version
 from sysupd.engine.lock import UpdateLock
 from sysupd.engine.slotset import SlotConfig, inactive_slot, make_writer, slot_configs
@@ -182,9 +183,10 @@ class Engine:
         established slot is reported but changes nothing, since there is no better slot to go to.
         """
         with UpdateLock(self.lock_path, blocking=True):
-            return self._confirm(healthy, detail)
+            return self.confirm_locked(healthy, detail)
 
-    def _confirm(self, healthy: bool, detail: str) -> LastResult | None:
+    def confirm_locked(self, healthy: bool, detail: str) -> LastResult | None:
+        """``confirm`` for a caller that holds the update lock already (``sysupd mark``)."""
         state = self.state_file.load()
         booted = state.booted
         if booted is None:
@@ -206,13 +208,19 @@ class Engine:
             floor = version
         result = state.last_result
         if state.trial == booted:
+            how = (
+                f"passed its health check ({detail})"
+                if self.settings.health_check_command.strip()
+                else "is confirmed (no health check is configured, so starting is enough)"
+            )
             result = LastResult(
                 "success",
-                f"version {version} booted in slot {booted} and passed its health check",
+                f"version {version} booted in slot {booted} and {how}",
                 self._now(),
                 version,
             )
-        self.state_file.save(replace(state, floor=floor, trial=None, last_result=result))
+        trial = None if state.trial == booted else state.trial  # a newer install waits its turn
+        self.state_file.save(replace(state, floor=floor, trial=trial, last_result=result))
         return result if state.trial == booted else None
 
     # -- install -------------------------------------------------------------------------------
@@ -300,7 +308,7 @@ class Engine:
         _check_payload_size(source, manifest.length)
         say(
             f"verified the signed metadata of release {manifest.version} for {manifest.product} "
-            f"({_mib(manifest.length)} payload) in {self.clock.monotonic() - started:.2f} s"
+            f"({human_size(manifest.length)} payload) in {self.clock.monotonic() - started:.2f} s"
         )
         if verified.downgrade:
             say(f"downgrade to {manifest.version} allowed by allow_downgrade")
@@ -343,6 +351,18 @@ class Engine:
 
         return self._locked_job(run)
 
+    def target_slot(self) -> str:
+        """The slot the next install goes to: the one the firmware did not boot.
+
+        Raises:
+            BootError: the bootloader's record is unusable.
+        """
+        env = self.bootloader.load()
+        return inactive_slot(env.order, self._booted(self.state_file.load(), env))
+
+    def _booted(self, state: EngineState, env: BootEnv) -> str:
+        return self.bootloader.booted_slot() or state.booted or env.order[0]
+
     def policy(self, state: EngineState | None = None) -> ReleasePolicy:
         """The device's release policy: its product and version floor."""
         state = state or self.state_file.load()
@@ -365,7 +385,7 @@ class Engine:
         manifest = release.manifest
         job.advance(JobState.INSTALLING)
         env = self.bootloader.load()
-        booted = self.bootloader.booted_slot() or state.booted or env.order[0]
+        booted = self._booted(state, env)
         if state.trial is not None and state.trial == booted:
             raise InstallError(
                 f"slot {booted} is still on trial: an update now would overwrite the only "
@@ -401,8 +421,8 @@ class Engine:
         job.mark_payload_verified()
         took = max(self.clock.monotonic() - writing, 1e-6)
         say(
-            f"checked and wrote {_mib(total)} into slot {target} in {took:.2f} s "
-            f"({_mib(int(total / took))}/s)"
+            f"checked and wrote {human_size(total)} into slot {target} in {took:.2f} s "
+            f"({human_rate(total / took)})"
         )
 
         job.advance(JobState.SWITCHING)
@@ -472,7 +492,7 @@ class Engine:
         return record.version if record and record.version else self.settings.factory_version
 
     def _rolled_back(self, state: EngineState, cause: str) -> EngineState:
-        result = LastResult("rolled back", f"rolled back: {cause}", self._now(), None)
+        result = LastResult("rolled back", cause, self._now(), None)
         return replace(state, trial=None, last_result=result)
 
     def _now(self) -> str:
@@ -480,15 +500,6 @@ class Engine:
 
     def _clock_now(self) -> datetime:
         return self.clock.utcnow()
-
-
-def _mib(size: int) -> str:
-    """A size for people: bytes, KiB or MiB."""
-    if size < 1024:
-        return f"{size} bytes"
-    if size < 2**20:
-        return f"{size / 1024:.1f} KiB"
-    return f"{size / 2**20:.1f} MiB"
 
 
 def _spec(manifest: Manifest) -> PayloadSpec:
@@ -536,6 +547,8 @@ def _read_exactly(source: ByteSource, size: int, what: str) -> bytes:
     if got != size:
         if what == "prefix" and not got:
             raise VerificationError("the file is empty, not a sysupd bundle")
+        if what == "prefix":
+            raise VerificationError(f"the file is not a sysupd bundle: it has only {got} bytes")
         raise VerificationError(f"the bundle is truncated in its {what}")
     return b"".join(parts)
 

@@ -15,7 +15,7 @@ __all__ = ["run_health_check"]
 async def run_health_check(command: str, timeout_s: float = 120.0) -> tuple[bool, str]:
     """Run ``command``; returns whether it passed and a line saying how it went."""
     if not command.strip():
-        return True, "no health check configured"
+        return True, "no health check is configured, so starting is enough"
     try:
         argv = shlex.split(command)
         proc = await asyncio.create_subprocess_exec(
