@@ -63,3 +63,25 @@ def test_mismatched_order_is_refused() -> None:
         BootEnv(("A", "A"), {"A": SlotBoot()})
     with pytest.raises(KeyError, match="unknown slot"):
         BootEnv.fresh(("A", "B")).activate("C")
+
+
+def test_bootable_lists_good_slots_with_attempts_left_in_boot_order() -> None:
+    env = BootEnv.fresh(("A", "B"))
+    assert env.bootable(3) == ("A",)
+    env = env.activate("B")
+    assert env.bootable(3) == ("B", "A")
+    for _ in range(3):
+        env = env.choose_boot(3).env  # B never comes up
+    assert env.bootable(3) == ("A",)
+    assert env.reject("A").bootable(3) == ()
+    assert env.confirm("B").bootable(3) == ("B", "A")
+
+
+def test_marks_by_hand_follow_the_same_rules() -> None:
+    env = BootEnv.fresh(("A", "B")).begin_install("B").activate("B").confirm("B")
+    bad = env.reject("B")  # mark bad: unbootable, sent to the back
+    assert (bad.order, bad.slots["B"].ok, bad.bootable(3)) == (("A", "B"), False, ("A",))
+    good = bad.confirm("B")  # mark good: bootable again, its place in line kept
+    assert (good.order, good.slots["B"]) == (("A", "B"), SlotBoot(ok=True, tries=0))
+    active = good.activate("B")  # mark active: good and first in line
+    assert (active.order, active.choose_boot(3).slot) == (("B", "A"), "B")

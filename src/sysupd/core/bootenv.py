@@ -10,7 +10,9 @@ the decisions live here, free of I/O:
 - an install first marks the target bad (``begin_install``), and only a fully verified payload
   makes it good and first in line (``activate``) — so an interrupted install never boots;
 - a slot that fails its health check is marked bad and sent to the back (``reject``); a slot that
-  never comes up uses its attempts up, and the next good slot boots by itself.
+  never comes up uses its attempts up, and the next good slot boots by itself;
+- an operator's marks (``sysupd mark``) apply the same rules (``confirm``, ``reject``,
+  ``activate``), and ``bootable`` says which slots a power-on could still choose.
 
 Invariant: every slot named in ``order`` has an entry in ``slots`` and vice versa.
 """
@@ -90,6 +92,14 @@ class BootEnv:
         """After the whole payload verified: boot the target next, on trial."""
         env = self._with(target, SlotBoot(ok=True, tries=0))
         return replace(env, order=(target, *[n for n in self.order if n != target]))
+
+    def bootable(self, max_attempts: int) -> tuple[str, ...]:
+        """The slots a power-on could still choose (good, attempts left), in boot order."""
+        return tuple(
+            name
+            for name in self.order
+            if self.slots[name].ok and self.slots[name].tries < max_attempts
+        )
 
     def is_preferred(self, name: str) -> bool:
         """Whether ``name`` is first in line."""
