@@ -30,8 +30,11 @@ def write_config(path: Path, **extra: object) -> Path:
     return path
 
 
-async def run_cli(*args: str, stdin: str = "") -> tuple[int, str, str]:
-    """Run ``python -m sysupd ARGS``; returns exit status, stdout and stderr."""
+async def run_cli(
+    *args: str, stdin: str = "", env: dict[str, str] | None = None, timeout: float = 60
+) -> tuple[int, str, str]:
+    """Run ``python -m sysupd ARGS`` (with ``env`` added to the environment); returns exit
+    status, stdout and stderr."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -40,8 +43,9 @@ async def run_cli(*args: str, stdin: str = "") -> tuple[int, str, str]:
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
     )
-    out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), 60)
+    out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), timeout)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
 

@@ -119,3 +119,23 @@ async def test_install_killed_part_way(tmp_path: Path) -> None:
     assert report["last_result"]["result"] == "interrupted"
     code, _, err = await run_cli("install", str(bundle), *device)  # the next update succeeds
     assert code == 0, err
+
+
+async def test_boot_reboot_runs_the_reboot_command_when_the_slot_is_abandoned(
+    tmp_path: Path, repo: ReleaseRepository
+) -> None:
+    bundle = tmp_path / "u.bundle"
+    repo.write_bundle("1.1.0", bundle)
+    device = _args(tmp_path, repo)
+    assert (await run_cli("install", str(bundle), *device))[0] == 0
+    asked = tmp_path / "reboot-asked"
+    with Path(device[1]).open("a") as config:
+        config.write(f'health_check_command = "false"\nreboot_command = "touch {asked}"\n')
+    code, out, _ = await run_cli("boot", "--reboot", *device)
+    assert code == 2
+    assert asked.exists(), "the previous slot boots only after a reboot"
+    assert f"reboot command 'touch {asked}' exited with status 0" in out
+    asked.unlink()
+    code, _, _ = await run_cli("boot", "--reboot", *device)
+    assert code == 0
+    assert not asked.exists(), "a good boot reboots nothing"

@@ -36,6 +36,7 @@ class ServiceLog:
         self._size = 0
         self._file: TextIO | None = None
         self._file_broken = False
+        self._closed = False
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._preload(path)
@@ -62,7 +63,8 @@ class ServiceLog:
         return [line for line, _ in self._lines]
 
     def close(self) -> None:
-        """Close the file."""
+        """Close the file; lines logged afterwards (a handler finishing late) stay in memory."""
+        self._closed = True
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -73,7 +75,7 @@ class ServiceLog:
         if console:
             getattr(_console, level.lower())(message)
         self._append(line)
-        if self._path is None:
+        if self._path is None or self._closed:
             return
         try:
             if self._file is None:

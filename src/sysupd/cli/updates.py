@@ -1,4 +1,5 @@
-"""``sysupd install``, ``sysupd status`` and ``sysupd boot``: the engine from the command line."""
+"""``sysupd install``, ``sysupd boot`` and ``sysupd status --local``: the engine from the command
+line, on this device's state directory, with no service needed."""
 
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ from sysupd.store.db import Database
 from sysupd.store.settings import SettingsStore
 from sysupd.system.clock import SystemClock
 from sysupd.system.health import run_health_check
+from sysupd.system.reboot import RebootKind, run_reboot_action
 
-__all__ = ["boot", "install", "status"]
+__all__ = ["boot", "install", "show_local_status"]
 
 
 def _engine(config: ServiceConfig) -> Engine:
@@ -66,11 +68,9 @@ def install(bundle: Path, config_file: Path | None, state_dir: Path | None) -> N
     click.echo(f"installed {manifest.product} {manifest.version}; reboot to boot it (on trial)")
 
 
-@click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
-@config_options
-def status(as_json: bool, config_file: Path | None, state_dir: Path | None) -> None:
-    """Show the slots, what boots next, the trial and the last result."""
+def show_local_status(config_file: Path | None, state_dir: Path | None, as_json: bool) -> None:
+    """``sysupd status --local``: the slots, what boots next, the trial and the last result, from
+    the state directory."""
     try:
         report = _engine(load(config_file, state_dir)).status()
     except SysupdError as exc:
@@ -91,16 +91,22 @@ def status(as_json: bool, config_file: Path | None, state_dir: Path | None) -> N
         click.echo(f"on trial: slot {report['trial']}")
     if report["last_result"]:
         last = report["last_result"]
-        click.echo(f"last result: {last['result']} — {last['detail']} ({last['at']})")
+        click.echo(f"last result: {last['result']}: {last['detail']} ({last['at']})")
 
 
 @click.command()
+@click.option(
+    "--reboot",
+    "reboot_now",
+    is_flag=True,
+    help="When the new slot is abandoned, run reboot_command at once (for ExecStartPre).",
+)
 @config_options
-def boot(config_file: Path | None, state_dir: Path | None) -> None:
+def boot(reboot_now: bool, config_file: Path | None, state_dir: Path | None) -> None:
     """Settle the boot trial before the service starts (for a unit's ExecStartPre).
 
     Exits 0 when the booted slot is good, 2 when it failed its health check and was abandoned:
-    reboot then, and the previous slot boots.
+    reboot then, and the previous slot boots (--reboot runs reboot_command right away).
     """
     engine = _engine(load(config_file, state_dir))
     try:
@@ -117,6 +123,17 @@ def boot(config_file: Path | None, state_dir: Path | None) -> None:
     if result is not None:
         click.echo(f"{result.result}: {result.detail}")
     if result is not None and result.result == "rolled back":
+        if reboot_now:
+            settings = engine.settings
+            outcome = asyncio.run(
+                run_reboot_action(
+                    "command",
+                    RebootKind.RESTART,
+                    settings.reboot_command,
+                    settings.poweroff_command,
+                )
+            )
+            click.echo(outcome.log_line)
         sys.exit(2)
     if not ok:
         click.echo(f"slot {report.slot} is not on trial, so it is kept despite the failed check")

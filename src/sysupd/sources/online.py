@@ -121,10 +121,10 @@ class OnlineChannel:
                 continue
             if best is None or manifest.version > best.manifest.version:
                 best = Candidate(manifest, entry, chunks)
-        if best is None and older:
+        if best is None and older and max(older) < installed:  # equal: simply up to date
             passed_over.append(
-                f"the newest release for {policy.product} on the server, {max(older)}, is not "
-                f"newer than the installed {installed} (older releases would be a downgrade)"
+                f"the newest release for {policy.product} on the server, {max(older)}, is older "
+                f"than the installed {installed} (installing it would be a downgrade)"
             )
         return Survey(best, tuple(passed_over))
 

@@ -27,7 +27,7 @@ from cryptography.x509.oid import NameOID
 from sysupd.errors import ConfigError, StateError
 from sysupd.fsutil import atomic_write
 
-__all__ = ["Certificate", "fingerprint", "load_certificate", "server_context"]
+__all__ = ["Certificate", "fingerprint", "fingerprint_hex", "load_certificate", "server_context"]
 
 _VALID_DAYS = 3650
 _CERT_NAME = "cert.pem"
@@ -50,7 +50,12 @@ def fingerprint(der: bytes) -> str:
     """The SHA-256 fingerprint of a DER certificate, ``AB:CD:…``."""
     digest = hashes.Hash(hashes.SHA256())
     digest.update(der)
-    return ":".join(f"{byte:02X}" for byte in digest.finalize())
+    return fingerprint_hex(digest.finalize())
+
+
+def fingerprint_hex(digest: bytes) -> str:
+    """A digest written as a fingerprint, ``AB:CD:…``."""
+    return ":".join(f"{byte:02X}" for byte in digest)
 
 
 def load_certificate(

@@ -1,0 +1,28 @@
+"""The client library: log in, make calls, follow events (reconnecting) and upload bundles over
+the public API. The ``sysupd`` command-line client, the tests and scripts all use it."""
+
+from sysupd.client.address import Server, parse_server
+from sysupd.client.connection import Client, Disconnected, Event, Login, Reconnected, StreamItem
+from sysupd.client.errors import (
+    ApiError,
+    CertificateChanged,
+    ClientFailure,
+    ConnectionFailed,
+    NotLoggedIn,
+)
+
+__all__ = [
+    "ApiError",
+    "CertificateChanged",
+    "Client",
+    "ClientFailure",
+    "ConnectionFailed",
+    "Disconnected",
+    "Event",
+    "Login",
+    "NotLoggedIn",
+    "Reconnected",
+    "Server",
+    "StreamItem",
+    "parse_server",
+]
