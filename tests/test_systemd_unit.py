@@ -1,0 +1,43 @@
+"""The systemd unit in docs/ is valid (``systemd-analyze verify``) and runs what it should."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+UNIT = Path(__file__).parent.parent / "docs" / "systemd" / "sysupd.service"
+
+
+def test_the_unit_settles_the_boot_before_serving() -> None:
+    lines = UNIT.read_text().splitlines()
+    pre = next(line for line in lines if line.startswith("ExecStartPre="))
+    start = next(line for line in lines if line.startswith("ExecStart="))
+    assert pre.split()[1:3] == ["boot", "--reboot"]
+    assert start.split()[1] == "serve"
+
+
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed here"
+)
+def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
+    sysupd = Path(sys.executable).with_name("sysupd")
+    assert sysupd.exists(), "the sysupd entry point is installed beside the interpreter"
+    unit = tmp_path / "sysupd.service"
+    unit.write_text(UNIT.read_text().replace("/usr/local/bin/sysupd", str(sysupd)))
+    done = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(unit)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    problems = [
+        line
+        for line in (done.stdout + done.stderr).splitlines()
+        if str(unit) in line or "sysupd.service" in line
+    ]
+    assert done.returncode == 0, done.stderr
+    assert problems == [], problems
