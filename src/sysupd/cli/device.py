@@ -16,34 +16,13 @@ from typing import Any
 
 import click
 
-from sysupd.cli.options import config_options, fail, load
+from sysupd.cli.options import config_options, device_engine, fail
 from sysupd.core.units import human_size
-from sysupd.engine.engine import Engine
 from sysupd.engine.inspection import Inspection, inspect_bundle
 from sysupd.engine.marks import MARKS, MarkResult, mark_slot
 from sysupd.errors import SysupdError
-from sysupd.store.db import Database
-from sysupd.store.settings import SettingsStore
-from sysupd.system.clock import SystemClock
 
 __all__ = ["inspect", "mark"]
-
-
-def _engine(config_file: Path | None, state_dir: Path | None) -> Engine:
-    """The engine with the settings the service would use; a database that does not exist yet
-    holds no settings and is not created."""
-    config = load(config_file, state_dir)
-    try:
-        settings = config.settings
-        if config.db_path.exists():
-            db = Database(config.db_path)
-            try:
-                settings = SettingsStore(db).load(config.settings)[0]
-            finally:
-                db.close()
-        return Engine(config.state_dir, settings, SystemClock())
-    except SysupdError as exc:
-        fail(str(exc))
 
 
 @click.command()
@@ -70,7 +49,7 @@ def inspect(
 
     Exits 0 when it verifies and would be accepted, 1 (with the reason) when not.
     """
-    engine = _engine(config_file, state_dir)
+    engine = device_engine(config_file, state_dir)
     report = inspect_bundle(engine, bundle, trust_root=trust_root, check_payload=check_payload)
     if as_json:
         click.echo(json.dumps(_inspection_json(report), indent=2))
@@ -94,7 +73,7 @@ def mark(
     good: bootable, attempts reset (settles the booted slot's trial); bad: not bootable;
     active: good and first to boot (reboot to boot it).
     """
-    engine = _engine(config_file, state_dir)
+    engine = device_engine(config_file, state_dir)
     try:
         result = mark_slot(engine, how, slot)
     except SysupdError as exc:

@@ -116,12 +116,18 @@ class _Reporter:
             total=total,
         )
 
+    def finish_upload(self) -> None:
+        """The upload is done: its bar goes."""
+        if self._upload is not None:
+            self.bars.remove_task(self._upload)
+            self._upload = None
+
     def finish_bars(self) -> None:
         """The update ended: its bars go."""
-        for task in (self._upload, self._update):
-            if task is not None:
-                self.bars.remove_task(task)
-        self._upload = self._update = None
+        self.finish_upload()
+        if self._update is not None:
+            self.bars.remove_task(self._update)
+            self._update = None
 
 
 @click.command()
@@ -189,6 +195,7 @@ async def _run(
     args: dict[str, Any] = {}
     if bundle is not None:
         stored = await client.upload(bundle, progress=out.upload_progress)
+        out.finish_upload()
         out.say(f"uploaded {bundle.name} (sha256 {stored['sha256']})")
         out.json({"upload": stored})
         args = {"file_upload": stored["file_upload"]}

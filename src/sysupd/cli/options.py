@@ -9,9 +9,13 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from sysupd.config import ServiceConfig, load_config
+from sysupd.engine.engine import Engine
 from sysupd.errors import SysupdError
+from sysupd.store.db import Database
+from sysupd.store.settings import SettingsStore
+from sysupd.system.clock import SystemClock
 
-__all__ = ["config_options", "fail", "load"]
+__all__ = ["config_options", "device_engine", "fail", "load"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,3 +48,21 @@ def load(
 def fail(message: str) -> NoReturn:
     """Print ``error: message`` to stderr and exit 1."""
     raise click.ClickException(message)
+
+
+def device_engine(config_file: Path | None, state_dir: Path | None) -> Engine:
+    """The update engine of this device with the settings the service would use (the file's,
+    then those changed over the API); a database that does not exist yet is not created.
+    A configuration or state problem is a clean exit."""
+    config = load(config_file, state_dir)
+    try:
+        settings = config.settings
+        if config.db_path.exists():
+            db = Database(config.db_path)
+            try:
+                settings = SettingsStore(db).load(config.settings)[0]
+            finally:
+                db.close()
+        return Engine(config.state_dir, settings, SystemClock())
+    except SysupdError as exc:
+        fail(str(exc))

@@ -12,32 +12,13 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from sysupd.cli.options import config_options, fail, load
-from sysupd.config import ServiceConfig
+from sysupd.cli.options import config_options, device_engine, fail
 from sysupd.core.job import JobState
-from sysupd.core.settings import Settings
-from sysupd.engine.engine import Engine
 from sysupd.errors import SysupdError
-from sysupd.store.db import Database
-from sysupd.store.settings import SettingsStore
-from sysupd.system.clock import SystemClock
 from sysupd.system.health import run_health_check
 from sysupd.system.reboot import RebootKind, run_reboot_action
 
 __all__ = ["boot", "install", "show_local_status"]
-
-
-def _engine(config: ServiceConfig) -> Engine:
-    """The engine with the settings the service would use (file, then those set over the API)."""
-    try:
-        db = Database(config.db_path)
-        try:
-            settings: Settings = SettingsStore(db).load(config.settings)[0]
-        finally:
-            db.close()
-        return Engine(config.state_dir, settings, SystemClock())
-    except SysupdError as exc:
-        fail(str(exc))
 
 
 @click.command()
@@ -45,7 +26,7 @@ def _engine(config: ServiceConfig) -> Engine:
 @config_options
 def install(bundle: Path, config_file: Path | None, state_dir: Path | None) -> None:
     """Verify BUNDLE and install it into the inactive slot."""
-    engine = _engine(load(config_file, state_dir))
+    engine = device_engine(config_file, state_dir)
     console = Console(stderr=True)
     with Progress(
         "[progress.description]{task.description}",
@@ -72,7 +53,7 @@ def show_local_status(config_file: Path | None, state_dir: Path | None, as_json:
     """``sysupd status --local``: the slots, what boots next, the trial and the last result, from
     the state directory."""
     try:
-        report = _engine(load(config_file, state_dir)).status()
+        report = device_engine(config_file, state_dir).status()
     except SysupdError as exc:
         fail(str(exc))
     if as_json:
@@ -108,7 +89,7 @@ def boot(reboot_now: bool, config_file: Path | None, state_dir: Path | None) -> 
     Exits 0 when the booted slot is good, 2 when it failed its health check and was abandoned:
     reboot then, and the previous slot boots (--reboot runs reboot_command right away).
     """
-    engine = _engine(load(config_file, state_dir))
+    engine = device_engine(config_file, state_dir)
     try:
         report = engine.start()
         if report.interrupted:
