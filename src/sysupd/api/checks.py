@@ -68,7 +68,9 @@ class UpdateChecker:
         async with self._lock:
             service = self._service
             server = service.settings.update_server
-            now = service.clock.utcnow().strftime("%Y-%m-%dT%H:%M:%SZ")
+            # Milliseconds, so that a client waiting for this check's result can tell it from
+            # one that ended earlier in the same second.
+            now = service.clock.utcnow().isoformat(timespec="milliseconds").replace("+00:00", "Z")
             if not server:
                 result = CheckResult(now, None, "no update server is configured")
             else:

@@ -339,7 +339,7 @@ def fetched(
         download = LanDownload(target, networks, limits)
         asyncio.run_coroutine_threadsafe(download.__aenter__(), loop).result()
         try:
-            size = f"{download.size} bytes" if download.size is not None else "size unknown"
+            size = human_size(download.size) if download.size is not None else "size unknown"
             log(f"downloading from {target.host} ({target.address}), {size}")
             reader = LoopReader(download.read, loop)
             return engine.install_stream(reader, target.url, progress=progress, log=log)
