@@ -307,6 +307,55 @@ async def test_other_methods_are_405(
         assert "POST" in resp.headers.get("Allow", "")
 
 
+STATE_CHANGING = [
+    ("sys/set_config", {"auto_reboot": False}),
+    ("sys/update_check", {}),
+    ("sys/update_now", {"file_upload": "x.bundle"}),
+    ("sys/upload_file", {}),
+    ("sys/reboot", {"delay_seconds": 1}),
+    ("sys/reboot_stop", {}),
+    ("rpc/token", {}),
+]
+
+
+@pytest.mark.parametrize(("call", "args"), STATE_CHANGING)
+async def test_get_of_a_call_that_changes_state_is_405_and_changes_nothing(
+    service: Service, http: aiohttp.ClientSession, call: str, args: dict[str, Any]
+) -> None:
+    """A cross-site GET (an <img> tag in an old browser, with cached Basic credentials) must not
+    reboot or reconfigure the device."""
+    before = service.settings
+    status, headers, envelope = await send(http, service, call, method="GET", args=args)
+    details = assert_error(status, envelope, "405", "POST", "PUT", "GET", call)
+    assert "changes" in details
+    assert "POST" in headers["Allow"]
+    assert "GET" not in headers["Allow"]
+    assert service.reboots.plan is None
+    assert service.settings == before
+    assert not service.updates.status()["update_running"]
+
+
+async def test_get_of_a_reboot_with_credentials_schedules_nothing_then_post_does(
+    service: Service, http: aiohttp.ClientSession
+) -> None:
+    status, _, _ = await send(http, service, "sys/reboot", method="GET")
+    assert status == 405
+    assert service.reboots.plan is None
+    status, _, envelope = await send(http, service, "sys/reboot", method="POST")
+    assert assert_success(status, envelope)["reboot_delay_seconds"] == 300
+    assert service.reboots.plan is not None
+
+
+@pytest.mark.parametrize(
+    "call", ["sys/info", "sys/list_config", "sys/update_status", "sys/reboot_time", "rpc/query"]
+)
+async def test_reads_stay_available_by_get(
+    service: Service, http: aiohttp.ClientSession, call: str
+) -> None:
+    status, _, envelope = await send(http, service, call, method="GET")
+    assert_success(status, envelope)
+
+
 @pytest.mark.parametrize("method", ["HEAD", "OPTIONS"])
 async def test_head_and_options_are_200_without_body(
     service: Service, http: aiohttp.ClientSession, method: str

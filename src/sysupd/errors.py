@@ -1,8 +1,10 @@
 """The exception families of sysupd, split by who is at fault.
 
-- ``ClientError``: the caller sent something wrong (bad frame, bad args, bad credentials, no
-  permission). Each subclass maps to exactly one wire error code and carries ``details``, a plain
-  sentence naming what was wrong. Nothing was changed.
+- ``ApiError``: an answer on the wire. Each subclass maps to exactly one wire error code and
+  carries ``details``, a plain sentence naming what was wrong; nothing was changed. Its two
+  families: ``ClientError``, the caller sent something wrong (bad frame, bad args, bad
+  credentials, no permission, the wrong HTTP method), and ``ServerError``, the device cannot do
+  it now (its disk is full) or a bug.
 - ``ConfigError``: the operator's configuration (file, flags, settings) is invalid. Nothing was
   changed.
 - ``StateError``: the state directory or database is unusable (corrupt, newer schema, locked).
@@ -21,14 +23,18 @@ from __future__ import annotations
 
 __all__ = [
     "AcquireError",
+    "ApiError",
     "BadRequest",
     "BootError",
     "ClientError",
     "ConfigError",
     "Forbidden",
     "InstallError",
+    "InsufficientStorage",
+    "MethodNotAllowed",
     "NotFound",
     "PayloadTooLarge",
+    "ServerError",
     "StateError",
     "SysupdError",
     "TooManyRequests",
@@ -42,15 +48,26 @@ class SysupdError(Exception):
     """Root of every exception sysupd raises on purpose."""
 
 
-class ClientError(SysupdError):
-    """The caller is at fault; maps to one wire error code."""
+class ApiError(SysupdError):
+    """An error answered on the wire; maps to one wire error code."""
 
-    code: str = "400"
-    message: str = "Bad Request"
+    code: str = "500"
+    message: str = "Internal Server Error"
 
     def __init__(self, details: str) -> None:
         super().__init__(details)
         self.details = details
+
+
+class ClientError(ApiError):
+    """The caller is at fault."""
+
+    code = "400"
+    message = "Bad Request"
+
+
+class ServerError(ApiError):
+    """The device is at fault: it cannot do it now, or a bug."""
 
 
 class BadRequest(ClientError):
@@ -81,6 +98,13 @@ class NotFound(ClientError):
     message = "Not Found"
 
 
+class MethodNotAllowed(ClientError):
+    """An HTTP method the call does not take (GET for a call that changes state)."""
+
+    code = "405"
+    message = "Method Not Allowed"
+
+
 class PayloadTooLarge(ClientError):
     """A request body or upload over the configured limit or the free space."""
 
@@ -93,6 +117,13 @@ class TooManyRequests(ClientError):
 
     code = "429"
     message = "Too Many Requests"
+
+
+class InsufficientStorage(ServerError):
+    """The state could not be written because the device's disk is full."""
+
+    code = "507"
+    message = "Insufficient Storage"
 
 
 class ConfigError(SysupdError):

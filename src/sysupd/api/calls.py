@@ -53,6 +53,10 @@ class Call:
     admin: bool = False
     login: bool = True
     """False only for the ``rpc/auth*`` calls that log in."""
+    changes: bool = False
+    """It changes the device's state, so HTTP takes it by POST or PUT only: a browser sends a
+    cross-site GET (an image, a link) with the credentials it has cached, and old browsers
+    mark it with neither Origin nor Sec-Fetch-Site."""
 
 
 class CallTable:
@@ -68,6 +72,10 @@ class CallTable:
             if user.is_admin or not call.admin:
                 names.setdefault(call.namespace, []).append(call.name)
         return {ns: sorted(calls) for ns, calls in sorted(names.items())}
+
+    def find(self, namespace: str, name: str) -> Call | None:
+        """The call ``namespace/name``, if there is one."""
+        return self._calls.get((namespace, name))
 
     async def dispatch(self, ctx: CallContext, request: Request) -> dict[str, Any] | None:
         """Check and run one call.

@@ -209,6 +209,6 @@ async def updates_available(ctx: CallContext, args: dict[str, Any]) -> dict[str,
 
 
 CHECK_CALLS = [
-    Call("sys", "update_check", update_check, admin=True),
+    Call("sys", "update_check", update_check, admin=True, changes=True),
     Call("sys", "updates_available", updates_available),
 ]

@@ -17,7 +17,14 @@ from aiohttp import web
 from sysupd.api.calls import SERVICE_KEY, CallContext
 from sysupd.core.envelope import EnvelopeError, Request, error_args, parse_request_object
 from sysupd.core.origins import is_own_origin
-from sysupd.errors import BadRequest, ClientError, Forbidden, PayloadTooLarge, Unauthorized
+from sysupd.errors import (
+    ApiError,
+    BadRequest,
+    Forbidden,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    Unauthorized,
+)
 
 if TYPE_CHECKING:
     from sysupd.api.service import Service
@@ -43,12 +50,17 @@ async def handle_api(request: web.Request) -> web.StreamResponse:
     try:
         refuse_cross_site(request)
         call = await _read_call(request)
+        found = service.calls.find(call.namespace, call.name)
+        if request.method == "GET" and found is not None and found.changes:
+            raise MethodNotAllowed(
+                f"{call.call} changes the device's state: send it with POST or PUT, not GET"
+            )
         ctx = CallContext(service, address)
         if call.namespace != "rpc" or call.name not in ("auth", "auth_token"):
             name, password = parse_basic_auth(request.headers.get("Authorization"))
             ctx.user = await service.auth.check_basic(name, password, address)
         result = await service.calls.dispatch(ctx, call)
-    except ClientError as exc:
+    except ApiError as exc:
         return error_response(exc)
     except Exception as exc:  # noqa: BLE001 - a bug is a 500, never a dropped request
         call = Request(request.match_info["namespace"], request.match_info["name"], "", {})
@@ -57,9 +69,11 @@ async def handle_api(request: web.Request) -> web.StreamResponse:
     return _envelope("response", result or {}, 200)
 
 
-def error_response(exc: ClientError) -> web.Response:
+def error_response(exc: ApiError) -> web.Response:
     """The error envelope of ``exc`` with its HTTP status (and a Basic challenge for a 401)."""
     headers = _CHALLENGE if isinstance(exc, Unauthorized) else None
+    if isinstance(exc, MethodNotAllowed):
+        headers = {"Allow": "POST, PUT, HEAD, OPTIONS"}
     return _envelope("error", error_args(exc), int(exc.code), headers)
 
 

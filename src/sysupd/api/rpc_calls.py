@@ -86,5 +86,5 @@ RPC_CALLS = [
     # Like the other rpc/auth* calls it needs no login: on any socket it ends the session.
     Call("rpc", "auth_clear", auth_clear, login=False),
     Call("rpc", "query", query),
-    Call("rpc", "token", token),
+    Call("rpc", "token", token, changes=True),
 ]

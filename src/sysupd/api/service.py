@@ -36,7 +36,7 @@ from sysupd.core.envelope import Request
 from sysupd.core.sessions import LoginThrottle, TokenTable
 from sysupd.core.settings import Settings, apply_changes
 from sysupd.engine.engine import BootReport, Engine
-from sysupd.errors import ClientError, SysupdError
+from sysupd.errors import ApiError, ServerError, SysupdError
 from sysupd.servicelog import ServiceLog
 from sysupd.store.db import Database
 from sysupd.store.meta import system_id
@@ -56,7 +56,7 @@ _SWEEP_INTERVAL_S = 60.0
 _REBOOT_RETRY_S = 5
 
 
-class InternalError(ClientError):
+class InternalError(ServerError):
     """A bug answered on the wire; the connection and the service go on."""
 
     code = "500"
@@ -259,7 +259,7 @@ class Service:
         self.events.publish("sys/reboot", {"reboot_scheduled": False})
         return True
 
-    def internal_error(self, request: Request, exc: Exception) -> ClientError:
+    def internal_error(self, request: Request, exc: Exception) -> ApiError:
         """Log a bug and make the 500 that answers it.
 
         For ``rpc/*`` calls the exception's message is left out: it may quote credentials.

@@ -80,14 +80,15 @@ SYS_CALLS = [
     Call("sys", "info", info),
     Call("sys", "middleware_log", middleware_log, admin=True),
     Call("sys", "list_config", list_config, admin=True),
-    Call("sys", "set_config", set_config, Schema(open=True), admin=True),
+    Call("sys", "set_config", set_config, Schema(open=True), admin=True, changes=True),
     Call(
         "sys",
         "reboot",
         reboot,
         Schema({"delay_seconds": Arg(int, check=_delay), "poweroff": Arg(bool)}),
         admin=True,
+        changes=True,
     ),
     Call("sys", "reboot_time", reboot_time),
-    Call("sys", "reboot_stop", reboot_stop, admin=True),
+    Call("sys", "reboot_stop", reboot_stop, admin=True, changes=True),
 ]

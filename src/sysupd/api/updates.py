@@ -460,6 +460,7 @@ UPDATE_CALLS = [
             exclusive=(frozenset({"fetch_url", "file_upload"}),),
         ),
         admin=True,
+        changes=True,
     ),
     Call("sys", "update_status", update_status),
 ]

@@ -61,7 +61,15 @@ from aiohttp.http_exceptions import HttpProcessingError
 from sysupd.api.calls import SERVICE_KEY, Call, CallContext
 from sysupd.api.http import parse_basic_auth, refuse_cross_site
 from sysupd.core.envelope import Request, error_args
-from sysupd.errors import BadRequest, ClientError, PayloadTooLarge, StateError, Unauthorized
+from sysupd.errors import (
+    ApiError,
+    BadRequest,
+    InsufficientStorage,
+    PayloadTooLarge,
+    ServerError,
+    StateError,
+    Unauthorized,
+)
 from sysupd.fsutil import fsync_dir
 from sysupd.servicelog import ServiceLog
 from sysupd.system.clock import Clock
@@ -403,14 +411,15 @@ async def handle_upload(request: web.Request) -> web.StreamResponse:
             completed = True
         finally:
             store.end(grant, completed=completed)
-    except ClientError as exc:
+    except ApiError as exc:
         service.log.warning(f"upload from {address} not stored ({exc.code}): {exc.details}")
         headers = _CHALLENGE if isinstance(exc, Unauthorized) else None
         return _error_reply(error_args(exc), headers)
     except OSError as exc:  # the disk, not the client nor a bug
         service.log.error(f"upload from {address} not stored: {exc}")
         details = f"the upload could not be stored: {exc.strerror or exc}"
-        return _error_reply({"code": "500", "message": "Internal Server Error", "details": details})
+        failed = InsufficientStorage(details) if exc.errno == errno.ENOSPC else ServerError(details)
+        return _error_reply(error_args(failed))
     except Exception as exc:  # noqa: BLE001 - a bug is a 500, never a dropped request
         error = service.internal_error(Request("http", "upload", "", {}), exc)
         return _error_reply(error_args(error))
@@ -573,4 +582,4 @@ async def upload_file(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     return reply
 
 
-UPLOAD_CALLS = [Call("sys", "upload_file", upload_file, admin=True)]
+UPLOAD_CALLS = [Call("sys", "upload_file", upload_file, admin=True, changes=True)]

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sysupd.errors import BadRequest, ClientError
+from sysupd.errors import ApiError, BadRequest
 
 __all__ = [
     "MAX_ID_CHARS",
@@ -102,7 +102,7 @@ def encode_reply(request_id: str, args: dict[str, Any]) -> str:
     return _dumps({"namespace": "response", "name": "response", "id": request_id, "args": args})
 
 
-def encode_error(request_id: str, error: ClientError) -> str:
+def encode_error(request_id: str, error: ApiError) -> str:
     """An error reply: the error's code and message, with ``details`` saying what was wrong."""
     return _dumps(
         {
@@ -114,7 +114,7 @@ def encode_error(request_id: str, error: ClientError) -> str:
     )
 
 
-def error_args(error: ClientError) -> dict[str, str]:
+def error_args(error: ApiError) -> dict[str, str]:
     """The ``args`` of an error reply."""
     return {"code": error.code, "message": error.message, "details": error.details}
 
