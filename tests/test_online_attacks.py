@@ -11,6 +11,7 @@ the device's trust store (``state_dir/trust``) did not move forward.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 import shutil
@@ -92,6 +93,12 @@ def _trust(service: Service) -> dict[str, bytes]:
     if not directory.is_dir():
         return {}
     return {path.name: path.read_bytes() for path in sorted(directory.iterdir())}
+
+
+def _as_provisioned(service: Service) -> dict[str, bytes]:
+    """The trust store of a device that has trusted nothing but its provisioned root."""
+    root = Path(service.settings.trust_root).read_bytes()
+    return {"adopted.sha256": hashlib.sha256(root).hexdigest().encode(), "root.json": root}
 
 
 def _trusted_root(service: Service) -> dict[str, Any]:
@@ -208,7 +215,7 @@ async def test_rollback_of_the_server_metadata_is_refused(
         fresh_admin = await connect(fresh, login=ADMIN)
         await _check_refused(fresh_admin, fresh, "expired")
         _assert_untouched(fresh)
-        assert _trust(fresh) == {}
+        assert _trust(fresh) == _as_provisioned(fresh)
 
 
 async def test_frozen_expired_timestamp_is_refused(
@@ -223,7 +230,7 @@ async def test_frozen_expired_timestamp_is_refused(
         await _check_refused(admin, service, "expired")
         await _update_now_refused(admin, "The update check failed.*expired")
     _assert_untouched(service)
-    assert _trust(service) == {}
+    assert _trust(service) == _as_provisioned(service)
 
 
 @pytest.mark.parametrize("role", ["releases", "snapshot"])
@@ -246,7 +253,7 @@ async def test_mix_and_match_metadata_is_refused(
         await _check_refused(admin, service, rf"{role}.*v\d|version|hash|length")
         await _update_now_refused(admin, "The update check failed")
     _assert_untouched(service)
-    assert _trust(service) == {}
+    assert _trust(service) == _as_provisioned(service)
 
 
 async def test_arbitrary_payload_is_refused_and_slot_b_wiped(
@@ -263,7 +270,7 @@ async def test_arbitrary_payload_is_refused_and_slot_b_wiped(
         assert (await checked(admin, service))["version"] == "1.1.0"
         await _install_fails(admin, "does not match")
     _assert_untouched(service)
-    assert _trust(service) == {}
+    assert _trust(service) == _as_provisioned(service)
 
 
 async def test_endless_data_is_refused(
@@ -279,7 +286,7 @@ async def test_endless_data_is_refused(
         details = await _install_fails(admin, "length|longer")
     assert str(signed_length) in details
     _assert_untouched(service)
-    assert _trust(service) == {}
+    assert _trust(service) == _as_provisioned(service)
 
 
 async def test_slow_retrieval_is_refused_in_bounded_time(
@@ -296,7 +303,7 @@ async def test_slow_retrieval_is_refused_in_bounded_time(
         took = time.monotonic() - started
     assert took < 10, f"the stalled download took {took:.1f} s to be given up"
     _assert_untouched(service)
-    assert _trust(service) == {}
+    assert _trust(service) == _as_provisioned(service)
 
 
 async def test_release_for_another_product_is_not_offered_and_says_why(
@@ -314,7 +321,7 @@ async def test_release_for_another_product_is_not_offered_and_says_why(
         reply = await admin.call("sys", "update_now", {})
         assert reply == {"result": "failure", "error": "No newer update is available"}
     _assert_untouched(service)
-    assert _trust(service) == {}
+    assert _trust(service) == _as_provisioned(service)
 
 
 async def test_release_below_the_floor_is_not_offered_and_says_why(
@@ -339,7 +346,7 @@ async def test_release_below_the_floor_is_not_offered_and_says_why(
         reply = await admin.call("sys", "update_now", {})
         assert reply == {"result": "failure", "error": "No newer update is available"}
     _assert_untouched(service)
-    assert _trust(service) == {}
+    assert _trust(service) == _as_provisioned(service)
 
 
 async def test_key_rotation_is_followed_and_old_keys_are_refused(
@@ -351,7 +358,7 @@ async def test_key_rotation_is_followed_and_old_keys_are_refused(
         service = await start_service(**online_overrides(repo, url))
         admin = await connect(service, login=ADMIN)
         assert (await checked(admin, service))["version"] == "1.1.0"
-        assert _trust(service) == {}  # a check alone trusts nothing new
+        assert _trust(service) == _as_provisioned(service)  # a check alone trusts nothing new
         await _install_succeeds(admin)
         assert _trusted_root(service)["version"] == 2
 
@@ -394,7 +401,7 @@ async def test_root_threshold_of_two_keys_is_enforced(
         await _check_refused(admin, service, "root.*sign|sign.*root")
         await _update_now_refused(admin, "The update check failed")
         _assert_untouched(service)
-        assert _trust(service) == {}
+        assert _trust(service) == _as_provisioned(service)
 
         # Signed by the v1 key and both new keys, it is accepted, and kept with the install.
         _publish_root(repo, _signed_root(repo, 2, [key_a, key_b], 2, [v1_key, key_a, key_b]))
@@ -429,7 +436,7 @@ async def test_stale_mirror_is_refused_after_newer_metadata(
         await _check_refused(admin, service, _ROLLBACK)
         await _update_now_refused(admin, "The update check failed")
         _assert_untouched(service)
-        assert _trust(service) == {}
+        assert _trust(service) == _as_provisioned(service)
 
         # The mirror itself is a valid (old) repository: a device that never saw newer metadata
         # is offered 1.0.0 there, so the refusal above is rollback protection at work.

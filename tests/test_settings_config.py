@@ -8,6 +8,7 @@ the code, that ``details`` names the setting at fault, and that nothing changed 
 from __future__ import annotations
 
 import json
+import sqlite3
 from base64 import b64encode
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 
 from sysupd.api.service import Service
 from sysupd.config import load_config
-from sysupd.core.settings import DEFAULT_FETCH_NETWORKS, describe
+from sysupd.core.settings import DEFAULT_FETCH_NETWORKS, DEVICE_SETTINGS, describe
 from sysupd.errors import ConfigError
 from tests.client import ApiError, WsClient
 from tests.conftest import (
@@ -80,9 +81,10 @@ async def start_from_file() -> AsyncIterator[FileServiceFactory]:
 
 
 async def list_config(client: WsClient) -> dict[str, Any]:
-    """``sys/list_config``'s ``config``."""
+    """``sys/list_config``'s ``config``, after checking its (ext) ``readonly`` list."""
     reply = await client.call("sys", "list_config")
-    assert set(reply) == {"config"}
+    assert set(reply) == {"config", "readonly"}
+    assert reply["readonly"] == sorted(DEVICE_SETTINGS)
     config: dict[str, Any] = reply["config"]
     return config
 
@@ -111,6 +113,66 @@ async def test_describe_gives_every_setting_a_type_and_description() -> None:
     for info in infos:
         assert info.kind
         assert info.doc
+    assert {info.name for info in infos if info.device} == DEVICE_SETTINGS
+
+
+def test_what_the_device_is_is_provisioned_and_the_rest_is_the_operators() -> None:
+    """The issue's split: trust root, product, slots, bootloader and its env, the commands run
+    as root and the network policy are the device's; intervals, delays, the update server,
+    auto-reboot and the downgrade permission are the operator's."""
+    assert {
+        "product",
+        "trust_root",
+        "slots",
+        "bootloader",
+        "grubenv",
+        "boot_attempts",
+        "factory_version",
+        "reboot_action",
+        "reboot_command",
+        "poweroff_command",
+        "health_check_command",
+        "fetch_networks",
+    } == DEVICE_SETTINGS
+
+
+DEVICE_CHANGES = [
+    pytest.param({"trust_root": "/srv/foreign/root.json"}, "trust_root", id="trust-root"),
+    pytest.param({"reboot_command": "touch /tmp/pwned"}, "reboot_command", id="reboot-command"),
+    pytest.param({"reboot_action": "command"}, "reboot_action", id="reboot-action"),
+    pytest.param({"poweroff_command": "sh -c x"}, "poweroff_command", id="poweroff-command"),
+    pytest.param({"health_check_command": "true"}, "health_check_command", id="health-check"),
+    pytest.param({"slots": ["A:directory:/etc", "B:directory:/srv"]}, "slots", id="slots"),
+    pytest.param({"bootloader": "grub"}, "bootloader", id="bootloader"),
+    pytest.param({"grubenv": "/srv/grubenv"}, "grubenv", id="grubenv"),
+    pytest.param({"product": "acme-box"}, "product", id="product"),
+    pytest.param({"fetch_networks": ["0.0.0.0/0"]}, "fetch_networks", id="fetch-networks"),
+    pytest.param({"boot_attempts": 10}, "boot_attempts", id="boot-attempts"),
+    pytest.param({"factory_version": "9.9.9"}, "factory_version", id="factory-version"),
+    pytest.param(
+        {"auto_reboot": False, "trust_root": "/srv/foreign/root.json"},
+        "trust_root",
+        id="operator-setting-with-a-device-one",
+    ),
+]
+
+
+@pytest.mark.parametrize(("changes", "named"), DEVICE_CHANGES)
+async def test_set_config_refuses_what_the_device_is(
+    service: Service, connect: ClientFactory, changes: dict[str, Any], named: str
+) -> None:
+    """An administrator's password is not enough to make the device trust another repository,
+    run another command as root or empty another directory."""
+    client = await connect(service, login=ADMIN)
+    before, before_settings = await list_config(client), service.settings
+    error = await refused(client, changes)
+    assert error.code == "400"
+    assert named in error.details
+    assert "read-only" in error.details
+    assert "configuration file" in error.details
+    assert await list_config(client) == before
+    assert service.settings == before_settings
+    assert service.db.query("SELECT name FROM settings") == []
 
 
 # -- set_config ------------------------------------------------------------------------------
@@ -131,10 +193,9 @@ async def test_set_several_settings(service: Service, connect: ClientFactory) ->
         "auto_reboot_delay_s": 60,
         "update_server": "https://updates.example.com/repo/",
         "update_check_interval_s": 0,
-        "fetch_networks": ["10.1.0.0/16", "fd00::/8"],
-        "reboot_action": "command",
-        "reboot_command": "/sbin/reboot",
-        "product": "acme-box",
+        "lockout_loopback": True,
+        "allow_downgrade": True,
+        "max_upload_bytes": 4096,
     }
     reply = await client.call("sys", "set_config", changes)
     assert reply == {"result": "success"}
@@ -142,13 +203,13 @@ async def test_set_several_settings(service: Service, connect: ClientFactory) ->
 
     # A later change leaves the earlier ones alone; an empty list and an empty URL are valid.
     reply = await client.call(
-        "sys", "set_config", {"fetch_networks": [], "update_server": "", "event_interval_s": 1}
+        "sys", "set_config", {"allow_downgrade": False, "update_server": "", "event_interval_s": 1}
     )
     assert reply == {"result": "success"}
     assert await list_config(client) == {
         **DEFAULTS,
         **changes,
-        "fetch_networks": [],
+        "allow_downgrade": False,
         "update_server": "",
         "event_interval_s": 1,
     }
@@ -172,10 +233,6 @@ async def test_set_config_boundary_values_are_accepted(
         pytest.param({"auto_reboot": "true"}, "auto_reboot", id="bool-as-string"),
         pytest.param({"auto_reboot_delay_s": True}, "auto_reboot_delay_s", id="int-as-bool"),
         pytest.param({"auto_reboot_delay_s": 1.5}, "auto_reboot_delay_s", id="int-as-fraction"),
-        pytest.param({"fetch_networks": "10.0.0.0/8"}, "fetch_networks", id="list-as-string"),
-        pytest.param({"fetch_networks": ["not-a-net"]}, "fetch_networks", id="not-a-network"),
-        pytest.param({"fetch_networks": [10]}, "fetch_networks", id="list-of-numbers"),
-        pytest.param({"product": ["acme"]}, "product", id="string-as-list"),
         pytest.param({"auto_reboot_delay_s": -1}, "auto_reboot_delay_s", id="below-range"),
         pytest.param({"event_interval_s": 0}, "event_interval_s", id="zero-interval"),
         pytest.param(
@@ -183,7 +240,6 @@ async def test_set_config_boundary_values_are_accepted(
         ),
         pytest.param({"max_upload_bytes": 0}, "max_upload_bytes", id="zero-upload-limit"),
         pytest.param({"no_such_setting": 1}, "no_such_setting", id="unknown"),
-        pytest.param({"reboot_action": "halt"}, "reboot_action", id="bad-choice"),
         pytest.param({"update_server": "ftp://x"}, "update_server", id="ftp-url"),
         pytest.param({"update_server": "updates.example.com"}, "update_server", id="no-scheme"),
         pytest.param(
@@ -191,9 +247,6 @@ async def test_set_config_boundary_values_are_accepted(
             "update_server",
             id="url-with-password",
         ),
-        pytest.param({"product": ""}, "product", id="empty-product"),
-        pytest.param({"product": "../etc"}, "product", id="product-path"),
-        pytest.param({"reboot_command": "reboot\u0000now"}, "reboot_command", id="nul"),
         pytest.param(
             {"auto_reboot": False, "event_interval_s": "5"},
             "event_interval_s",
@@ -205,7 +258,7 @@ async def test_set_config_boundary_values_are_accepted(
             id="invalid-then-valid",
         ),
         pytest.param(
-            {"product": "acme-box", "no_such_setting": 1, "auto_reboot_delay_s": 5},
+            {"auto_reboot": True, "no_such_setting": 1, "auto_reboot_delay_s": 5},
             "no_such_setting",
             id="unknown-among-valid",
         ),
@@ -263,11 +316,15 @@ async def test_set_and_list_config_over_http(service: Service, http: aiohttp.Cli
     assert envelope["namespace"] == "response"
     assert envelope["args"] == {"result": "success"}
 
-    status, envelope = await post("sys/set_config", {"auto_reboot": False, "reboot_action": "x"})
+    status, envelope = await post("sys/set_config", {"auto_reboot": False, "event_interval_s": 0})
     assert status == 400
     assert envelope["namespace"] == "error"
     assert envelope["args"]["code"] == "400"
-    assert "reboot_action" in envelope["args"]["details"]
+    assert "event_interval_s" in envelope["args"]["details"]
+
+    status, envelope = await post("sys/set_config", {"reboot_command": "touch /tmp/pwned"})
+    assert status == 400
+    assert "read-only" in envelope["args"]["details"]
 
     status, envelope = await post("sys/set_config", None)
     assert status == 400
@@ -303,7 +360,7 @@ async def test_settings_persist_across_a_restart(
     service = await start_service()
     state_dir = service.config.state_dir
     client = await connect(service, login=ADMIN)
-    changes = {"auto_reboot": False, "fetch_networks": ["192.168.7.0/24"], "event_interval_s": 3}
+    changes = {"auto_reboot": False, "update_check_interval_s": 60, "event_interval_s": 3}
     assert await client.call("sys", "set_config", changes) == {"result": "success"}
     assert await client.call("sys", "set_config", {"event_interval_s": 4}) == {"result": "success"}
     await service.stop()
@@ -424,6 +481,12 @@ async def test_invalid_override_raises_config_error(start_service: ServiceFactor
         pytest.param("auto_reboot_delay_s = 1.5\n", "auto_reboot_delay_s", id="int-as-float"),
         pytest.param('fetch_networks = "10.0.0.0/8"\n', "fetch_networks", id="list-as-string"),
         pytest.param('fetch_networks = ["not-a-net"]\n', "fetch_networks", id="not-a-network"),
+        pytest.param("fetch_networks = [10]\n", "fetch_networks", id="list-of-numbers"),
+        pytest.param('product = ["acme"]\n', "product", id="string-as-list"),
+        pytest.param('product = ""\n', "product", id="empty-product"),
+        pytest.param('product = "../etc"\n', "product", id="product-path"),
+        pytest.param('reboot_command = "reboot\\u0000now"\n', "reboot_command", id="nul"),
+        pytest.param('slots = ["A:tape:/x", "B:raw:/y"]\n', "slots", id="bad-slot-type"),
         pytest.param(
             "update_server = 1979-05-27T07:32:00Z\n", "update_server", id="datetime-as-url"
         ),
@@ -439,7 +502,7 @@ def test_bad_key_or_value_in_the_file_raises_config_error(
     tmp_path: Path, text: str, named: str
 ) -> None:
     config_file = tmp_path / "sysupd.toml"
-    config_file.write_text('product = "acme-box"\n' + text, encoding="utf-8")
+    config_file.write_text("update_check_interval_s = 60\n" + text, encoding="utf-8")
     with pytest.raises(ConfigError) as caught:
         load_config(config_file, state_dir=tmp_path / "state")
     assert named in str(caught.value)
@@ -468,3 +531,28 @@ def test_missing_file_raises_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(tmp_path / "absent.toml", state_dir=tmp_path / "state")
     assert "absent.toml" in str(caught.value)
+
+
+async def test_a_device_setting_stored_by_an_older_version_is_dropped(
+    tmp_path: Path, start_from_file: FileServiceFactory, connect: ClientFactory
+) -> None:
+    """A database from a version that let the API set the reboot command: the file wins, the
+    stored value goes, and the log says so."""
+    config_file = tmp_path / "sysupd.toml"
+    state_dir = tmp_path / "state"
+    config_file.write_text(TOML_FILE, encoding="utf-8")
+    service = await start_from_file(config_file, state_dir)
+    await service.stop()
+    with sqlite3.connect(state_dir / "sysupd.db") as conn:  # as an older version stored it
+        conn.execute(
+            "INSERT INTO settings (name, value) VALUES ('reboot_command', '\"touch /x\"'), "
+            "('event_interval_s', '7')"
+        )
+    conn.close()
+    again = await start_from_file(config_file, state_dir)
+    assert again.settings.reboot_command == "systemctl reboot"
+    assert again.settings.event_interval_s == 7
+    assert [tuple(r) for r in again.db.query("SELECT name FROM settings")] == [
+        ("event_interval_s",)
+    ]
+    assert "dropping stored setting 'reboot_command'" in again.log.text()

@@ -188,12 +188,10 @@ def _install_newest(
     chunks = channel.chunk_list(candidate)
     url, stream = channel.open_payload(candidate)
 
-    def commit() -> None:
-        engine.trust.record_online(*channel.trusted_versions())
-
+    trust = engine.trust.update_online(*channel.trusted_versions())
     with stream:
         return engine.install_release(
-            Release(manifest, chunks, commit), stream, url, progress=progress, log=log
+            Release(manifest, chunks, trust), stream, url, progress=progress, log=log
         )
 
 

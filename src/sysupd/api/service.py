@@ -34,9 +34,10 @@ from sysupd.api.websocket import WsSession, handle_websocket
 from sysupd.config import ServiceConfig
 from sysupd.core.envelope import Request
 from sysupd.core.sessions import LoginThrottle, TokenTable
-from sysupd.core.settings import Settings, apply_changes
+from sysupd.core.settings import Settings, apply_changes, refuse_device_settings
 from sysupd.engine.engine import BootReport, Engine
-from sysupd.errors import ApiError, ServerError, SysupdError
+from sysupd.engine.trust import TrustStore
+from sysupd.errors import ApiError, ServerError, StateError, SysupdError
 from sysupd.servicelog import ServiceLog
 from sysupd.store.db import Database
 from sysupd.store.meta import system_id
@@ -232,12 +233,25 @@ class Service:
             "boot_status": self.boot_status,
         }
 
+    def adopt_trust_root(self, root: Path) -> None:
+        """Trust ``root`` from now on, as the first start does with a provisioned trust_root;
+        only a device that trusts nothing yet can adopt one.
+
+        Raises:
+            StateError: the device has a trust already, or it cannot be written.
+        """
+        if (self.config.state_dir / "trust" / "root.json").exists():
+            raise StateError("this device trusts a root already; it changes by root rotation")
+        TrustStore(self.config.state_dir / "trust", str(root)).adopt()
+        self.log.info(f"the device trusts the root in {root} from now on")
+
     def change_settings(self, changes: Mapping[str, Any], *, by: str) -> Settings:
         """Validate every change, then store and apply them together.
 
         Raises:
-            ConfigError: naming the first invalid setting; nothing changed.
+            ConfigError: naming the first invalid or read-only setting; nothing changed.
         """
+        refuse_device_settings(changes)
         new = apply_changes(self.settings, changes)
         self._settings_store.save(new, changes)
         self.settings = new
@@ -290,6 +304,8 @@ class Service:
             self.log.warning(f"boot: {self.boot.interrupted}; the booted slot is unchanged")
         if self.boot.rolled_back:
             self.log.warning(f"boot: rolled back: {self.boot.rolled_back}")
+        if self.boot.trust_warning:
+            self.log.warning(f"trust: {self.boot.trust_warning}")
         self.boot_status = "trial"
         self.spawn(self._boot_trial())
 

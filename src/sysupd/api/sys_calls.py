@@ -7,7 +7,7 @@ from typing import Any
 
 from sysupd.api.calls import Call, CallContext
 from sysupd.core.schema import Arg, Schema
-from sysupd.core.settings import settings_to_wire
+from sysupd.core.settings import DEVICE_SETTINGS, settings_to_wire
 from sysupd.errors import BadRequest, ConfigError
 from sysupd.system.reboot import RebootKind
 
@@ -27,8 +27,11 @@ async def middleware_log(ctx: CallContext, args: dict[str, Any]) -> dict[str, An
 
 
 async def list_config(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
-    """Every setting."""
-    return {"config": settings_to_wire(ctx.service.settings)}
+    """Every setting; (ext) ``readonly`` names the device's own, which the API cannot change."""
+    return {
+        "config": settings_to_wire(ctx.service.settings),
+        "readonly": sorted(DEVICE_SETTINGS),
+    }
 
 
 async def set_config(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:

@@ -62,9 +62,10 @@ def serve(
 
 
 def _make_demo(service: Service) -> None:
-    """First start with no trust root: a demo repository to try a real update with."""
+    """First start with no trust root: a demo repository to try a real update with, whose root
+    becomes the device's trust as a provisioned trust_root would."""
     demo = create_demo(service.config.state_dir / "demo", service.settings.product)
-    service.change_settings({"trust_root": str(demo.trust_root.resolve())}, by="the first start")
+    service.adopt_trust_root(demo.trust_root.resolve())
     click.echo(f"Made a demo release repository in {demo.repo}; bundles to try:")
     for bundle in demo.bundles:
         click.echo(f"  {bundle}")

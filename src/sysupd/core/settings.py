@@ -4,6 +4,13 @@ Each field of ``Settings`` is a setting; its metadata gives the description and 
 same names are used on the wire (``sys/list_config``/``sys/set_config``), in the TOML file (flat at
 its top level) and in the database. Validation is all-or-nothing: every change is checked before
 any is applied.
+
+Settings come in two kinds. Most are the operator's, changed over the API at run time. Those
+marked ``device`` say what the device *is* — its product, the trust root, its slots and
+bootloader, the commands it runs as root, the networks it fetches from: they are provisioned in
+the configuration file by whoever installs the appliance and are read-only over the API, since an
+administrator's password must not be enough to make the device trust another repository, run
+another command or empty another directory.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import dataclasses
 import ipaddress
 import re
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,7 +28,15 @@ from sysupd.core.schema import is_json_type, json_type_name
 from sysupd.core.versions import parse_version
 from sysupd.errors import ConfigError
 
-__all__ = ["SettingInfo", "Settings", "apply_changes", "describe", "settings_to_wire"]
+__all__ = [
+    "DEVICE_SETTINGS",
+    "SettingInfo",
+    "Settings",
+    "apply_changes",
+    "describe",
+    "refuse_device_settings",
+    "settings_to_wire",
+]
 
 Check = Callable[[Any], str | None]
 
@@ -109,18 +124,23 @@ def _no_nul(value: Any) -> str | None:
     return "must not contain NUL characters" if "\0" in value else None
 
 
-def _setting(default: Any, doc: str, check: Check | None = None) -> Any:
-    return field(default=default, metadata={"doc": doc, "check": check})
+def _setting(default: Any, doc: str, check: Check | None = None, *, device: bool = False) -> Any:
+    return field(default=default, metadata={"doc": doc, "check": check, "device": device})
+
+
+def _device(default: Any, doc: str, check: Check | None = None) -> Any:
+    """A setting that says what the device is: provisioned in the configuration file only."""
+    return _setting(default, doc, check, device=True)
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """The settings that an administrator may read and change at run time."""
+    """The settings: the operator's, changed over the API, and the device's, from the file."""
 
-    product: str = _setting(
+    product: str = _device(
         "sysupd-demo", "Product name; a release must name the same product.", _product
     )
-    trust_root: str = _setting(
+    trust_root: str = _device(
         "", "Path of the release repository's root.json the device trusts.", _no_nul
     )
     update_server: str = _setting(
@@ -136,50 +156,50 @@ class Settings:
     auto_reboot_delay_s: int = _setting(
         10, "Seconds from a successful update to the automatic reboot.", _range(0, 86400)
     )
-    fetch_networks: tuple[str, ...] = _setting(
+    fetch_networks: tuple[str, ...] = _device(
         DEFAULT_FETCH_NETWORKS, "Networks that fetch_url hosts must resolve into.", _networks
     )
     max_upload_bytes: int = _setting(
         8 * 1024**3, "Largest file accepted by /upload, in bytes.", _range(1, 2**50)
     )
-    reboot_action: str = _setting(
+    reboot_action: str = _device(
         "exec",
         "What a reboot does: exec (restart the service in place), command, or exit.",
         _choice("exec", "command", "exit"),
     )
-    reboot_command: str = _setting(
+    reboot_command: str = _device(
         "systemctl reboot", "Command run by the 'command' reboot action.", _no_nul
     )
-    poweroff_command: str = _setting(
+    poweroff_command: str = _device(
         "systemctl poweroff", "Command run by the 'command' action for a poweroff.", _no_nul
     )
     lockout_loopback: bool = _setting(
         False, "Apply the failed-login lockout to loopback addresses too."
     )
-    slots: tuple[str, ...] = _setting(
+    slots: tuple[str, ...] = _device(
         (),
         "Slots as 'NAME:TYPE:PATH' (TYPE directory or raw); empty for a directory pair A and B "
         "inside the state directory.",
         _slots,
     )
-    bootloader: str = _setting(
+    bootloader: str = _device(
         "file",
         "Where the boot choice is kept: file (sysupd chooses) or grub.",
         _choice("file", "grub"),
     )
-    grubenv: str = _setting(
+    grubenv: str = _device(
         "/boot/grub/grubenv", "The grubenv used by the grub bootloader.", _no_nul
     )
-    boot_attempts: int = _setting(
+    boot_attempts: int = _device(
         3, "Boots a new slot gets to pass its health check before it is abandoned.", _range(1, 10)
     )
-    health_check_command: str = _setting(
+    health_check_command: str = _device(
         "",
         "Command whose exit status 0 confirms a newly booted slot; empty: starting is enough.",
         _no_nul,
     )
     allow_downgrade: bool = _setting(False, "Accept releases older than the installed floor.")
-    factory_version: str = _setting(
+    factory_version: str = _device(
         "0.0.0", "Version of the first slot until an update replaces it.", _version
     )
 
@@ -192,18 +212,42 @@ class SettingInfo:
     kind: str
     default: Any
     doc: str
+    device: bool
+    """Provisioned in the configuration file; read-only over the API."""
 
 
 _HINTS: dict[str, Any] = typing.get_type_hints(Settings)
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+DEVICE_SETTINGS = frozenset(name for name, f in _FIELDS.items() if f.metadata["device"])
+"""The settings that say what the device is (see the module's text)."""
 
 
 def describe() -> list[SettingInfo]:
     """Every setting, in declaration order."""
     return [
-        SettingInfo(f.name, json_type_name(_json_kind(f.name)), _wire(f.default), f.metadata["doc"])
+        SettingInfo(
+            f.name,
+            json_type_name(_json_kind(f.name)),
+            _wire(f.default),
+            f.metadata["doc"],
+            f.metadata["device"],
+        )
         for f in _FIELDS.values()
     ]
+
+
+def refuse_device_settings(names: Iterable[str]) -> None:
+    """Refuse a change over the API to any of the device's own settings.
+
+    Raises:
+        ConfigError: naming the first such setting and where it is set instead.
+    """
+    for name in names:
+        if name in DEVICE_SETTINGS:
+            raise ConfigError(
+                f"setting {name!r} is read-only: it is part of what the device is, provisioned "
+                "in the configuration file by whoever installs the appliance"
+            )
 
 
 def apply_changes(current: Settings, changes: Mapping[str, Any]) -> Settings:

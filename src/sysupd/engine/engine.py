@@ -38,7 +38,7 @@ from sysupd.engine.lock import UpdateLock
 from sysupd.engine.slotset import SlotConfig, inactive_slot, make_writer, slot_configs
 from sysupd.engine.state import EngineState, JobRecord, LastResult, SlotRecord, StateFile
 from sysupd.engine.stream import ByteSource, VerifiedReader
-from sysupd.engine.trust import TrustStore
+from sysupd.engine.trust import TrustStore, TrustUpdate
 from sysupd.errors import AcquireError, BootError, InstallError, VerificationError
 from sysupd.slots.base import PayloadSpec
 from sysupd.system.clock import Clock
@@ -56,8 +56,8 @@ class Release:
 
     manifest: Manifest
     chunk_list: bytes
-    commit_trust: Callable[[], None]
-    """Persists the trust the release came with; called only once it is installed."""
+    trust: TrustUpdate
+    """The trust the release came with, kept only with the switch to it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +70,8 @@ class BootReport:
     """Why the previous boot choice was abandoned, if it was."""
     interrupted: str | None
     """The install that a crash or power cut interrupted, if any."""
+    trust_warning: str | None = None
+    """Why the configured trust root is ignored, if it is."""
 
 
 class Engine:
@@ -113,6 +115,7 @@ class Engine:
             return self._start()
 
     def _start(self) -> BootReport:
+        trust_warning = self.trust.adopt()
         state = self.state_file.load()
         env = self.bootloader.load()
         state, interrupted = self._settle_job(state, env)
@@ -150,7 +153,9 @@ class Engine:
         if booted not in state.slots:  # the slot the device shipped with
             state = state.with_slot(booted, SlotRecord(version=self.settings.factory_version))
         self.state_file.save(state)
-        return BootReport(booted, self._version(state, booted), rolled_back, interrupted)
+        return BootReport(
+            booted, self._version(state, booted), rolled_back, interrupted, trust_warning
+        )
 
     def _settle_job(self, state: EngineState, env: BootEnv) -> tuple[EngineState, str | None]:
         """A job record at start-up: did the install get as far as the switch, or not?"""
@@ -158,7 +163,8 @@ class Engine:
         if job is None:
             return state, None
         if env.order[0] == job.slot and env.slots[job.slot].ok:
-            # The switch happened; only the final bookkeeping was lost.
+            # The switch happened; only the final bookkeeping was lost, perhaps the trust too.
+            self.trust.commit_pending()
             done = LastResult(
                 "installed",
                 f"version {job.version} installed into slot {job.slot}; reboot to try it",
@@ -166,6 +172,7 @@ class Engine:
                 job.version,
             )
             return replace(state, job=None, trial=job.slot, last_result=done), None
+        self.trust.discard_pending()
         interrupted = f"the install of {job.version} into slot {job.slot} was interrupted"
         state = state.with_slot(job.slot, SlotRecord())
         return replace(
@@ -315,7 +322,7 @@ class Engine:
         return self._write(
             job,
             state,
-            Release(manifest, verified.chunk_list, lambda: self.trust.record(verified)),
+            Release(manifest, verified.chunk_list, self.trust.update_for(verified)),
             source,
             origin,
             report,
@@ -427,14 +434,18 @@ class Engine:
 
         job.advance(JobState.SWITCHING)
         report(JobState.SWITCHING, total, total)
-        # Record the slot's new content first, then switch, then keep the trust: a crash in
-        # between is settled at the next start (see _settle_job), never a mix.
+        # Record the slot's new content and stage its trust first, then switch, then keep the
+        # trust: a crash in between is settled at the next start (see _settle_job), never a mix,
+        # and the trust always goes with the slot that boots.
         state = replace(
             state.with_slot(target, SlotRecord(str(manifest.version), self._now(), origin)),
             trial=target,
         )
         self.state_file.save(state)
+        self.trust.stage(release.trust)
         self.bootloader.save(self.bootloader.load().activate(target))
+        # Newer roots and metadata versions are kept only with the update they came with.
+        self.trust.commit_pending()
         state = replace(
             state,
             job=None,
@@ -446,8 +457,6 @@ class Engine:
             ),
         )
         self.state_file.save(state)
-        # Newer roots and metadata versions are kept only with the update they came with.
-        release.commit_trust()
         job.advance(JobState.DONE)
         say(f"slot {target} will boot next, on trial")
         return manifest

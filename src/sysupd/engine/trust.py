@@ -1,24 +1,44 @@
 """The device's persisted trust: the newest verified root and the metadata versions it has seen.
 
 Kept in ``<state_dir>/trust/``: ``root.json`` (newest verified root), ``N.root.json`` (each root
-as it was accepted) and ``versions.json``. Until the first bundle is accepted, the trust root is
-the file named by the ``trust_root`` setting. Every file is replaced atomically, roots before
-versions, so an interruption leaves either the old or the new trust, never a mix that would
+as it was accepted) and ``versions.json``. The first start copies the file named by the
+``trust_root`` setting into ``root.json``; from then on the device's trust changes only by signed
+root rotation, never by editing that setting.
+
+A release's trust is *staged* (``pending.json``) before the boot switch and *committed* after it;
+a start that finds the switch done commits a staged trust that a crash left behind, and one that
+finds it not done discards it. So the trust always goes with the slot that boots, and every file
+is replaced atomically, roots before versions, so an interruption never leaves a mix that would
 refuse good releases.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from sysupd.core.trustchain import TrustState, VerifiedBundle
 from sysupd.errors import ConfigError, StateError
 from sysupd.fsutil import atomic_write, read_capped
 
-__all__ = ["MAX_METADATA_BYTES", "TrustStore"]
+__all__ = ["MAX_METADATA_BYTES", "TrustStore", "TrustUpdate"]
 
 MAX_METADATA_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class TrustUpdate:
+    """What a release brings to the device's trust, to keep once the release is installed."""
+
+    new_roots: tuple[bytes, ...]
+    """Verified roots newer than the trusted one, oldest first."""
+    root: bytes
+    """The newest verified root."""
+    targets_version: int
+    releases_version: int
 
 
 class TrustStore:
@@ -27,6 +47,40 @@ class TrustStore:
     def __init__(self, directory: Path, trust_root: str) -> None:
         self._dir = directory
         self._trust_root = trust_root
+
+    @property
+    def _pending(self) -> Path:
+        return self._dir / "pending.json"
+
+    def adopt(self) -> str | None:
+        """Make the configured ``trust_root`` the device's own, once; returns a warning when the
+        setting names another root than the one the device adopted.
+
+        Raises:
+            StateError: the trust directory cannot be written.
+        """
+        if not self._trust_root:
+            return None
+        try:
+            configured = read_capped(Path(self._trust_root), MAX_METADATA_BYTES)
+        except OSError:
+            return None  # said when the trust is needed: see ``load``
+        digest = hashlib.sha256(configured).hexdigest()
+        adopted = self._dir / "adopted.sha256"
+        try:
+            if not (self._dir / "root.json").exists():
+                self._dir.mkdir(parents=True, exist_ok=True)
+                atomic_write(self._dir / "root.json", configured)
+                atomic_write(adopted, digest.encode())
+                return None
+            if adopted.exists() and adopted.read_text().strip() != digest:
+                return (
+                    f"trust_root {self._trust_root} is not the root this device adopted; it is "
+                    "ignored: the device's trust changes only by signed root rotation"
+                )
+        except OSError as exc:
+            raise StateError(f"cannot record the trust root in {self._dir}: {exc}") from exc
+        return None
 
     def load(self) -> TrustState:
         """The current trust.
@@ -57,32 +111,70 @@ class TrustStore:
                 raise StateError(f"{versions_path} is corrupt: {exc}") from exc
         return TrustState(root, versions.get("targets", 0), versions.get("releases", 0))
 
-    def record(self, verified: VerifiedBundle) -> None:
-        """Persist the roots and metadata versions a verified bundle brought."""
+    @staticmethod
+    def update_for(verified: VerifiedBundle) -> TrustUpdate:
+        """The trust an offline bundle brings."""
+        trust = verified.trust
+        return TrustUpdate(
+            verified.new_roots, trust.root, trust.targets_version, trust.releases_version
+        )
+
+    def update_online(
+        self, root: bytes, targets_version: int, releases_version: int
+    ) -> TrustUpdate:
+        """The trust the online channel verified (versions never go back)."""
+        current = self.load()
+        return TrustUpdate(
+            () if root == current.root else (root,),
+            root,
+            max(targets_version, current.targets_version),
+            max(releases_version, current.releases_version),
+        )
+
+    def stage(self, update: TrustUpdate) -> None:
+        """Keep ``update`` aside until the switch it goes with is done."""
+        record = {
+            "new_roots": [base64.b64encode(r).decode("ascii") for r in update.new_roots],
+            "root": base64.b64encode(update.root).decode("ascii"),
+            "targets": update.targets_version,
+            "releases": update.releases_version,
+        }
         self._dir.mkdir(parents=True, exist_ok=True)
-        for data in verified.new_roots:
+        atomic_write(self._pending, json.dumps(record).encode())
+
+    def commit_pending(self) -> bool:
+        """Keep the staged trust, if any; safe to repeat after a crash. True if there was one.
+
+        Raises:
+            StateError: the staged record is unreadable.
+        """
+        if not self._pending.exists():
+            return False
+        try:
+            record = json.loads(self._read(self._pending))
+            update = TrustUpdate(
+                tuple(base64.b64decode(r) for r in record["new_roots"]),
+                base64.b64decode(record["root"]),
+                int(record["targets"]),
+                int(record["releases"]),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StateError(f"{self._pending} is corrupt: {exc}") from exc
+        self._commit(update)
+        self._pending.unlink()
+        return True
+
+    def discard_pending(self) -> None:
+        """Forget a staged trust whose switch never happened."""
+        self._pending.unlink(missing_ok=True)
+
+    def _commit(self, update: TrustUpdate) -> None:
+        for data in update.new_roots:
             version = json.loads(data)["signed"]["version"]
             atomic_write(self._dir / f"{version}.root.json", data)
-        if verified.new_roots or not (self._dir / "root.json").exists():
-            atomic_write(self._dir / "root.json", verified.trust.root)
-        versions = {
-            "targets": verified.trust.targets_version,
-            "releases": verified.trust.releases_version,
-        }
-        atomic_write(self._dir / "versions.json", json.dumps(versions).encode())
-
-    def record_online(self, root: bytes, targets_version: int, releases_version: int) -> None:
-        """Persist what the online channel verified, with the release it installed."""
-        self._dir.mkdir(parents=True, exist_ok=True)
-        current = self.load()
-        if root != current.root:
-            version = json.loads(root)["signed"]["version"]
-            atomic_write(self._dir / f"{version}.root.json", root)
-            atomic_write(self._dir / "root.json", root)
-        versions = {
-            "targets": max(targets_version, current.targets_version),
-            "releases": max(releases_version, current.releases_version),
-        }
+        if update.new_roots or not (self._dir / "root.json").exists():
+            atomic_write(self._dir / "root.json", update.root)
+        versions = {"targets": update.targets_version, "releases": update.releases_version}
         atomic_write(self._dir / "versions.json", json.dumps(versions).encode())
 
     def _read(self, path: Path) -> bytes:

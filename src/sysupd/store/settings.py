@@ -2,7 +2,8 @@
 
 Only changed values are stored; a stored value always wins over the configuration file's. A
 stored value that this version no longer accepts is skipped with a warning instead of refusing to
-start.
+start. The device's own settings come from the file alone: a stored one (from a version that let
+the API change it) is dropped with a warning.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from sysupd.core.settings import Settings, apply_changes, settings_to_wire
+from sysupd.core.settings import DEVICE_SETTINGS, Settings, apply_changes, settings_to_wire
 from sysupd.errors import ConfigError
 from sysupd.store.db import Database
 
@@ -28,6 +29,14 @@ class SettingsStore:
         """``base`` with the stored values applied, and a warning for each one skipped."""
         settings, warnings = base, []
         for row in self._db.query("SELECT name, value FROM settings ORDER BY name"):
+            if row["name"] in DEVICE_SETTINGS:
+                warnings.append(
+                    f"dropping stored setting {row['name']!r}: the device's own settings come "
+                    "from the configuration file only"
+                )
+                with self._db.transaction() as conn:
+                    conn.execute("DELETE FROM settings WHERE name = ?", (row["name"],))
+                continue
             try:
                 settings = apply_changes(settings, {row["name"]: json.loads(row["value"])})
             except (ConfigError, ValueError) as exc:
