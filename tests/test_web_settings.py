@@ -26,6 +26,11 @@ async def test_settings_are_saved_and_a_bad_value_changes_nothing(
     await expect(page.locator("#setting-fetch_networks")).to_have_value(
         "\n".join(service.settings.fetch_networks)
     )
+    # What the device is comes from the configuration file: shown, not editable.
+    for name in ("trust_root", "reboot_command", "slots", "fetch_networks"):
+        await expect(page.locator(f"#setting-{name}")).to_be_disabled()
+        await expect(page.locator(f"#setting-{name}-help")).to_contain_text("Read-only")
+    await expect(field).to_be_enabled()
 
     await field.fill("3600")
     await page.click("#settings-save")
