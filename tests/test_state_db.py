@@ -35,7 +35,7 @@ def test_newer_schema_is_refused_and_left_alone(tmp_path: Path) -> None:
 def test_garbage_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     path.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(StateError, match="cannot open the state database"):
+    with pytest.raises(StateError, match=r"is unusable.*sysupd reinit"):
         Database(path)
     assert path.read_bytes() == b"this is not a database" * 100
 

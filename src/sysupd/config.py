@@ -43,6 +43,13 @@ class ServiceConfig:
     tls_cert_file: str = ""
     """A certificate (PEM) to serve; empty: the one made beside the state at the first start."""
     tls_key_file: str = ""
+    max_connections: int = 0
+    """Connections held at once on all listeners; 0: the descriptor limit less a reserve."""
+    max_connections_per_address: int = 0
+    """Connections held at once from one address; 0: a quarter of ``max_connections``."""
+    idle_timeout_s: float = 15.0
+    """Longest a connection may take to send a request's headers, from its start or the end
+    of its previous request (idle, slow, stalled in the TLS handshake, or kept alive)."""
     max_frame_bytes: int = 1 * MiB
     login_timeout_s: float = 30.0
     token_ttl_s: float = 900.0
@@ -84,6 +91,7 @@ _HINTS: dict[str, Any] = typing.get_type_hints(ServiceConfig)
 _SERVICE_FIELDS = {f.name for f in dataclasses.fields(ServiceConfig)} - {"settings", "state_dir"}
 _SETTING_FIELDS = {f.name for f in dataclasses.fields(Settings)}
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(ServiceConfig)}
+_ZERO_MEANS_DERIVED = frozenset({"max_connections", "max_connections_per_address"})
 
 
 def load_config(
@@ -159,8 +167,9 @@ def _check_service_value(name: str, value: Any) -> Any:
         )
     if name.endswith("_port") and not 0 <= value <= 65535:
         raise ConfigError(f"{name!r} must be between 0 and 65535")
-    if kind in (int, float) and not name.endswith("_port") and value <= 0:
-        raise ConfigError(f"{name!r} must be greater than 0")
+    derived = name in _ZERO_MEANS_DERIVED
+    if kind in (int, float) and not name.endswith("_port") and value < (0 if derived else 1e-9):
+        raise ConfigError(f"{name!r} must be {'0 or more' if derived else 'greater than 0'}")
     return float(value) if kind is float else value
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "BootError",
     "ClientError",
     "ConfigError",
+    "DiskFull",
     "Forbidden",
     "InstallError",
     "InsufficientStorage",
@@ -132,6 +133,10 @@ class ConfigError(SysupdError):
 
 class StateError(SysupdError):
     """The state directory or database cannot be used as it is."""
+
+
+class DiskFull(StateError):
+    """The state could not be written: the device's disk is full. Nothing was changed."""
 
 
 class UpdateError(SysupdError):

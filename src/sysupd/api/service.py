@@ -9,6 +9,8 @@ point then stops the service and exits or re-executes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import resource
 import secrets
 import sqlite3
 import ssl
@@ -23,6 +25,7 @@ from sysupd import __version__
 from sysupd.api.auth import Authenticator
 from sysupd.api.calls import SERVICE_KEY, CallTable
 from sysupd.api.checks import CHECK_CALLS, UpdateChecker
+from sysupd.api.connections import ConnectionGuard, GuardedSite
 from sysupd.api.events import EventHub
 from sysupd.api.http import ALLOWED_METHODS, handle_api
 from sysupd.api.reboots import RebootPlan, RebootTimer
@@ -33,6 +36,7 @@ from sysupd.api.uploads import UPLOAD_CALLS, UploadStore, handle_upload
 from sysupd.api.websocket import WsSession, handle_websocket
 from sysupd.config import ServiceConfig
 from sysupd.core.envelope import Request
+from sysupd.core.limits import connection_limits
 from sysupd.core.sessions import LoginThrottle, TokenTable
 from sysupd.core.settings import Settings, apply_changes, refuse_device_settings
 from sysupd.engine.engine import BootReport, Engine
@@ -40,13 +44,15 @@ from sysupd.engine.trust import TrustStore
 from sysupd.errors import ApiError, ServerError, StateError, SysupdError
 from sysupd.servicelog import ServiceLog
 from sysupd.store.db import Database
-from sysupd.store.meta import system_id
+from sysupd.store.identity import Identity, check_database_present, identity_path
+from sysupd.store.meta import record_system_id, stored_system_id
 from sysupd.store.settings import SettingsStore
 from sysupd.store.tokens import TokenStore
 from sysupd.store.users import UserStore, make_hasher
 from sysupd.system.clock import Clock, SystemClock
 from sysupd.system.health import run_health_check
 from sysupd.system.reboot import ProcessExit, RebootKind, run_reboot_action
+from sysupd.system.statelock import StateLock
 from sysupd.system.tls import Certificate, load_certificate, server_context
 from sysupd.web.assets import PAGE_KEY, PageAssets, handle_asset, handle_page
 
@@ -71,12 +77,21 @@ class Service:
         self.config = config
         self.clock: Clock = clock or SystemClock()
         config.state_dir.mkdir(parents=True, exist_ok=True)
+        self._state_lock = StateLock(config.state_dir)
+        try:
+            self._open_state(config)
+        except BaseException:
+            self._state_lock.release()
+            raise
+
+    def _open_state(self, config: ServiceConfig) -> None:
         # First, so that a certificate problem leaves nothing open behind it.
         self.certificate: Certificate | None = None
         if config.tls:
             self.certificate = load_certificate(
                 config.tls_dir, config.tls_cert_file, config.tls_key_file, host=config.host
             )
+        check_database_present(config.state_dir, config.db_path)
         self.log = ServiceLog(config.log_path, self.clock, config.log_max_bytes)
         self.db = Database(config.db_path)
         self.users = UserStore(
@@ -88,7 +103,7 @@ class Service:
         self.settings, warnings = self._settings_store.load(config.settings)
         for warning in warnings:
             self.log.warning(warning)
-        self.system_id = system_id(self.db)
+        self.system_id = self._identity()
         self.auth = Authenticator(
             self.users,
             TokenTable(config.token_ttl_s),
@@ -99,6 +114,17 @@ class Service:
         )
         self._tokens = TokenStore(self.db)
         self.auth.restore_tokens(self._tokens.take_all(self.clock.utcnow()))
+        soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.guard = ConnectionGuard(
+            connection_limits(
+                soft_limit if soft_limit != resource.RLIM_INFINITY else 1 << 20,
+                config.max_connections,
+                config.max_connections_per_address,
+                config.idle_timeout_s,
+            ),
+            self.log,
+        )
+        self._loop_handler: Any = None
         self.calls = CallTable([*RPC_CALLS, *SYS_CALLS, *UPDATE_CALLS, *CHECK_CALLS, *UPLOAD_CALLS])
         self.events = EventHub()
         self.sessions: set[WsSession] = set()
@@ -120,6 +146,22 @@ class Service:
         self.wss_port = 0
         self.https_port = 0
 
+    def _identity(self) -> str:
+        """The device's system_id: from the identity file, which outlives the database."""
+        state_dir = self.config.state_dir
+        stored = stored_system_id(self.db)
+        identity = Identity.load(state_dir)
+        if identity is None:  # a first start, or a state directory from before the file
+            identity = Identity.create(state_dir, stored)
+        if stored != identity.system_id:
+            if stored is not None:
+                self.log.warning(
+                    f"the database was made for system {stored}; this device is "
+                    f"{identity.system_id} (from {identity_path(state_dir)})"
+                )
+            record_system_id(self.db, identity.system_id)
+        return identity.system_id
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def ensure_first_admin(self) -> str | None:
@@ -134,12 +176,17 @@ class Service:
     async def start(self) -> None:
         """Bind the listeners; ``ws_port``, ``http_port``, ``wss_port`` and ``https_port`` then
         hold the real ports (0 for a listener that is off)."""
-        self._exit = asyncio.get_running_loop().create_future()
-        ws_app = web.Application()
+        loop = asyncio.get_running_loop()
+        self._exit = loop.create_future()
+        self._loop_handler = loop.get_exception_handler()
+        loop.set_exception_handler(self.guard.exception_handler)
+        ws_app = web.Application(middlewares=[self.guard.middleware])
         ws_app[SERVICE_KEY] = self
         ws_app.router.add_get("/websocket", handle_websocket)
         ws_app.router.add_get("/", handle_websocket)
-        http_app = web.Application(client_max_size=self.config.max_frame_bytes)
+        http_app = web.Application(
+            client_max_size=self.config.max_frame_bytes, middlewares=[self.guard.middleware]
+        )
         http_app[SERVICE_KEY] = self
         http_app[PAGE_KEY] = PageAssets()
         for method in ALLOWED_METHODS:
@@ -185,7 +232,12 @@ class Service:
         self.reboots.cancel()
         for task in list(self._tasks):
             task.cancel()
-        # Close sockets first so clients see "going away" instead of a reset.
+        # Accept no one new (a client that reconnects at once must reach the next process, not
+        # this one on its way out), then close the sockets so clients see "going away" instead
+        # of a reset.
+        for runner in self._runners:
+            for site in list(runner.sites):
+                await site.stop()
         await asyncio.gather(*(s.close(WSCloseCode.GOING_AWAY) for s in list(self.sessions)))
         for runner in self._runners:
             await runner.cleanup()
@@ -196,9 +248,13 @@ class Service:
         except sqlite3.Error as exc:
             self.log.warning(f"cannot keep the login tokens for the next start: {exc}")
         self.auth.close()
+        self.guard.close()
+        with contextlib.suppress(RuntimeError):  # no loop: nothing to restore
+            asyncio.get_running_loop().set_exception_handler(self._loop_handler)
         self.log.info("sysupd stopped")
         self.log.close()
         self.db.close()
+        self._state_lock.release()
 
     def request_exit(self, how: ProcessExit) -> None:
         """Ask the process entry point to stop the service and exit or re-execute."""
@@ -232,6 +288,12 @@ class Service:
             "slot": self.boot.slot if self.boot else None,
             "boot_status": self.boot_status,
         }
+
+    @property
+    def trusts_a_root(self) -> bool:
+        """Whether the device has a trust root: adopted already, or provisioned."""
+        adopted = (self.config.state_dir / "trust" / "root.json").exists()
+        return adopted or bool(self.settings.trust_root)
 
     def adopt_trust_root(self, root: Path) -> None:
         """Trust ``root`` from now on, as the first start does with a provisioned trust_root;
@@ -369,7 +431,13 @@ class Service:
             self.auth.sweep()
 
     async def _runner(self, app: web.Application) -> web.AppRunner:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=1.0,
+            keepalive_timeout=self.guard.limits.idle_timeout_s,
+        )
         await runner.setup()
         self._runners.append(runner)
         return runner
@@ -378,7 +446,7 @@ class Service:
         self, runner: web.AppRunner, host: str, port: int, ssl_context: ssl.SSLContext | None
     ) -> int:
         before = set(map(tuple, runner.addresses))
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+        site = GuardedSite(runner, host, port, self.guard, ssl_context)
         await site.start()
         added = [a for a in runner.addresses if tuple(a) not in before]
         return int(added[0][1])

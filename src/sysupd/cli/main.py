@@ -21,6 +21,7 @@ _DEVICE = {
     "inspect": ("sysupd.cli.device", "inspect"),
     "mark": ("sysupd.cli.device", "mark"),
     "user": ("sysupd.cli.users", "user"),
+    "reinit": ("sysupd.cli.reinit", "reinit"),
     "release": ("sysupd.cli.release", "release"),
 }
 """Commands that work on this machine's files (``--state-dir``, ``--config``), no service needed."""

@@ -79,18 +79,19 @@ async def _serve(config: ServiceConfig) -> ProcessExit:
             f"Created the administrator {FIRST_ADMIN!r} with password {password}\n"
             "(shown only this once; change it with 'sysupd user passwd admin')",
         )
-        if not service.settings.trust_root:
+        if not service.trusts_a_root:
             _make_demo(service)
     try:
         await service.start()
     except BaseException:
         await service.stop()
         raise
-    click.echo("\n".join(_banner(service)))
-    sys.stdout.flush()
+    # Signals first: whoever waits for the banner may stop the service at once.
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.request_exit, ProcessExit.EXIT)
+    click.echo("\n".join(_banner(service)))
+    sys.stdout.flush()
     try:
         return await service.wait_exit_requested()
     finally:

@@ -11,9 +11,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sysupd.errors import StateError
+from sysupd.errors import DiskFull, StateError
 
 __all__ = ["MIGRATIONS", "Database"]
+
+_REPAIR = (
+    "restore sysupd.db from a backup, or start over on purpose with "
+    "'sysupd reinit --state-dir {state}' (users and settings are lost; the identity and the "
+    "slots are kept)"
+)
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: identity, users, settings
@@ -45,6 +51,7 @@ class Database:
     """One connection to the state database."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # Autocommit mode: transactions are explicit (``transaction``), never implicit.
@@ -53,12 +60,17 @@ class Database:
             self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute("PRAGMA synchronous = FULL")
             self._conn.execute("PRAGMA foreign_keys = ON")
+            self._check_pages(path)
             self._migrate()
         except sqlite3.DatabaseError as exc:
-            raise StateError(f"cannot open the state database {path}: {exc}") from exc
+            if _is_full(exc):
+                raise DiskFull(f"the disk holding {path} is full: free some space") from exc
+            raise StateError(
+                f"the state database {path} is unusable ({exc}): "
+                + _REPAIR.format(state=path.parent)
+            ) from exc
         except OSError as exc:
             raise StateError(f"cannot create the state directory {path.parent}: {exc}") from exc
-        self.path = path
 
     @property
     def schema_version(self) -> int:
@@ -68,14 +80,25 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """An immediate write transaction, committed on success and rolled back on error."""
-        self._conn.execute("BEGIN IMMEDIATE")
+        """An immediate write transaction, committed on success and rolled back on error.
+
+        Raises:
+            DiskFull: the disk is full; nothing of the transaction was kept.
+        """
         try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if not _is_full(exc):
+                raise
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise DiskFull(f"the disk holding {self.path} is full") from exc
 
     def query(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
         """Rows of a read-only statement."""
@@ -86,6 +109,19 @@ class Database:
     def close(self) -> None:
         """Close the connection."""
         self._conn.close()
+
+    def _check_pages(self, path: Path) -> None:
+        """A database with damaged pages opens, then fails at some later query; find out now,
+        while a clear message can still say what to do (``quick_check`` reads every page, which
+        for a database of users and settings takes milliseconds)."""
+        rows = self._conn.execute("PRAGMA quick_check(5)").fetchall()
+        problems = [str(row[0]) for row in rows]
+        if problems != ["ok"]:
+            said = " ".join("; ".join(problems).split())[:300]  # one line, however SQLite says it
+            raise StateError(
+                f"the state database {path} is corrupt ({said}): "
+                + _REPAIR.format(state=path.parent)
+            )
 
     def _migrate(self) -> None:
         current = self.schema_version
@@ -100,3 +136,7 @@ class Database:
                 f"BEGIN IMMEDIATE;\n{MIGRATIONS[version]}\nPRAGMA user_version = {version + 1};\n"
                 "COMMIT;"
             )
+
+
+def _is_full(exc: sqlite3.DatabaseError) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL

@@ -1,20 +1,23 @@
-"""Small facts about this system kept in the database, such as its stable ``system_id``."""
+"""Small facts about this system kept in the database: the ``system_id`` it was made with."""
 
 from __future__ import annotations
 
-import uuid
-
 from sysupd.store.db import Database
 
-__all__ = ["system_id"]
+__all__ = ["record_system_id", "stored_system_id"]
 
 
-def system_id(db: Database) -> str:
-    """This system's identity, generated on first use and stable from then on."""
+def stored_system_id(db: Database) -> str | None:
+    """The identity the database was made with, if it records one."""
+    rows = db.query("SELECT value FROM meta WHERE key = 'system_id'")
+    return str(rows[0]["value"]) if rows else None
+
+
+def record_system_id(db: Database, value: str) -> None:
+    """Record ``value`` as the identity the database belongs to."""
     with db.transaction() as conn:
-        row = conn.execute("SELECT value FROM meta WHERE key = 'system_id'").fetchone()
-        if row is not None:
-            return str(row[0])
-        value = str(uuid.uuid4())
-        conn.execute("INSERT INTO meta (key, value) VALUES ('system_id', ?)", (value,))
-        return value
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('system_id', ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (value,),
+        )

@@ -1,0 +1,337 @@
+"""The listeners' guard: caps on connections, idle and slow connections closed, noise counted.
+
+aiohttp takes whatever connects and waits for it as long as it likes; a few hundred idle sockets
+then hold every descriptor the process has, and nothing works. Every listener's connections go
+through one ``ConnectionGuard``:
+
+- at most ``total`` connections, at most ``per_address`` from one address; over the total, the
+  oldest connection that has not sent a request is dropped for the newcomer (an idle flood never
+  locks out a client that talks), and only when every connection is busy is the newcomer refused;
+- a connection must finish a request's headers within ``idle_timeout_s`` of its start or of the
+  end of its previous request (idle, slow headers, a stalled TLS handshake and keep-alive all
+  end there); a request being handled — a WebSocket session too — follows its own rules;
+- refusals, drops and accept failures are logged once, then counted per interval, never a line
+  (or a traceback) per attempt.
+
+TLS is started here (``loop.start_tls``) rather than by the server, so the guard sees a
+connection from its first byte, before the handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_runner import BaseSite
+
+from sysupd.core.limits import ConnectionLimits
+from sysupd.servicelog import ServiceLog
+
+__all__ = ["ConnectionGuard", "GuardedSite"]
+
+NOISE_INTERVAL_S = 60.0
+"""How often counted connection noise is written to the log."""
+
+
+class ConnectionGuard:
+    """The caps and timers of every listener's connections."""
+
+    def __init__(self, limits: ConnectionLimits, log: ServiceLog) -> None:
+        self.limits = limits
+        self._log = log
+        self._open: dict[_GuardedProtocol, None] = {}
+        self._waiting: dict[_GuardedProtocol, None] = {}
+        """Open connections with no request in hand, oldest first."""
+        self._per_address: Counter[str] = Counter()
+        self._by_transport: dict[asyncio.BaseTransport, _GuardedProtocol] = {}
+        self._noise: Counter[str] = Counter()
+        self._noise_from: Counter[str] = Counter()
+        self._flush: asyncio.TimerHandle | None = None
+
+    @property
+    def open_connections(self) -> int:
+        """Connections open now."""
+        return len(self._open)
+
+    def protocol_factory(
+        self, server: Callable[[], asyncio.Protocol], tls: ssl.SSLContext | None
+    ) -> Callable[[], asyncio.Protocol]:
+        """A protocol factory for ``loop.create_server`` that guards ``server``'s connections."""
+        return lambda: _GuardedProtocol(self, server, tls)
+
+    @web.middleware
+    async def middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Marks a connection busy while one of its requests is handled."""
+        guarded = self._by_transport.get(request.transport) if request.transport else None
+        if guarded is not None:
+            guarded.busy()
+        try:
+            return await handler(request)
+        finally:
+            if guarded is not None:
+                guarded.idle()
+
+    def exception_handler(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """The event loop's: an accept that fails for want of descriptors is counted, not
+        logged with a traceback each time the loop retries it."""
+        if context.get("message") == "socket.accept() out of system resource":
+            exc = context.get("exception")
+            self._count("accept failed", getattr(exc, "strerror", None) or str(exc))
+            return
+        loop.default_exception_handler(context)
+
+    def close(self) -> None:
+        """Write out the counted noise."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._write_noise()
+
+    # -- what the protocols call ---------------------------------------------------------------
+
+    def admit(self, guarded: _GuardedProtocol) -> bool:
+        """Whether a new connection may stay (making room if an idle one can go)."""
+        address = guarded.address
+        if self._per_address[address] >= self.limits.per_address:
+            self._count(f"refused over the {self.limits.per_address} per address", address)
+            return False
+        if len(self._open) >= self.limits.total:
+            victim = next(iter(self._waiting), None)
+            if victim is None:
+                self._count(f"refused over the {self.limits.total} in all", address)
+                return False
+            self._count("idle connections dropped for newer ones", victim.address)
+            victim.abort()
+        self._open[guarded] = None
+        self._waiting[guarded] = None
+        self._per_address[address] += 1
+        return True
+
+    def bind(self, transport: asyncio.BaseTransport, guarded: _GuardedProtocol) -> None:
+        """``transport`` (plain or TLS) carries ``guarded``'s requests."""
+        self._by_transport[transport] = guarded
+
+    def set_waiting(self, guarded: _GuardedProtocol, waiting: bool) -> None:
+        """A connection has a request in hand, or is waiting for its next one."""
+        self._waiting.pop(guarded, None)
+        if waiting and guarded in self._open:
+            self._waiting[guarded] = None
+
+    def timed_out(self, guarded: _GuardedProtocol) -> None:
+        """A connection sent no complete request in time."""
+        self._count(
+            f"closed after {self.limits.idle_timeout_s:g} s without a request", guarded.address
+        )
+
+    def release(self, guarded: _GuardedProtocol) -> None:
+        """A connection ended (said once or more)."""
+        if self._open.pop(guarded, False) is None:
+            self._waiting.pop(guarded, None)
+            self._per_address[guarded.address] -= 1
+            if self._per_address[guarded.address] <= 0:
+                del self._per_address[guarded.address]
+        for transport in guarded.transports():
+            self._by_transport.pop(transport, None)
+
+    # -- noise ---------------------------------------------------------------------------------
+
+    def _count(self, what: str, source: str) -> None:
+        if self._flush is None:  # the first of an interval is said at once
+            self._log.warning(f"connections: {what}: {source}; more are counted for a minute")
+            loop = asyncio.get_running_loop()
+            self._flush = loop.call_later(NOISE_INTERVAL_S, self._write_noise)
+            return
+        self._noise[what] += 1
+        self._noise_from[source] += 1
+
+    def _write_noise(self) -> None:
+        self._flush = None
+        if not self._noise:
+            return
+        counts = ", ".join(f"{n} {what}" for what, n in self._noise.most_common())
+        sources = ", ".join(f"{s}: {n}" for s, n in self._noise_from.most_common(5))
+        self._log.warning(f"connections in the last minute: {counts} (from {sources})")
+        self._noise.clear()
+        self._noise_from.clear()
+
+
+class _GuardedProtocol(asyncio.Protocol):
+    """One connection: admitted or not, timed, TLS started, then handed to aiohttp."""
+
+    def __init__(
+        self,
+        guard: ConnectionGuard,
+        server: Callable[[], asyncio.Protocol],
+        tls: ssl.SSLContext | None,
+    ) -> None:
+        self._guard = guard
+        self._server = server
+        self._tls = tls
+        self.address = "?"
+        self._raw: asyncio.Transport | None = None
+        self._app: asyncio.Transport | None = None
+        self._inner: asyncio.Protocol | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._ended = False
+        self._early: list[bytes] = []
+
+    def transports(self) -> list[asyncio.BaseTransport]:
+        """The transports this connection is known by."""
+        return [t for t in (self._raw, self._app) if t is not None]
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._raw = transport
+        peer = transport.get_extra_info("peername")
+        self.address = str(peer[0]) if peer else "?"
+        if not self._guard.admit(self):
+            self._ended = True
+            transport.abort()
+            return
+        self._arm()
+        if self._tls is None:
+            self._hand_over(transport)
+        else:
+            # Not a byte may be read before the TLS layer is in place to take the ClientHello.
+            transport.pause_reading()
+            asyncio.get_running_loop().create_task(self._start_tls(transport, self._tls))
+
+    def data_received(self, data: bytes) -> None:
+        if self._inner is not None:
+            self._inner.data_received(data)
+        else:  # the TLS layer hands over what came with its last handshake message at once
+            self._early.append(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
+        self._end()
+
+    # -- what the guard calls ------------------------------------------------------------------
+
+    def busy(self) -> None:
+        """A request's headers are in: its handler's rules apply until it ends."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._guard.set_waiting(self, False)
+
+    def idle(self) -> None:
+        """The request is answered: the next one must come within the idle timeout."""
+        if not self._ended:
+            self._guard.set_waiting(self, True)
+            self._arm()
+
+    def abort(self) -> None:
+        """Drop the connection now."""
+        transport = self._app or self._raw
+        if transport is not None:
+            transport.abort()
+        self._end()
+
+    # -- inside --------------------------------------------------------------------------------
+
+    async def _start_tls(self, raw: asyncio.Transport, tls: ssl.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            transport = await loop.start_tls(
+                raw,
+                self,
+                tls,
+                server_side=True,
+                ssl_handshake_timeout=self._guard.limits.idle_timeout_s,
+            )
+        except (OSError, ssl.SSLError, TimeoutError, RuntimeError):
+            # A failed handshake is the client's business; the socket is closed already.
+            self._end()
+            return
+        if transport is None or self._ended:
+            if transport is not None:
+                transport.abort()
+            self._end()
+            return
+        self._hand_over(transport)
+
+    def _hand_over(self, transport: asyncio.Transport) -> None:
+        self._app = transport
+        self._guard.bind(transport, self)
+        self._inner = self._server()
+        self._inner.connection_made(transport)
+        early, self._early = self._early, []
+        for data in early:
+            self._inner.data_received(data)
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._guard.limits.idle_timeout_s, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        if not self._ended:
+            self._guard.timed_out(self)
+            self.abort()
+
+    def _end(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._ended = True
+        self._guard.release(self)  # idempotent
+
+
+class GuardedSite(BaseSite):
+    """A TCP listener whose connections go through a ``ConnectionGuard`` (TLS started there)."""
+
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        host: str,
+        port: int,
+        guard: ConnectionGuard,
+        tls: ssl.SSLContext | None,
+        *,
+        backlog: int = 1024,
+    ) -> None:
+        super().__init__(runner, backlog=backlog)
+        self._host = host
+        self._port = port
+        self._guard = guard
+        self._tls = tls
+
+    @property
+    def name(self) -> str:
+        scheme = "https" if self._tls else "http"
+        return f"{scheme}://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._guard.protocol_factory(server, self._tls),
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_address=True,
+        )
