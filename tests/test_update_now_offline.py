@@ -47,7 +47,10 @@ async def test_uploaded_bundle_installs_with_events(
     assert running[0]["reboot_required"] is False
     assert "update started from the uploaded file update.bundle" in running[0]["details"]
     assert {"phase", "bytes_done", "bytes_total"} <= set(running[-1])
+    assert {event["phase"] for event in running} <= {"download", "verify", "install", "switch"}
+    assert all(event["details"] == event["log"].split("<br>")[-1] for event in running)
     assert final["result"] == "success"
+    assert "phase" not in final
     assert final["reboot_required"] is True
     assert final["update_running"] is False
     log = final["details"].split("<br>")

@@ -1,4 +1,6 @@
-"""What a person reads while an update runs: the phase, progress in words, the log line by line."""
+"""What a person reads while an update runs: the phase, progress in words, the log line by line;
+and that the events keep to the contract meanwhile (``details`` is the last log line, ``phase``
+one of the four)."""
 
 from __future__ import annotations
 
@@ -13,9 +15,15 @@ from aiohttp import web
 
 from sysupd.core.units import human_duration, human_size
 from sysupd.release.repository import ReleaseRepository
+from tests.cli import Cli
 from tests.conftest import ADMIN, ClientFactory, ServiceFactory
 from tests.offline import device_overrides, lan_server, upload, wait_final
 from tests.releases import make_repo
+
+PHASES = {"download", "verify", "install", "switch"}
+BYTES = r"installing into slot B: [\d.]+ (bytes|KiB|MiB) of [\d.]+ (KiB|MiB)"
+PROGRESS = BYTES + r", .+/s, .+ left"
+STAMPED = r"\d\d:\d\d:\d\d .+"
 
 
 @pytest.fixture
@@ -39,21 +47,17 @@ async def test_an_upload_is_verified_not_downloaded(
     await admin.call("sys", "update_now", {"file_upload": stored["file_upload"]})
     running, final = await wait_final(admin)
     assert running[0]["phase"] == "verify"
-    assert all(event["phase"] != "download" for event in running)
+    assert all(event["phase"] in PHASES - {"download"} for event in running)
+    assert "phase" not in final, "the final event has no phase outside the contract's four"
     assert final["log"] == final["details"]
     assert "0.0 MiB" not in final["details"]
     assert final["details"].split("<br>")[-1].endswith("reboot to start it")
 
 
-async def test_details_say_how_far_the_install_is_and_the_log_grows_in_events(
-    start_service: ServiceFactory,
-    connect: ClientFactory,
-    bundle: tuple[ReleaseRepository, Path],
-) -> None:
-    repo, path = bundle
-    data = path.read_bytes()
+def _trickle(data: bytes) -> web.RouteDef:
+    """The bundle at /u.bundle, 8 KiB every 20 ms: slow enough to be watched on its way."""
 
-    async def trickle(request: web.Request) -> web.StreamResponse:
+    async def handler(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()
         response.content_length = len(data)
         await response.prepare(request)
@@ -62,26 +66,58 @@ async def test_details_say_how_far_the_install_is_and_the_log_grows_in_events(
             await asyncio.sleep(0.02)
         return response
 
+    return web.get("/u.bundle", handler)
+
+
+async def test_progress_says_how_far_the_install_is_and_details_stay_the_last_log_line(
+    start_service: ServiceFactory,
+    connect: ClientFactory,
+    bundle: tuple[ReleaseRepository, Path],
+) -> None:
+    repo, path = bundle
     service = await start_service(**device_overrides(repo, event_interval_s=0.1))
     admin = await connect(service, login=ADMIN)
-    async with lan_server([web.get("/u.bundle", trickle)]) as (base, _):
+    async with lan_server([_trickle(path.read_bytes())]) as (base, _):
         await admin.call("sys", "update_now", {"fetch_url": f"{base}/u.bundle"})
         running, final = await wait_final(admin)
     assert final["result"] == "success", final["details"]
+    assert "phase" not in final
+    for event in running:
+        assert event["phase"] in PHASES, event["phase"]
+        assert event["details"] == event["log"].split("<br>")[-1], "the last line of the log"
+        assert re.fullmatch(STAMPED, event["details"]), event["details"]
     flowing = [e for e in running if e["phase"] == "install" and e["bytes_done"] > 0]
     flowing = [e for e in flowing if e["bytes_done"] < e["bytes_total"]]
     assert len(flowing) >= 2, running
-    pattern = r"installing into slot B: [\d.]+ (bytes|KiB|MiB) of [\d.]+ (KiB|MiB), .+/s, .+ left"
     for event in flowing:
-        assert re.fullmatch(pattern, event["details"]), event["details"]
+        assert re.fullmatch(PROGRESS, event["progress"]), event["progress"]
         assert event["slot"] == "B"
         assert event["rate_bytes_s"] > 0
         assert event["seconds_left"] >= 0
-    assert len({e["details"] for e in flowing}) > 1, "details move with the bytes"
+    assert len({e["progress"] for e in flowing}) > 1, "progress moves with the bytes"
+    assert all(e["progress"] is None for e in running if e["phase"] != "install")
     logs = [event["log"].split("<br>") for event in running]
     assert all(len(b) >= len(a) for a, b in itertools.pairwise(logs))
     assert len(logs[0]) == 1
     assert any("verified the signed metadata" in line for line in logs[-1]), "line by line"
+
+
+async def test_the_command_line_piped_prints_the_progress_lines(
+    start_service: ServiceFactory, bundle: tuple[ReleaseRepository, Path], tmp_path: Path
+) -> None:
+    repo, path = bundle
+    service = await start_service(**device_overrides(repo, event_interval_s=0.1))
+    cli = Cli.for_service(service, tmp_path / "cfg")
+    await cli.login(*ADMIN)
+    async with lan_server([_trickle(path.read_bytes())]) as (base, _):
+        code, _, err = await cli.run("update", "--url", f"{base}/u.bundle")
+    assert code == 0, err
+    said = [line for line in err.splitlines() if line.startswith("installing into slot B: ")]
+    assert all(re.fullmatch(f"{BYTES}(, .+/s, .+ left)?", line) for line in said), said
+    assert len([line for line in said if re.fullmatch(PROGRESS, line)]) >= 2, err
+    assert len(set(said)) == len(said), "a line is said once"
+    log_lines = [line for line in err.splitlines() if re.fullmatch(STAMPED, line)]
+    assert any("update installed in" in line for line in log_lines), err
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -219,6 +220,10 @@ async def test_a_second_update_while_one_runs(
         await expect(page.locator("#update-phase")).to_have_text("Installing into slot B…")
         await expect(page.locator("#update-numbers")).to_contain_text(" of 3.00 MiB")
         await expect(page.locator("#update-numbers")).to_contain_text(" left")
+        # The service's progress line for people (ext `progress`), not the log's last line.
+        await expect(page.locator("#update-details")).to_have_text(
+            re.compile(r"^installing into slot B: .+ of 3\.0 MiB")
+        )
         await page.locator("#url-input").blur()
         await snap(page, "update-progress.png")
 

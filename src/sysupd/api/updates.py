@@ -3,11 +3,14 @@
 One job at a time. The engine does the work in a worker thread (it is blocking file I/O); this
 module keeps the job's log (lines for people: source, size, version, each phase with its duration
 and throughput, the cause of a failure), publishes ``sys/update_now`` events — one at the start,
-one every ``event_interval_s`` with the last log line, and the final one with the whole log — and
-persists the last job so ``sys/update_status`` still tells what happened after a restart.
+one every ``event_interval_s`` and (ext) one shortly after each new log line, all with the last
+log line, and the final one with the whole log — and persists the last job so
+``sys/update_status`` still tells what happened after a restart.
 
 Invariants: ``running`` is true from the accepted ``update_now`` until the final event; exactly
-one final event is sent per job; the source's temporary file is removed when the job ends.
+one final event is sent per job; a running event's ``details`` is the last log line and its
+``phase`` one of the contract's four (the final event has no ``phase``); the source's temporary
+file is removed when the job ends.
 """
 
 from __future__ import annotations
@@ -202,7 +205,6 @@ class UpdateManager:
                 "reboot_required": success,
                 "update_running": False,
                 "details": job.log_text(),
-                "phase": "done" if success else "failed",
                 "bytes_done": job.bytes_done,
                 "bytes_total": job.bytes_total,
                 "log": job.log_text(),
@@ -219,20 +221,23 @@ class UpdateManager:
             self._publish_progress(job)
 
     def _publish_progress(self, job: JobRun) -> None:
+        """A running event: the contract's keys, then (ext) the numbers, ``progress`` (the line
+        for people while the payload flows, plain text, else ``None``) and the log so far."""
         self._cancel_soon()
         now = self._service.clock.monotonic()
         rate = job.rate(now) if job.phase == "install" else None
         left = (job.bytes_total - job.bytes_done) / rate if rate else None
-        line = job.progress_line(now) or (job.lines[-1] if job.lines else "")
+        last = job.lines[-1] if job.lines else ""
         self._service.events.publish(
             _EVENT,
             {
                 "update_running": True,
                 "reboot_required": False,
-                "details": html.escape(line, quote=False),
+                "details": html.escape(last, quote=False),
                 "phase": job.phase,
                 "bytes_done": job.bytes_done,
                 "bytes_total": job.bytes_total,
+                "progress": job.progress_line(now),
                 "rate_bytes_s": int(rate) if rate else None,
                 "seconds_left": round(left, 1) if left is not None else None,
                 "slot": job.slot or None,

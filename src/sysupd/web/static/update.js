@@ -116,7 +116,9 @@ export class UpdatePanel {
       );
       setProgress(bar, args.bytes_done, args.bytes_total, numbers);
       say($("update-numbers"), numbers);
-      say($("update-details"), withoutStamp(logLines(args.details).join(" ")));
+      // (ext) progress: "installing into slot B: 40.0 MiB of 100 MiB, …" while the payload flows;
+      // otherwise the last log line (details) says what happens.
+      say($("update-details"), args.progress ?? withoutStamp(logLines(args.details).join(" ")));
       say($("update-result"), "");
       return;
     }
