@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sysupd.api.service import Service
+from sysupd.client import parse_server
 from tests.cli import Cli
 from tests.conftest import ADMIN, USER, ServiceFactory
 from tests.procs import free_port, run_cli
@@ -57,7 +58,68 @@ async def test_each_command_hands_the_token_on(cli: Cli) -> None:
 async def test_wrong_password_says_so_and_keeps_nothing(cli: Cli) -> None:
     err = await cli.fails("login", "--user", ADMIN[0], "--password-stdin", stdin="wrong")
     assert "401 Unauthorized: wrong user name or password" in err
+    assert "run: sysupd login" not in err, "not told to run what was just run"
     assert not (cli.config_dir / "tokens.json").exists()
+
+
+async def test_a_login_that_fails_still_shows_the_certificate_it_pinned(
+    device: Service, cli: Cli
+) -> None:
+    err = await cli.fails("login", "--user", ADMIN[0], "--password-stdin", stdin="wrong")
+    assert device.certificate is not None
+    pinned = f"Pinned the TLS certificate of {cli.server}: SHA-256 {device.certificate.fingerprint}"
+    assert pinned in err
+    assert err.index(pinned) < err.index("401 Unauthorized"), "shown before the password went"
+    assert (cli.config_dir / "known_servers").read_text() == (
+        f"{cli.server} {device.certificate.fingerprint}\n"
+    )
+    assert "Pinned" not in await cli.login(*ADMIN), "it was said once, when it was pinned"
+
+
+async def test_an_empty_password_on_stdin_is_refused_before_sending(cli: Cli) -> None:
+    err = await cli.fails("login", "--user", ADMIN[0], "--password-stdin", stdin="")
+    assert "no password on standard input" in err
+    assert not cli.config_dir.exists(), "nothing connected, nothing pinned"
+
+
+async def test_commands_without_a_login_pin_nothing(cli: Cli) -> None:
+    for command in ("info", "status", "logout"):
+        code, _, err = await cli.run(command)
+        assert code == (0 if command == "logout" else 1), err
+    assert not (cli.config_dir / "known_servers").exists()
+    err = await cli.fails("info")
+    assert f"you are not logged in to {cli.server}; run: sysupd login --server {cli.server}" in err
+
+
+async def test_only_a_login_pins_again_after_the_pin_is_lost(device: Service, cli: Cli) -> None:
+    await cli.login(*ADMIN)
+    pins = cli.config_dir / "known_servers"
+    pins.unlink()
+    err = await cli.fails("info")
+    assert f"no certificate is pinned for {cli.server}" in err
+    assert f"run: sysupd login --server {cli.server}" in err
+    assert not pins.exists()
+    assert await cli.ok("logout") == f"Logged out {ADMIN[0]} from {cli.server}.\n"
+    assert not pins.exists(), "logging out pins nothing either"
+    assert "Pinned the TLS certificate" in await cli.login(*ADMIN)
+    assert pins.exists()
+
+
+async def test_a_corrupt_known_servers_line_is_named(device: Service, cli: Cli) -> None:
+    pins = cli.config_dir / "known_servers"
+    await cli.login(*ADMIN)
+    good = pins.read_text()
+    pins.write_text(f"https://192.0.2.9:5185 {'AB:' * 31}AB\n{cli.server} garbage\n")
+    for args in (("info",), ("login", "--password-stdin")):
+        code, _, err = await cli.run(*args, stdin=ADMIN[1])
+        assert code == 1, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, err
+        assert f"{pins}, line 2, is not a pinned certificate" in lines[0]
+        assert f"'{cli.server} garbage'" in lines[0]
+        assert "remove that line" in lines[0]
+    pins.write_text(good)
+    assert (await cli.json("info"))["system_id"] == device.system_id, "the login was kept"
 
 
 async def test_not_logged_in_says_how_to_log_in(cli: Cli) -> None:
@@ -83,6 +145,44 @@ async def test_an_unreachable_service_is_named(tmp_path: Path) -> None:
     err = await cli.fails("login", "--password-stdin", stdin="x")
     assert f"cannot reach {cli.server}" in err
     assert "is the service running there?" in err
+
+
+async def test_no_login_and_nothing_listening_says_both(tmp_path: Path) -> None:
+    cli = Cli(tmp_path / "cfg", f"http://127.0.0.1:{free_port()}")
+    err = await cli.fails("status")
+    assert (
+        f"you are not logged in to {cli.server}, and nothing answers there (Connection refused); "
+        f"run: sysupd login --server {cli.server}"
+    ) in err
+
+
+async def test_a_kept_login_to_a_service_that_is_gone_says_it_cannot_reach_it(
+    start_service: ServiceFactory, tmp_path: Path
+) -> None:
+    service = await start_service()
+    clis = [
+        Cli.for_service(service, tmp_path / "tls"),
+        Cli.for_service(service, tmp_path / "plain", tls=False),
+    ]
+    for cli in clis:
+        await cli.login(*ADMIN)
+    await service.stop()
+    for cli in clis:
+        err = await cli.fails("status")
+        assert f"cannot reach {cli.server}: Connection refused" in err
+        assert "not logged in" not in err
+        code, out, err = await cli.run("logout")
+        assert (code, out) == (0, f"Logged out {ADMIN[0]} from {cli.server}.\n")
+        assert err == "", "no unclosed HTTP session"
+
+
+async def test_https_to_a_plain_listener_says_to_use_http(device: Service, tmp_path: Path) -> None:
+    cli = Cli(tmp_path / "cfg", f"https://127.0.0.1:{device.http_port}")
+    err = await cli.fails("login", "--password-stdin", stdin=ADMIN[1])
+    plain = f"http://127.0.0.1:{device.http_port}"
+    assert f"the server at {cli.server} does not speak TLS here; use {plain}" in err
+    assert "WRONG_VERSION_NUMBER" not in err
+    assert not (cli.config_dir / "known_servers").exists()
 
 
 async def test_a_changed_certificate_is_refused_until_accepted_by_fingerprint(
@@ -162,6 +262,11 @@ async def test_call_log_and_check(device: Service, cli: Cli) -> None:
     assert "must be a JSON object" in err
     err = await cli.fails("call", "sys/nothing")
     assert "404 Not Found: there is no call sys/nothing" in err
+    for login_call in ("rpc/auth_clear", "/rpc/auth", "rpc/auth_token"):
+        code, _, err = await cli.run("call", login_call, '{"token": "x"}')
+        assert code == 2, err
+        assert "log in with 'sysupd login' and out with 'sysupd logout'" in err
+    assert reply == json.loads(await cli.ok("call", "sys/info")), "still logged in"
     log = await cli.ok("log")
     assert "restart scheduled by root in 900 s" in log
     assert "<br>" not in log
@@ -232,12 +337,29 @@ async def test_help_explains_the_two_kinds_of_commands() -> None:
 
 async def test_local_status_needs_no_service(tmp_path: Path) -> None:
     state = tmp_path / "state"
+    state.mkdir()
     code, out, err = await run_cli("status", "--local", "--state-dir", str(state))
     assert code == 0, err
     assert "slot A" in out
     code, out, err = await run_cli("status", "--state-dir", str(state), "--json")
     assert code == 0, err
     assert set(json.loads(out)["slots"]) == {"A", "B"}
+
+
+@pytest.mark.parametrize(
+    ("server", "url"),
+    [
+        ("localhost:5183", "http://localhost:5183"),
+        ("192.168.1.20:5182", "http://192.168.1.20:5182"),
+        ("box", "https://box:5185"),
+        ("box:5185", "https://box:5185"),
+        ("box:8443", "https://box:8443"),
+        ("[::1]:5183", "http://[::1]:5183"),
+        ("https://box:5183", "https://box:5183"),
+    ],
+)
+def test_a_bare_address_on_a_plain_port_means_http(server: str, url: str) -> None:
+    assert parse_server(server).base_url == url
 
 
 @pytest.mark.parametrize(

@@ -160,6 +160,7 @@ async def test_mark_good_booted_settles_the_trial(
 
 
 async def test_refusals_on_a_fresh_device_change_nothing(device: list[str]) -> None:
+    _state(device).mkdir()  # made, and nothing in it yet (a missing one is refused outright)
     await _refused(device, "good", "booted", "'booted' needs the booted slot")
     await _ok("boot", *device)
     await _refused(device, "good", "B", "slot B holds no installed release")

@@ -118,6 +118,37 @@ async def test_a_file_that_is_not_a_bundle_fails_with_the_reason(
     assert service.uploads.names() == [], "the upload is gone with its update"
 
 
+@pytest.mark.parametrize("name", [".hidden.bundle", "odd..name.bundle"])
+async def test_a_file_name_the_service_refuses_is_sent_as_upload_bundle(
+    start_service: ServiceFactory, repo: ReleaseRepository, bundle: Path, tmp_path: Path, name: str
+) -> None:
+    service = await start_service(**device_overrides(repo))
+    cli = await _admin_cli(service, tmp_path)
+    odd = bundle.rename(tmp_path / name)
+    code, out, err = await cli.run("update", "--file", str(odd))
+    assert code == 0, err
+    assert f"uploaded {name} (sha256 " in err
+    assert "sent as upload.bundle)" in err
+    assert "update started from the uploaded file upload.bundle" in err
+    code, out, err = await cli.run("update", "--file", str(odd), "--json")
+    assert code == 0, err
+    assert _lines(out)[0]["upload"]["file_upload"] == "upload.bundle"
+
+
+async def test_an_empty_file_is_refused_before_uploading(
+    start_service: ServiceFactory, repo: ReleaseRepository, tmp_path: Path
+) -> None:
+    service = await start_service(**device_overrides(repo))
+    cli = await _admin_cli(service, tmp_path)
+    empty = tmp_path / "empty.bundle"
+    empty.write_bytes(b"")
+    code, _, err = await cli.run("update", "--file", str(empty))
+    assert code == 2
+    assert f"--file {empty} is empty, not an update bundle" in err
+    assert not any("upload" in line for line in service.log.lines()), "nothing was sent"
+    assert service.uploads.names() == []
+
+
 async def test_a_bundle_for_another_product_fails_with_the_reason(
     start_service: ServiceFactory, tmp_path: Path
 ) -> None:

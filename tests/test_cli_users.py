@@ -52,3 +52,19 @@ async def test_user_refusals_name_the_problem(tmp_path: Path) -> None:
     )
     assert status == 1
     assert "no user 'ghost'" in err
+
+
+async def test_no_password_is_asked_for_a_user_that_cannot_take_it(tmp_path: Path) -> None:
+    config = str(write_config(tmp_path / "c.toml"))
+    state = ["--config", config, "--state-dir", str(tmp_path / "s")]
+    status, _, _ = await run_cli("user", "add", "bob", "--password-stdin", *state, stdin="p1\n")
+    assert status == 0
+    # No --password-stdin: it would prompt (and, with stdin at its end, abort) if it asked.
+    status, out, err = await run_cli("user", "passwd", "ghost", *state)
+    assert status == 1
+    assert err.strip() == "Error: there is no user 'ghost'"
+    assert "Password" not in out + err
+    status, out, err = await run_cli("user", "add", "bob", *state)
+    assert status == 1
+    assert err.strip() == "Error: user 'bob' already exists"
+    assert "Password" not in out + err

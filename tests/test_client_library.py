@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
+import threading
 from pathlib import Path
 
 import aiohttp
@@ -17,6 +20,7 @@ from sysupd.client import (
     Disconnected,
     Event,
     NotLoggedIn,
+    NotTls,
     Reconnected,
     parse_server,
 )
@@ -64,6 +68,21 @@ async def test_not_connected_and_unreachable_fail_at_once(service: Service) -> N
     await gone.close()
 
 
+async def test_https_to_the_plain_listener_says_to_use_http(
+    service: Service, tmp_path: Path
+) -> None:
+    server = parse_server(f"https://127.0.0.1:{service.http_port}")
+    plain = f"use http://127.0.0.1:{service.http_port}"
+    client = Client(server)
+    with pytest.raises(NotTls, match=f"does not speak TLS here; {plain}$"):
+        await client.connect()
+    await client.close()
+    known = KnownServers(tmp_path / "known_servers")
+    with pytest.raises(NotTls, match=f"{plain}$"):
+        await establish(server, known)
+    assert not known.path.exists()
+
+
 async def test_a_call_in_flight_when_the_service_stops_fails_instead_of_hanging(
     start_service: ServiceFactory,
 ) -> None:
@@ -92,7 +111,22 @@ async def test_upload_reports_progress_and_lands(service: Service, tmp_path: Pat
     assert service.uploads.names() == ["big.bin"]
 
 
+async def test_a_file_name_the_service_would_refuse_is_sent_as_upload_bundle(
+    service: Service, tmp_path: Path
+) -> None:
+    async with _plain(service) as client:
+        await client.login(*ADMIN)
+        for name in (".hidden.bundle", "odd..name.bundle", "ok.bundle"):
+            data = tmp_path / name
+            data.write_bytes(b"x" * 10)
+            stored = await client.upload(data)
+            expected = name if name == "ok.bundle" else "upload.bundle"
+            assert (stored["file_upload"], stored["size"]) == (expected, 10)
+    assert sorted(service.uploads.names()) == ["ok.bundle", "upload.bundle"]
+
+
 async def test_an_upload_refusal_is_an_api_error(service: Service, tmp_path: Path) -> None:
+    """A name the caller gives is sent as it is: the refusal says what is wrong with it."""
     data = tmp_path / "f"
     data.write_bytes(b"x")
     async with _plain(service) as client:
@@ -155,3 +189,39 @@ async def test_a_pinned_certificate_that_changed_is_refused_before_sending(
     assert changed.value.presented == service.certificate.fingerprint
     assert "--accept-certificate" in str(changed.value)
     assert isinstance(again.ssl, aiohttp.Fingerprint)
+
+
+def test_pins_are_changed_under_the_lock_of_known_servers(tmp_path: Path) -> None:
+    known = KnownServers(tmp_path / "known_servers")
+    first = parse_server("https://192.0.2.1:5185")
+    holder = os.open(tmp_path / "known_servers.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # another command, in the middle of its change
+    pinned = threading.Event()
+
+    def pin() -> None:
+        known.pin(first, "AB:" * 31 + "AB")
+        pinned.set()
+
+    thread = threading.Thread(target=pin)
+    thread.start()
+    try:
+        assert not pinned.wait(0.5), "it waits for the lock"
+        assert not known.path.exists()
+    finally:
+        os.close(holder)
+    thread.join(10)
+    assert pinned.is_set()
+    assert known.get(first) == "AB:" * 31 + "AB"
+
+    servers = [parse_server(f"https://192.0.2.{n}:5185") for n in range(2, 22)]
+    threads = [
+        threading.Thread(target=known.pin, args=(server, f"{n:02X}:" * 31 + "00"))
+        for n, server in enumerate(servers)
+    ]
+    for each in threads:
+        each.start()
+    for each in threads:
+        each.join(10)
+    assert [known.get(server) for server in servers] == [
+        f"{n:02X}:" * 31 + "00" for n in range(len(servers))
+    ], "no pin lost to another's change"

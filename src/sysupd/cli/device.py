@@ -4,7 +4,8 @@
 with the reason, when the device would not install the bundle; it changes nothing on disk.
 ``mark`` applies ``engine.marks`` (RAUC's ``mark-good``/``mark-bad``/``mark-active``). Both use the
 engine ``sysupd install`` would use: the configuration file, then the settings stored over the
-API, in the same state directory.
+API, in the same state directory, which must exist: looking at a device that is not there is
+refused rather than making an empty one.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def inspect(
 
     Exits 0 when it verifies and would be accepted, 1 (with the reason) when not.
     """
-    engine = device_engine(config_file, state_dir)
+    engine = device_engine(config_file, state_dir, create=False)
     report = inspect_bundle(engine, bundle, trust_root=trust_root, check_payload=check_payload)
     if as_json:
         click.echo(json.dumps(_inspection_json(report), indent=2))
@@ -73,7 +74,7 @@ def mark(
     good: bootable, attempts reset (settles the booted slot's trial); bad: not bootable;
     active: good and first to boot (reboot to boot it).
     """
-    engine = device_engine(config_file, state_dir)
+    engine = device_engine(config_file, state_dir, create=False)
     try:
         result = mark_slot(engine, how, slot)
     except SysupdError as exc:

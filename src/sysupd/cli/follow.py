@@ -1,8 +1,9 @@
 """``sysupd update``: upload (or name) a bundle, start the update and follow it to the end.
 
 The person sees an upload bar, then a bar fed by the ``sys/update_now`` events (the phase, bytes,
-rate and time left), the job's log line by line, and the result; scripts (``--json``) get every
-event as a JSON line and a final result line. ``--no-reboot`` cancels the automatic reboot;
+rate and time left; when piped, the events' ``progress`` lines instead), the job's log line by
+line, and the result; scripts (``--json``) get every event as a JSON line and a final result
+line. ``--no-reboot`` cancels the automatic reboot;
 ``--wait`` follows the service through the reboot (the connection drops, the client reconnects
 with its token) and reports the version it booted. Exit status 0 when the update installed (and,
 with ``--wait``, the new slot came up), 1 otherwise.
@@ -30,13 +31,14 @@ from rich.progress import (
 
 from sysupd.cli.remote import Remote, client_options, run_remote, text_of_log
 from sysupd.client.connection import Client, Disconnected, Event, Reconnected
-from sysupd.client.errors import ConnectionFailed
+from sysupd.client.errors import ConnectionFailed, NotLoggedIn
 from sysupd.client.session import LoggedIn
 
 __all__ = ["update"]
 
 _SETTLED = ("good", "rolled back", "failed", "unhealthy")
 _SETTLE_POLL_S = 0.25
+_REBOOT_POLL_S = 0.25
 _PHASES = {
     "download": "downloading",
     "verify": "verifying",
@@ -64,6 +66,7 @@ class _Reporter:
         self._upload: TaskID | None = None
         self._update: TaskID | None = None
         self._lines_shown = 0
+        self._progress_said = ""
 
     def __enter__(self) -> _Reporter:
         self.bars.__enter__()
@@ -102,6 +105,11 @@ class _Reporter:
         self._lines_shown = max(self._lines_shown, len(lines))
         if not args.get("update_running"):
             return
+        progress = str(args.get("progress") or "")
+        if progress and self.bars.disable and progress != self._progress_said:
+            # No bar to draw (piped): the service's line for people says how far it is.
+            self.say(progress)
+            self._progress_said = progress
         phase = str(args.get("phase") or "")
         label = _PHASES.get(phase, phase or "working")
         if phase == "install" and args.get("slot"):
@@ -167,6 +175,8 @@ def update(
         raise click.UsageError("--wait follows the reboot that --no-reboot cancels: give one")
     if bundle is not None and not bundle.is_file():
         raise click.UsageError(f"--file {bundle}: there is no such file")
+    if bundle is not None and bundle.stat().st_size == 0:
+        raise click.UsageError(f"--file {bundle} is empty, not an update bundle")
     remote = Remote(server, as_json)
     reporter = _Reporter(as_json)
 
@@ -196,7 +206,10 @@ async def _run(
     if bundle is not None:
         stored = await client.upload(bundle, progress=out.upload_progress)
         out.finish_upload()
-        out.say(f"uploaded {bundle.name} (sha256 {stored['sha256']})")
+        # A name the service would refuse (".x", "a..b") went as upload.bundle: say so.
+        sent_as = stored.get("file_upload")
+        renamed = f", sent as {sent_as}" if sent_as != bundle.name else ""
+        out.say(f"uploaded {bundle.name} (sha256 {stored['sha256']}{renamed})")
         out.json({"upload": stored})
         args = {"file_upload": stored["file_upload"]}
     elif url is not None:
@@ -268,24 +281,50 @@ async def _follow_job(client: Client, out: _Reporter) -> dict[str, Any]:
 async def _wait_for_reboot(
     client: Client, out: _Reporter, version: str | None, timeout_s: float
 ) -> bool:
-    """Through the reboot: the connection drops, comes back, the boot trial settles."""
+    """Through the reboot: the connection drops, the old process goes, a new one answers and its
+    boot trial settles; ``timeout_s`` counts from the drop after the old process was last seen.
+
+    Until then a refused or closed connection means "still rebooting", never a failure: the
+    old process may take a reconnect while it shuts down and drop it at the next call. Only a
+    process that no longer says "reboot required" is the new one, so an answer from the old
+    one is not taken for the result.
+    """
     out.say("waiting for the reboot…")
-    async for item in client.follow(retry_for_s=timeout_s):
-        if isinstance(item, Event) and item.name == "sys/reboot":
-            if item.args.get("reboot_scheduled") is False:
-                out.say("the reboot was cancelled")
-                out.json({"result": "success", "version": version, "rebooted": False})
-                return True
-        elif isinstance(item, Disconnected):
-            out.say("the service is rebooting; waiting for it to come back…")
-        elif isinstance(item, Reconnected):
-            break
-    info = await client.call("sys/info")
+    spare = await _spare_token(client)
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while info.get("boot_status") not in _SETTLED and loop.time() < deadline:
-        await asyncio.sleep(_SETTLE_POLL_S)
-        info = await client.call("sys/info")
+    deadline = 0.0
+    connected, timing, said = True, False, False
+    while True:
+        if connected and await _cancelled_before_close(client):
+            out.say("the reboot was cancelled")
+            out.json({"result": "success", "version": version, "rebooted": False})
+            return True
+        connected = True
+        if not timing:
+            if not said:
+                out.say("the service is rebooting; waiting for it to come back…")
+                said = True
+            deadline, timing = loop.time() + timeout_s, True
+        try:
+            await client.reconnect(retry_for_s=max(0.0, deadline - loop.time()))
+            if (await client.call("sys/update_status")).get("reboot_required"):
+                timing = False  # the old process, going down (or a blip before the reboot)
+                continue
+            info = await _settled_info(client, deadline)
+            break
+        except NotLoggedIn:
+            if spare is None:
+                raise
+            # The old process spent our token and the reply with the next one was lost.
+            client.token, spare = spare, None
+        except ConnectionFailed as exc:
+            if loop.time() >= deadline:
+                raise ConnectionFailed(
+                    f"{client.server.base_url} did not come back within {timeout_s:g} s of "
+                    f"going down for the reboot ({exc}); see --wait-timeout"
+                ) from exc
+        connected = False  # gone, or of no use: reconnect (dropping it) without waiting on it
+        await asyncio.sleep(_REBOOT_POLL_S)
     booted, slot, health = info.get("system_version"), info.get("slot"), info.get("boot_status")
     ok = booted == version and health == "good"
     out.json(
@@ -299,8 +338,36 @@ async def _wait_for_reboot(
     if ok:
         out.say(f"now running {booted} in slot {slot} (boot status: {health})")
         return True
-    status = await client.call("sys/update_status")
-    last = status.get("last_result") or {}
+    try:
+        last = (await client.call("sys/update_status")).get("last_result") or {}
+    except ConnectionFailed:  # it may be rebooting again, back to the previous slot
+        last = {}
     why = last.get("detail", "")
     out.say(f"the new version did not stay: running {booted} in slot {slot} ({health}); {why}")
     return False
+
+
+async def _cancelled_before_close(client: Client) -> bool:
+    """Whether the reboot was cancelled before the connection closed (else it closed)."""
+    async for event in client.events():
+        if event.name == "sys/reboot" and event.args.get("reboot_scheduled") is False:
+            return True
+    return False
+
+
+async def _spare_token(client: Client) -> str | None:
+    """A second token for the reconnect after the reboot, or ``None`` if the reboot came first."""
+    try:
+        return await client.spare_token()
+    except ConnectionFailed:
+        return None
+
+
+async def _settled_info(client: Client, deadline: float) -> dict[str, Any]:
+    """``sys/info`` once the boot trial has settled, or as it is at ``deadline``."""
+    loop = asyncio.get_running_loop()
+    info = await client.call("sys/info")
+    while info.get("boot_status") not in _SETTLED and loop.time() < deadline:
+        await asyncio.sleep(_SETTLE_POLL_S)
+        info = await client.call("sys/info")
+    return info

@@ -15,7 +15,7 @@ from sysupd.store.db import Database
 from sysupd.store.settings import SettingsStore
 from sysupd.system.clock import SystemClock
 
-__all__ = ["config_options", "device_engine", "fail", "load"]
+__all__ = ["config_options", "device_engine", "existing_state", "fail", "load"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,11 +50,27 @@ def fail(message: str) -> NoReturn:
     raise click.ClickException(message)
 
 
-def device_engine(config_file: Path | None, state_dir: Path | None) -> Engine:
-    """The update engine of this device with the settings the service would use (the file's,
-    then those changed over the API); a database that does not exist yet is not created.
-    A configuration or state problem is a clean exit."""
+def existing_state(config_file: Path | None, state_dir: Path | None) -> ServiceConfig:
+    """The configuration of a device whose state directory exists, or a clean exit saying that
+    there is none: the commands that only look or mark must not make an empty device."""
     config = load(config_file, state_dir)
+    if not config.state_dir.is_dir():
+        where = "exists but is not a directory" if config.state_dir.exists() else "does not exist"
+        fail(
+            f"no state directory at {config.state_dir} ({where}; give --state-dir DIR, or "
+            "--config FILE with state_dir, of a device that the service or 'sysupd boot' has run "
+            "on)"
+        )
+    return config
+
+
+def device_engine(
+    config_file: Path | None, state_dir: Path | None, *, create: bool = True
+) -> Engine:
+    """The update engine of this device with the settings the service would use (the file's,
+    then those changed over the API); a database that does not exist yet is not created, nor
+    (without ``create``) a state directory. A configuration or state problem is a clean exit."""
+    config = load(config_file, state_dir) if create else existing_state(config_file, state_dir)
     try:
         settings = config.settings
         if config.db_path.exists():

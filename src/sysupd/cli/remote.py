@@ -23,7 +23,14 @@ import click
 
 from sysupd.client.address import DEFAULT_SERVER, Server, parse_server
 from sysupd.client.connection import Disconnected, Event, Reconnected
-from sysupd.client.errors import ApiError, CertificateChanged, ConnectionFailed, NotLoggedIn
+from sysupd.client.errors import (
+    ApiError,
+    CertificateChanged,
+    ConnectionFailed,
+    NotLoggedIn,
+    NotTls,
+)
+from sysupd.client.pinning import TlsTrust
 from sysupd.client.session import ClientConfig, LoggedIn, log_in, log_out, open_session
 from sysupd.errors import ConfigError, SysupdError
 
@@ -92,26 +99,27 @@ def client_options(func: F) -> F:
         default=DEFAULT_SERVER,
         show_default=True,
         metavar="URL",
-        help="The service: http://HOST:5183, https://HOST:5185, or HOST (https).",
+        help="The service: http://HOST:5183, https://HOST:5185, or HOST (https; HOST:5183 is "
+        "http).",
     )(func)
 
 
-def run_remote(remote: Remote, work: Coroutine[Any, Any, T]) -> T:
-    """Run a client command's coroutine; failures become one clear line and exit status 1."""
+def run_remote(remote: Remote, work: Coroutine[Any, Any, T], *, login_hint: bool = True) -> T:
+    """Run a client command's coroutine; failures become one clear line and exit status 1.
+    A refused login says how to log in, unless (``login_hint=False``) that is what failed."""
+    login_again = f"; run: sysupd login --server {remote.server.base_url}" if login_hint else ""
     try:
         return asyncio.run(work)
     except KeyboardInterrupt:
         sys.exit(130)
     except NotLoggedIn as exc:
-        _fail(remote, f"{exc}; run: sysupd login --server {remote.server.base_url}")
-    except CertificateChanged as exc:
+        _fail(remote, f"{exc}{login_again}")
+    except (CertificateChanged, NotTls) as exc:
         _fail(remote, str(exc))
     except ConnectionFailed as exc:
         _fail(remote, f"{exc} (is the service running there? see --server)")
     except ApiError as exc:
-        if exc.code == "401":
-            _fail(remote, f"{exc}; run: sysupd login --server {remote.server.base_url}")
-        _fail(remote, str(exc))
+        _fail(remote, f"{exc}{login_again}" if exc.code == "401" else str(exc))
     except (SysupdError, OSError) as exc:
         _fail(remote, str(exc))
 
@@ -166,24 +174,33 @@ def login(
         )
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            _fail(remote, "no password on standard input (--password-stdin reads its first line)")
     else:
         password = click.prompt(f"Password for {user}", hide_input=True, err=True)
 
+    def pinned(trust: TlsTrust) -> None:
+        # Said before the password goes out, so it is seen even if the login then fails.
+        click.echo(
+            f"Pinned the TLS certificate of {remote.server.base_url}: SHA-256 "
+            f"{trust.fingerprint}\n(compare it with the fingerprint the service printed "
+            "at start; a different certificate will be refused from now on)",
+            err=True,
+        )
+
     async def work() -> LoggedIn:
         session = await log_in(
-            remote.server, remote.config, user, password, accept_certificate=accept_certificate
+            remote.server,
+            remote.config,
+            user,
+            password,
+            accept_certificate=accept_certificate,
+            on_pinned=pinned,
         )
         await session.client.close()
         return session
 
-    session = run_remote(remote, work())
-    if session.trust.newly_pinned:
-        click.echo(
-            f"Pinned the TLS certificate of {remote.server.base_url}: SHA-256 "
-            f"{session.trust.fingerprint}\n(compare it with the fingerprint the service printed "
-            "at start; a different certificate will be refused from now on)",
-            err=True,
-        )
+    run_remote(remote, work(), login_hint=False)
     remote.emit(
         {"result": "success", "server": remote.server.base_url, "user": user},
         f"Logged in to {remote.server.base_url} as {user}.",
@@ -303,6 +320,13 @@ def call(target: str, args: str | None, server: str, as_json: bool) -> None:
     remote = Remote(server, as_json)
     if "/" not in target.strip("/"):
         raise click.UsageError(f"{target!r} is not NAMESPACE/NAME, e.g. sys/info")
+    namespace, _, name = target.strip("/").partition("/")
+    if namespace == "rpc" and name.startswith("auth"):
+        # They would log this command's own session in or out, under the kept login's feet.
+        raise click.UsageError(
+            f"sysupd call does not make {target.strip('/')}: log in with 'sysupd login' and "
+            "out with 'sysupd logout'"
+        )
     try:
         parsed = json.loads(args) if args else {}
     except ValueError as exc:

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from sysupd.cli.options import config_options
+from sysupd.cli.options import config_options, existing_state
 from sysupd.cli.remote import Remote, client_options, run_remote
 from sysupd.client.session import LoggedIn
 
@@ -31,6 +31,7 @@ def status(
     if local or config_file is not None or state_dir is not None:
         from sysupd.cli.updates import show_local_status
 
+        existing_state(config_file, state_dir)  # a missing one is refused, not made
         show_local_status(config_file, state_dir, as_json)
         return
     remote = Remote(server, as_json)

@@ -48,6 +48,8 @@ def add(
 ) -> None:
     """Add a user."""
     store = _store(config_file, state_dir)
+    if store.credentials(name)[0] is not None:  # before asking for a password to no end
+        fail(f"user {name!r} already exists")
     try:
         created = store.add(name, _password(password_stdin), is_admin=admin)
     except SysupdError as exc:
@@ -86,6 +88,8 @@ def passwd(
 ) -> None:
     """Change a user's password."""
     store = _store(config_file, state_dir)
+    if store.credentials(name)[0] is None:  # before asking for a password to no end
+        fail(f"there is no user {name!r}")
     try:
         changed = store.set_password(name, _password(password_stdin))
     except SysupdError as exc:

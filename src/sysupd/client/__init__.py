@@ -9,6 +9,7 @@ from sysupd.client.errors import (
     ClientFailure,
     ConnectionFailed,
     NotLoggedIn,
+    NotTls,
 )
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "Event",
     "Login",
     "NotLoggedIn",
+    "NotTls",
     "Reconnected",
     "Server",
     "StreamItem",

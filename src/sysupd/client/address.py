@@ -2,8 +2,9 @@
 
 ``http://HOST:PORT`` and ``https://HOST:PORT`` as given (80 and 443 when no port is given, as in
 any URL); a bare ``HOST`` or ``HOST:PORT`` means https, on 5185 when no port is given, because a
-password should not cross a network in clear text. Paths, queries and credentials in the URL are
-refused rather than ignored.
+password should not cross a network in clear text; but a bare ``HOST:5182`` or ``HOST:5183`` means
+http, because those are the service's plain listeners and TLS there could only fail. Paths,
+queries and credentials in the URL are refused rather than ignored.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ __all__ = ["DEFAULT_SERVER", "Server", "parse_server"]
 DEFAULT_SERVER = "http://localhost:5183"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _TLS_PORT = 5185
+_PLAIN_PORTS = frozenset({5182, 5183})
+"""The service's plain ws and http listeners: a bare ``HOST:PORT`` on them means http."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,16 +71,15 @@ def parse_server(text: str) -> Server:
         ConfigError: not an http(s) URL or ``HOST[:PORT]``, or it carries a path or credentials.
     """
     value = text.strip()
-    if "://" not in value:
-        value = f"https://{value}"
-        default_port = _TLS_PORT
-    else:
-        default_port = 0
+    bare = "://" not in value
     try:
-        parts = urlsplit(value)
+        parts = urlsplit(f"https://{value}" if bare else value)
         port = parts.port
+        if bare and port in _PLAIN_PORTS:
+            parts = urlsplit(f"http://{value}")
     except ValueError as exc:
         raise ConfigError(f"--server {text!r} is not a valid address: {exc}") from exc
+    default_port = _TLS_PORT if bare else 0
     if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
         raise ConfigError(
             f"--server {text!r} must be http://HOST:PORT or https://HOST:PORT (e.g. "

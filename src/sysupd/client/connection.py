@@ -6,7 +6,9 @@ are handed out in the order they arrived; after ``rpc/auth``/``rpc/auth_token`` 
 the session's token, and a reconnect spends it for a new one (``rpc/auth_token``), so a client
 that follows events survives the service re-executing into a new slot. TLS goes through the
 ``ssl`` setting the caller hands in (a pinned fingerprint or a CA-checking context, see
-``client.pinning``), for the WebSocket and the upload alike.
+``client.pinning``), for the WebSocket and the upload alike. An upload is sent under a name the
+service accepts: a file's own name when it passes the service's rule, else ``upload.bundle``
+(as the web page does), so an odd local name never makes an upload fail.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import base64
 import contextlib
 import itertools
 import json
+import os
 import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -24,12 +27,24 @@ from typing import Any
 
 import aiohttp
 
+from sysupd.api.uploads import check_upload_name
 from sysupd.client.address import Server
 from sysupd.client.errors import ApiError, CertificateChanged, ConnectionFailed, NotLoggedIn
-from sysupd.client.pinning import changed_certificate
+from sysupd.client.pinning import changed_certificate, not_tls
 from sysupd.system.tls import fingerprint_hex
 
-__all__ = ["Client", "Disconnected", "Event", "Login", "Reconnected", "SslSetting", "StreamItem"]
+__all__ = [
+    "FALLBACK_UPLOAD_NAME",
+    "Client",
+    "Disconnected",
+    "Event",
+    "Login",
+    "Reconnected",
+    "SslSetting",
+    "StreamItem",
+    "probe",
+    "upload_name",
+]
 
 SslSetting = ssl.SSLContext | aiohttp.Fingerprint | None
 """What aiohttp is given for TLS: ``None`` for plain http or the system's CAs."""
@@ -38,6 +53,8 @@ _MAX_FRAME_BYTES = 64 * 1024 * 1024
 _HEARTBEAT_S = 15.0
 _UPLOAD_CHUNK_BYTES = 1024 * 1024
 _BACKOFF_S = (0.25, 0.5, 1.0, 2.0)
+FALLBACK_UPLOAD_NAME = "upload.bundle"
+"""What a file whose own name the service would refuse is sent as (the web page's choice too)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +117,11 @@ class Client:
         self._closing = False
 
     async def __aenter__(self) -> Client:
-        await self.connect()
+        try:
+            await self.connect()
+        except BaseException:
+            await self.close()  # the HTTP session is open already; __aexit__ will not run
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -133,6 +154,8 @@ class Client:
                 f"{self.server.base_url} refused the WebSocket ({exc.status} {exc.message})"
             ) from exc
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            if (plain := not_tls(self.server, exc)) is not None:
+                raise plain from exc
             raise ConnectionFailed(f"cannot reach {self.server.base_url}: {_why(exc)}") from exc
         self._events = asyncio.Queue()
         self._reader = asyncio.get_running_loop().create_task(self._read(self._ws))
@@ -341,6 +364,7 @@ class Client:
         """Upload a file for ``sys/update_now {"file_upload": name}``: ``sys/upload_file`` for
         one-time credentials, then ``POST /upload``, streamed from disk; ``progress(sent, size)``
         is called as it goes. Returns the upload's reply (``file_upload``, ``size``, ``sha256``).
+        It is sent as ``name`` when given (as it is), else as ``upload_name(path.name)``.
 
         Raises:
             ApiError: the service refused it (401, 413, 400 with the reason).
@@ -370,7 +394,7 @@ class Client:
         try:
             async with self._http.post(
                 url,
-                params={"filename": name or path.name},
+                params={"filename": name if name is not None else upload_name(path.name)},
                 data=body(),
                 headers=headers,
                 ssl=self._ssl if self._ssl is not None else True,
@@ -379,6 +403,8 @@ class Client:
         except aiohttp.ServerFingerprintMismatch as exc:
             raise self._changed(exc) from exc
         except (aiohttp.ClientError, OSError, ValueError) as exc:
+            if (plain := not_tls(self.server, exc)) is not None:
+                raise plain from exc
             raise ConnectionFailed(f"the upload to {self._where()} broke off: {_why(exc)}") from exc
         if not isinstance(payload, dict):
             raise ConnectionFailed(f"{self._where()} answered the upload with no JSON object")
@@ -396,14 +422,36 @@ class Client:
         return changed_certificate(self.server, expected, got)
 
 
+def upload_name(name: str) -> str:
+    """``name`` when the service takes it as an upload's name, else ``FALLBACK_UPLOAD_NAME``."""
+    return name if check_upload_name(name) is None else FALLBACK_UPLOAD_NAME
+
+
+async def probe(server: Server, *, timeout_s: float = 5.0) -> str | None:
+    """Why nothing answers at ``server`` (a TCP connection, nothing sent), or ``None``."""
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(server.host, server.port), timeout_s
+        )
+    except (OSError, TimeoutError) as exc:
+        return _why(exc)
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return None
+
+
 def _basic(user: str, password: str) -> str:
     """An HTTP Basic ``Authorization`` value (RFC 7617, UTF-8)."""
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
 def _why(exc: BaseException) -> str:
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return str(exc.os_error.strerror or exc.os_error) if exc.os_error else str(exc)
+    if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error:
+        exc = exc.os_error
     if isinstance(exc, TimeoutError):
         return "no answer in time"
+    if isinstance(exc, OSError) and exc.errno:
+        # asyncio's own words ("Connect call failed ('127.0.0.1', 9999)") hide the reason.
+        return os.strerror(exc.errno)
     return str(exc) or type(exc).__name__

@@ -1,9 +1,11 @@
 """What can go wrong on the client's side, split by who is at fault.
 
 - ``ApiError``: the service answered with an error reply (it names the code and why).
-- ``NotLoggedIn``: there is no usable login (no token stored, or it expired or was revoked): the
-  person logs in again.
+- ``NotLoggedIn``: there is no usable login (no token stored, or it expired or was revoked, or no
+  certificate is pinned to use it with): the person logs in again.
 - ``ConnectionFailed``: the service could not be reached, or the connection broke (may retry).
+  ``NotTls`` is the one that no retry mends: the address answers, but in plain http, not TLS
+  (the person gave https for a plain listener).
 - ``CertificateChanged``: the service presented another certificate than the one pinned on first
   use: someone may be in the middle, so nothing was sent.
 """
@@ -14,7 +16,14 @@ from typing import Any
 
 from sysupd.errors import SysupdError
 
-__all__ = ["ApiError", "CertificateChanged", "ClientFailure", "ConnectionFailed", "NotLoggedIn"]
+__all__ = [
+    "ApiError",
+    "CertificateChanged",
+    "ClientFailure",
+    "ConnectionFailed",
+    "NotLoggedIn",
+    "NotTls",
+]
 
 
 class ClientFailure(SysupdError):
@@ -39,6 +48,10 @@ class NotLoggedIn(ClientFailure):
 
 class ConnectionFailed(ClientFailure):
     """The service could not be reached, or the connection broke."""
+
+
+class NotTls(ConnectionFailed):
+    """The address answered a TLS handshake in plain text: it is an http listener."""
 
 
 class CertificateChanged(ClientFailure):

@@ -10,27 +10,40 @@ purpose pins the new one by giving its fingerprint (``--accept-certificate``), n
 that trains people to say yes.
 
 The pins live in ``known_servers`` in the client's configuration directory, one line per server:
-``https://HOST:PORT AB:CD:…``, replaced atomically.
+``https://HOST:PORT AB:CD:…``, replaced atomically and changed under an exclusive lock on
+``known_servers.lock`` (two logins at once both keep their pin). A line that is not of that form
+is refused, naming the file and the line, rather than guessed at. Only a login pins: the other
+commands use the pin it made and never pin one themselves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import re
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
 from sysupd.client.address import Server
-from sysupd.client.errors import CertificateChanged, ConnectionFailed
+from sysupd.client.errors import CertificateChanged, ConnectionFailed, NotLoggedIn, NotTls
 from sysupd.errors import ConfigError
 from sysupd.fsutil import atomic_write
 from sysupd.system.tls import fingerprint
 
-__all__ = ["KnownServers", "TlsTrust", "changed_certificate", "establish", "normalize_fingerprint"]
+__all__ = [
+    "KnownServers",
+    "TlsTrust",
+    "changed_certificate",
+    "establish",
+    "normalize_fingerprint",
+    "not_tls",
+]
 
 _HEX = re.compile(r"[0-9A-F]{64}")
 
@@ -67,18 +80,48 @@ class KnownServers:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._lock_path = path.with_name(f"{path.name}.lock")
 
     def get(self, server: Server) -> str | None:
-        """The fingerprint pinned for ``server``, if any."""
+        """The fingerprint pinned for ``server``, if any.
+
+        Raises:
+            ConfigError: the file cannot be read, or one of its lines is not a pin.
+        """
         return self._read().get(server.base_url)
 
     def pin(self, server: Server, fingerprint: str) -> None:
-        """Pin ``fingerprint`` for ``server``, replacing an older pin."""
-        pins = self._read()
-        pins[server.base_url] = fingerprint
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        lines = "".join(f"{key} {value}\n" for key, value in sorted(pins.items()))
-        atomic_write(self.path, lines.encode(), mode=0o600)
+        """Pin ``fingerprint`` for ``server``, replacing an older pin.
+
+        Raises:
+            ConfigError: the file cannot be read or written, or one of its lines is not a pin.
+        """
+        with self._locked():
+            pins = self._read()
+            pins[server.base_url] = normalize_fingerprint(fingerprint)
+            lines = "".join(f"{key} {value}\n" for key, value in sorted(pins.items()))
+            try:
+                atomic_write(self.path, lines.encode(), mode=0o600)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot keep the pinned certificate in {self.path}: {exc}"
+                ) from exc
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One read-change-write of the file at a time, across processes (as ``tokens.lock``)."""
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot use {self.path.parent} for pinned certificates: {exc}"
+            ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the last descriptor drops the lock
 
     def _read(self) -> dict[str, str]:
         try:
@@ -88,10 +131,20 @@ class KnownServers:
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read the pinned certificates {self.path}: {exc}") from exc
         pins = {}
-        for line in text.splitlines():
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
             key, _, value = line.strip().partition(" ")
-            if key and value:
-                pins[key] = value.strip()
+            try:
+                if not key.startswith("https://") or not value.strip():
+                    raise ConfigError("it is not 'https://HOST:PORT FINGERPRINT'")
+                pins[key] = normalize_fingerprint(value)
+            except ConfigError as exc:
+                raise ConfigError(
+                    f"{self.path}, line {number}, is not a pinned certificate "
+                    f"('https://HOST:PORT AB:CD:…'): {line.strip()[:120]!r}; remove that line "
+                    "(the next sysupd login to that service pins its certificate again)"
+                ) from exc
         return pins
 
 
@@ -111,14 +164,22 @@ def changed_certificate(server: Server, pinned: str, presented: str) -> Certific
 
 
 async def establish(
-    server: Server, known: KnownServers, *, accept: str | None = None, timeout_s: float = 10.0
+    server: Server,
+    known: KnownServers,
+    *,
+    accept: str | None = None,
+    pin_first_use: bool = True,
+    timeout_s: float = 10.0,
 ) -> TlsTrust:
     """How to trust ``server``: nothing to do for http; for https its pinned certificate, or
-    (first use) one a CA vouches for, or else the one it presents, pinned now. With ``accept``
-    the presented certificate must have that fingerprint, and replaces any older pin.
+    (first use) one a CA vouches for, or else the one it presents, pinned now — only with
+    ``pin_first_use``, which a login gives and nothing else does. With ``accept`` the presented
+    certificate must have that fingerprint, and replaces any older pin.
 
     Raises:
+        NotLoggedIn: without ``pin_first_use``, nothing is pinned and no CA vouches for it.
         CertificateChanged: ``accept`` does not match what the service presents.
+        NotTls: the address answers in plain http.
         ConnectionFailed: the service cannot be reached.
         ConfigError: ``accept`` is not a fingerprint, or the pins cannot be read.
     """
@@ -128,6 +189,12 @@ async def establish(
     pinned = known.get(server)
     if pinned is not None and wanted is None:
         return TlsTrust(_pin(pinned), pinned)
+    if not pin_first_use:
+        if await _ca_verifies(server, timeout_s):
+            return TlsTrust(None, None)
+        raise NotLoggedIn(
+            f"no certificate is pinned for {server.base_url} in {known.path} (a login pins it)"
+        )
     presented = await _presented(server, timeout_s)
     if wanted is not None:
         if presented != wanted:
@@ -180,6 +247,8 @@ async def _handshake(server: Server, context: ssl.SSLContext, timeout_s: float) 
             timeout_s,
         )
     except (OSError, TimeoutError, ssl.SSLError) as exc:
+        if (plain := not_tls(server, exc)) is not None:
+            raise plain from exc
         why = "no answer in time" if isinstance(exc, TimeoutError) else str(exc)
         raise ConnectionFailed(f"cannot reach {server.base_url}: {why}") from exc
     try:
@@ -189,3 +258,20 @@ async def _handshake(server: Server, context: ssl.SSLContext, timeout_s: float) 
         writer.close()
         with contextlib.suppress(OSError, ssl.SSLError):
             await writer.wait_closed()
+
+
+def not_tls(server: Server, exc: BaseException) -> NotTls | None:
+    """The refusal of a TLS connection that a plain http listener answered, if ``exc`` (or what
+    it wraps) is OpenSSL reading an HTTP reply as a TLS record; else ``None``."""
+    seen: BaseException | None = exc
+    for _ in range(4):  # aiohttp wraps the SSLError once (os_error) or twice (and __cause__)
+        if seen is None:
+            break
+        if (
+            isinstance(seen, ssl.SSLError)
+            and getattr(seen, "reason", None) == "WRONG_VERSION_NUMBER"
+        ):
+            plain = f"http://{server.netloc}"
+            return NotTls(f"the server at {server.base_url} does not speak TLS here; use {plain}")
+        seen = getattr(seen, "os_error", None) or seen.__cause__
+    return None
