@@ -20,6 +20,8 @@ connection from its first byte, before the handshake.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -35,6 +37,14 @@ __all__ = ["ConnectionGuard", "GuardedSite"]
 
 NOISE_INTERVAL_S = 60.0
 """How often counted connection noise is written to the log."""
+
+ACCEPT_BURST = 16
+"""Connections asyncio accepts in one go: each holds a descriptor until the guard has dropped
+it, so a burst must fit in the descriptors kept in reserve (``core.limits``)."""
+
+ACCEPT_QUEUE = 1024
+"""The kernel's queue of connections waiting to be accepted: long, so that under a flood a
+client's connection waits its turn instead of being dropped (and retried a second later)."""
 
 
 class ConnectionGuard:
@@ -309,10 +319,8 @@ class GuardedSite(BaseSite):
         port: int,
         guard: ConnectionGuard,
         tls: ssl.SSLContext | None,
-        *,
-        backlog: int = 1024,
     ) -> None:
-        super().__init__(runner, backlog=backlog)
+        super().__init__(runner, backlog=ACCEPT_BURST)
         self._host = host
         self._port = port
         self._guard = guard
@@ -335,3 +343,8 @@ class GuardedSite(BaseSite):
             backlog=self._backlog,
             reuse_address=True,
         )
+        # asyncio gives listen() the burst size; the kernel's queue may be longer. listen()
+        # again on a listening socket only resizes its queue.
+        for listening in self._server.sockets:
+            with socket.socket(fileno=os.dup(listening.fileno())) as same:
+                same.listen(ACCEPT_QUEUE)

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 __all__ = ["RESERVED_DESCRIPTORS", "ConnectionLimits", "connection_limits"]
 
-RESERVED_DESCRIPTORS = 64
-"""Kept for the service's own files: database, logs, slots, uploads, certificates, children."""
+RESERVED_DESCRIPTORS = 96
+"""Kept for the service's own files (database, logs, slots, uploads, certificates, children) and
+for the connections accepted in one go before the guard has dropped those over the caps."""
 
 
 @dataclass(frozen=True, slots=True)
