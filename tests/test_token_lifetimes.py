@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from sysupd.api.service import Service
 from sysupd.core.sessions import SavedToken, TokenTable, token_digest
 from sysupd.system.clock import ManualClock
 from tests.client import ApiError
@@ -139,3 +140,22 @@ def test_export_and_restore_keep_idle_time() -> None:
     assert not restored.is_live(token, 5.0 + 551.0)
     restored.restore([SavedToken("x", "u1", "s", 901.0)], now=5.0)
     assert len(restored) == 1
+
+
+async def test_auth_clear_ends_the_spare_tokens_the_session_made(
+    service: Service, connect: ClientFactory
+) -> None:
+    """API.md §4: auth_clear invalidates the tokens of the session — a spare from rpc/token too,
+    or it would outlive the logout."""
+    client = await connect(service, login=ADMIN)
+    spare = (await client.call("rpc", "token"))["args"][0]
+    kept = await connect(service, login=ADMIN)
+    other_spare = (await kept.call("rpc", "token"))["args"][0]
+    await client.send_raw('{"namespace": "rpc", "name": "auth_clear", "id": "x", "args": {}}')
+    await client.close()
+    late = await connect(service)
+    with pytest.raises(ApiError) as caught:
+        await late.call("rpc", "auth_token", {"token": spare})
+    assert caught.value.code == "401"
+    # Another session's spare is its own business.
+    assert (await late.call("rpc", "auth_token", {"token": other_spare}))["args"][0]

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from sysupd.core.sessions import LoginThrottle, SavedToken, TokenTable
 from sysupd.errors import TooManyRequests, Unauthorized
 from sysupd.servicelog import ServiceLog
+from sysupd.store.audit import AuditLog
 from sysupd.store.users import User, UserStore
 from sysupd.system.clock import Clock
 
@@ -54,6 +55,7 @@ class Authenticator:
         throttle: LoginThrottle,
         clock: Clock,
         log: ServiceLog,
+        audit: AuditLog,
         lockout_loopback: Callable[[], bool],
     ) -> None:
         self._users = users
@@ -61,6 +63,7 @@ class Authenticator:
         self._throttle = throttle
         self._clock = clock
         self._log = log
+        self._audit = audit
         self._lockout_loopback = lockout_loopback
         self._pool = ThreadPoolExecutor(_KDF_THREADS, thread_name_prefix="sysupd-kdf")
         self._address_locks: dict[str, asyncio.Lock] = {}
@@ -97,10 +100,14 @@ class Authenticator:
         ok = await loop.run_in_executor(self._pool, self._users.verify, stored, password)
         if not ok or user is None:
             self._log.info(f"login failed: user {name[:64]!r} from {address} via {via}")
+            self._audit.access(
+                "login", user=name[:64], address=address, outcome="failure", details=f"via {via}"
+            )
             if self._throttled(address) and self._throttle.record_failure(
                 key, self._clock.monotonic()
             ):
                 self._log.warning(f"login lockout: {key} after repeated failures")
+                self._audit.access("lockout", user="", address=key, outcome="locked out")
             raise Unauthorized("wrong user name or password")
         if self._users.needs_rehash(stored):
             new_hash = await loop.run_in_executor(self._pool, self._users.hash, password)
@@ -138,6 +145,9 @@ class Authenticator:
         """
         user = await self.check_password(name, password, address, via)
         self._log.info(f"login: user {user.name!r} from {address} via {via}")
+        self._audit.access(
+            "login", user=user.name, address=address, outcome="success", details=f"via {via}"
+        )
         return user, self._tokens.issue(user.uuid, user.stamp, self._clock.monotonic())
 
     def exchange(self, token: str, address: str) -> tuple[User, str]:
@@ -154,10 +164,12 @@ class Authenticator:
         user = self._users.get(grant.user_uuid) if grant is not None else None
         if user is None or grant is None or user.stamp != grant.stamp:
             self._log.info(f"token login failed from {address}")
+            self._audit.access("token login", user="", address=address, outcome="failure")
             if self._throttled(address):
                 self._throttle.record_failure(key, now)
             raise Unauthorized("the token is unknown or has expired")
         self._log.info(f"token login: user {user.name!r} from {address}")
+        self._audit.access("token login", user=user.name, address=address, outcome="success")
         return user, self._tokens.issue(user.uuid, user.stamp, now)
 
     def mint(self, user: User, address: str) -> str:

@@ -54,6 +54,8 @@ async def token(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     command-line client keeps it to log in with next time, while this session goes on."""
     assert ctx.user is not None
     new = ctx.service.auth.mint(ctx.user, ctx.address)
+    if ctx.session is not None:
+        ctx.session.minted(new)
     return {"args": [new, int(ctx.service.auth.token_ttl_s), ctx.user.uuid]}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import resource
 import secrets
 import sqlite3
@@ -37,12 +38,14 @@ from sysupd.api.websocket import WsSession, handle_websocket
 from sysupd.config import ServiceConfig
 from sysupd.core.envelope import Request
 from sysupd.core.limits import connection_limits
+from sysupd.core.noise import LineBudget
 from sysupd.core.sessions import LoginThrottle, TokenTable
-from sysupd.core.settings import Settings, apply_changes, refuse_device_settings
+from sysupd.core.settings import Settings, apply_changes, refuse_device_settings, settings_to_wire
 from sysupd.engine.engine import BootReport, Engine
 from sysupd.engine.trust import TrustStore
 from sysupd.errors import ApiError, ServerError, StateError, SysupdError
 from sysupd.servicelog import ServiceLog
+from sysupd.store.audit import AuditLog
 from sysupd.store.db import Database
 from sysupd.store.identity import Identity, check_database_present, identity_path
 from sysupd.store.meta import record_system_id, stored_system_id
@@ -60,6 +63,8 @@ __all__ = ["FIRST_ADMIN", "Service"]
 
 FIRST_ADMIN = "admin"
 _SWEEP_INTERVAL_S = 60.0
+_SOCKET_LINES_PER_MINUTE = 20
+_ANONYMOUS_SOCKETS = "websockets opened and closed without logging in"
 _REBOOT_RETRY_S = 5
 
 
@@ -93,6 +98,9 @@ class Service:
             )
         check_database_present(config.state_dir, config.db_path)
         self.log = ServiceLog(config.log_path, self.clock, config.log_max_bytes)
+        self.audit = AuditLog(config.state_dir / "audit", self.clock)
+        self.socket_lines = LineBudget(_SOCKET_LINES_PER_MINUTE)
+        """Lines for sockets that never log in: a few a minute, the rest counted."""
         self.db = Database(config.db_path)
         self.users = UserStore(
             self.db,
@@ -110,6 +118,7 @@ class Service:
             LoginThrottle(config.login_max_failures, config.login_window_s, config.lockout_s),
             self.clock,
             self.log,
+            self.audit,
             lambda: self.settings.lockout_loopback,
         )
         self._tokens = TokenStore(self.db)
@@ -171,6 +180,9 @@ class Service:
         password = secrets.token_urlsafe(12)
         self.users.add(FIRST_ADMIN, password, is_admin=True)
         self.log.info(f"created the first administrator {FIRST_ADMIN!r}", console=False)
+        self.audit.change(
+            "user added", by="the first start", details=f"{FIRST_ADMIN} (administrator)"
+        )
         return password
 
     async def start(self) -> None:
@@ -249,6 +261,7 @@ class Service:
             self.log.warning(f"cannot keep the login tokens for the next start: {exc}")
         self.auth.close()
         self.guard.close()
+        self._flush_noise(everything=True)
         with contextlib.suppress(RuntimeError):  # no loop: nothing to restore
             asyncio.get_running_loop().set_exception_handler(self._loop_handler)
         self.log.info("sysupd stopped")
@@ -306,6 +319,7 @@ class Service:
             raise StateError("this device trusts a root already; it changes by root rotation")
         TrustStore(self.config.state_dir / "trust", str(root)).adopt()
         self.log.info(f"the device trusts the root in {root} from now on")
+        self.audit.change("trust root adopted", by="the first start", details=str(root))
 
     def change_settings(self, changes: Mapping[str, Any], *, by: str) -> Settings:
         """Validate every change, then store and apply them together.
@@ -318,12 +332,19 @@ class Service:
         self._settings_store.save(new, changes)
         self.settings = new
         self.log.info(f"settings changed by {by}: {', '.join(sorted(changes))}")
+        wire = settings_to_wire(new)
+        self.audit.change(
+            "settings changed",
+            by=by,
+            details=", ".join(f"{name}={json.dumps(wire[name])}" for name in sorted(changes)),
+        )
         return new
 
     def schedule_reboot(self, delay_s: int, kind: RebootKind, *, by: str) -> RebootPlan:
         """Schedule a reboot and tell everyone."""
         plan = self.reboots.schedule(delay_s, kind)
         self.log.info(f"{kind.value} scheduled by {by} in {delay_s} s")
+        self.audit.change("reboot scheduled", by=by, details=f"{kind.value} in {delay_s} s")
         self.events.publish("sys/reboot", plan.to_wire())
         return plan
 
@@ -332,6 +353,7 @@ class Service:
         if not self.reboots.cancel():
             return False
         self.log.info(f"scheduled reboot cancelled by {by}")
+        self.audit.change("reboot cancelled", by=by)
         self.events.publish("sys/reboot", {"reboot_scheduled": False})
         return True
 
@@ -410,6 +432,7 @@ class Service:
             self.reboots.schedule(_REBOOT_RETRY_S, plan.kind)
             return
         self.log.info(f"{plan.kind.value} now ({self.settings.reboot_action} action)")
+        self.audit.change("reboot now", by="the service", details=plan.kind.value)
         self.spawn(self._reboot(plan))
 
     async def _reboot(self, plan: RebootPlan) -> None:
@@ -429,6 +452,15 @@ class Service:
         while True:
             await asyncio.sleep(_SWEEP_INTERVAL_S)
             self.auth.sweep()
+            self._flush_noise()
+
+    def _flush_noise(self, *, everything: bool = False) -> None:
+        """Write what was only counted: repeated logins, sockets that never logged in."""
+        self.audit.flush(everything=everything)
+        now = self.clock.monotonic()
+        said = self.socket_lines.summary(now, _ANONYMOUS_SOCKETS, force=everything)
+        if said is not None:
+            self.log.info(said)
 
     async def _runner(self, app: web.Application) -> web.AppRunner:
         runner = web.AppRunner(

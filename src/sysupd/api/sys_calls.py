@@ -14,6 +14,8 @@ from sysupd.system.reboot import RebootKind
 __all__ = ["SYS_CALLS"]
 
 _MAX_DELAY_S = 365 * 86400
+_AUDIT_DEFAULT = 1000
+_AUDIT_MAX = 10_000
 
 
 async def info(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
@@ -24,6 +26,11 @@ async def info(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
 async def middleware_log(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     """The service log, newest last."""
     return {"log": ctx.service.log.text()}
+
+
+async def audit_log(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+    """(ext) The audit record, oldest first: logins, failures, lockouts, and every change."""
+    return {"audit": ctx.service.audit.read(args.get("limit", _AUDIT_DEFAULT))}
 
 
 async def list_config(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
@@ -75,6 +82,10 @@ def _who(ctx: CallContext) -> str:
     return ctx.user.name if ctx.user is not None else "the service"
 
 
+def _audit_limit(value: int) -> str | None:
+    return None if 1 <= value <= _AUDIT_MAX else f"must be between 1 and {_AUDIT_MAX}"
+
+
 def _delay(value: int) -> str | None:
     return None if 0 <= value <= _MAX_DELAY_S else f"must be between 0 and {_MAX_DELAY_S}"
 
@@ -82,6 +93,9 @@ def _delay(value: int) -> str | None:
 SYS_CALLS = [
     Call("sys", "info", info),
     Call("sys", "middleware_log", middleware_log, admin=True),
+    Call(
+        "sys", "audit_log", audit_log, Schema({"limit": Arg(int, check=_audit_limit)}), admin=True
+    ),
     Call("sys", "list_config", list_config, admin=True),
     Call("sys", "set_config", set_config, Schema(open=True), admin=True, changes=True),
     Call(

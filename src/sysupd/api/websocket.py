@@ -62,6 +62,8 @@ class WsSession:
         self._writer: asyncio.Task[None] | None = None
         self._task: asyncio.Task[object] | None = None
         self._closer: asyncio.Task[None] | None = None
+        self.ever_logged_in = False
+        self._minted: list[str] = []
 
     @property
     def state(self) -> SessionState:
@@ -81,12 +83,20 @@ class WsSession:
             self.service.auth.revoke(self._token)
         self._state.move(SessionState.AUTHENTICATED)
         self._token = token
+        self.ever_logged_in = True
+
+    def minted(self, token: str) -> None:
+        """A spare token this session made (``rpc/token``): it dies with ``rpc/auth_clear``."""
+        self._minted.append(token)
 
     def log_out(self) -> None:
         """``rpc/auth_clear``: the token dies, no further frame is read, the socket closes."""
         if self._token is not None:
             self.service.auth.revoke(self._token)
             self._token = None
+        for spare in self._minted:
+            self.service.auth.revoke(spare)
+        self._minted.clear()
         self._finish(_Close(WSCloseCode.OK))
 
     async def close(self, code: int) -> None:
@@ -245,12 +255,19 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(max_msg_size=service.config.max_frame_bytes, decode_text=False)
     await ws.prepare(request)
     session = WsSession(service, ws, address, request.transport)
-    service.log.info(f"websocket opened from {address}")
+    # Every socket is said while they come few; past a budget a minute, one that never logs in
+    # is only counted, so anonymous open/close cycles cannot flush the log.
+    said = service.socket_lines.allow(service.clock.monotonic())
+    if said:
+        service.log.info(f"websocket opened from {address}")
     service.events.subscribe(session)
     service.sessions.add(session)
     try:
         await session.run()
     finally:
         service.sessions.discard(session)
-        service.log.info(f"websocket closed from {address}")
+        if said or session.ever_logged_in:
+            service.log.info(f"websocket closed from {address}")
+        else:
+            service.socket_lines.count(address)
     return ws

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+import os
 import sys
 from pathlib import Path
 
@@ -9,8 +11,11 @@ import click
 
 from sysupd.cli.options import config_options, fail, load
 from sysupd.errors import SysupdError
+from sysupd.store.audit import AuditLog
 from sysupd.store.db import Database
+from sysupd.store.identity import check_database_present
 from sysupd.store.users import UserStore, make_hasher
+from sysupd.system.clock import SystemClock
 
 __all__ = ["user"]
 
@@ -18,12 +23,29 @@ __all__ = ["user"]
 def _store(config_file: Path | None, state_dir: Path | None) -> UserStore:
     config = load(config_file, state_dir)
     try:
+        # A lost database is not made anew here either: see ``store.identity``.
+        check_database_present(config.state_dir, config.db_path)
         db = Database(config.db_path)
     except SysupdError as exc:
         fail(str(exc))
     return UserStore(
         db, make_hasher(config.kdf_time_cost, config.kdf_memory_kib, config.kdf_parallelism)
     )
+
+
+def _audit(event: str, details: str, config_file: Path | None, state_dir: Path | None) -> None:
+    """Record a change of users in the audit record the service keeps too."""
+    config = load(config_file, state_dir)
+    try:
+        who = getpass.getuser()
+    except (KeyError, OSError):
+        who = f"uid {os.getuid()}"
+    try:
+        AuditLog(config.state_dir / "audit", SystemClock()).change(
+            event, by=f"{who} with sysupd user", details=details
+        )
+    except OSError as exc:
+        fail(f"the change is made, but the audit record could not be written: {exc}")
 
 
 def _password(password_stdin: bool) -> str:
@@ -55,6 +77,7 @@ def add(
     except SysupdError as exc:
         fail(str(exc))
     role = "administrator" if created.is_admin else "user"
+    _audit("user added", f"{created.name} ({role})", config_file, state_dir)
     click.echo(f"added {role} {created.name} ({created.uuid})")
 
 
@@ -76,6 +99,7 @@ def remove(name: str, config_file: Path | None, state_dir: Path | None) -> None:
         removed = _store(config_file, state_dir).remove(name)
     except SysupdError as exc:
         fail(str(exc))
+    _audit("user removed", removed.name, config_file, state_dir)
     click.echo(f"removed {removed.name}")
 
 
@@ -94,4 +118,5 @@ def passwd(
         changed = store.set_password(name, _password(password_stdin))
     except SysupdError as exc:
         fail(str(exc))
+    _audit("password changed", changed.name, config_file, state_dir)
     click.echo(f"password changed for {changed.name}")
