@@ -17,6 +17,7 @@ from sysupd.store.audit import AuditLog
 from sysupd.system.clock import ManualClock
 from tests.client import ApiError, WsClient
 from tests.conftest import ADMIN, USER, ClientFactory, ServiceFactory
+from tests.offline import upload, wait_final
 from tests.procs import run_cli
 
 
@@ -176,3 +177,22 @@ async def test_only_administrators_read_it_and_bad_limits_are_refused(
         assert caught.value.code == "400"
         assert "limit" in caught.value.details
     assert len(await _audit(admin, 1)) == 1
+
+
+async def test_updates_are_recorded_with_who_started_them_and_how_they_ended(
+    service: Service, connect: ClientFactory, http: aiohttp.ClientSession
+) -> None:
+    admin = await connect(service, login=ADMIN)
+    await upload(http, admin, service.http_port, b"not a bundle at all" * 100, "junk.bundle")
+    reply = await admin.call("sys", "update_now", {"file_upload": "junk.bundle"})
+    assert reply == {"result": "success", "updates": "starting"}
+    _, final = await wait_final(admin)
+    assert final["result"] == "failure"
+    records = await _audit(admin)
+    started = _events(records, "update started")[-1]
+    assert started["user"] == ADMIN[0]
+    assert "junk.bundle" in started["details"]
+    ended = _events(records, "update ended")[-1]
+    assert ended["user"] == ADMIN[0]
+    assert ended["details"].startswith("failure: ")
+    assert "not a sysupd bundle" in ended["details"]

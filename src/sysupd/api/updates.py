@@ -140,14 +140,18 @@ class UpdateManager:
         install: Install,
         cleanup: Callable[[], None],
         *,
+        by: str,
         local: bool = False,
     ) -> None:
-        """Begin a job; the caller has checked that none runs. ``local``: the bytes are on this
-        machine already, so the job verifies instead of downloading first."""
+        """Begin a job for user ``by``; the caller has checked that none runs. ``local``: the
+        bytes are on this machine already, so the job verifies instead of downloading first."""
         self.job = JobRun(source, local=local, phase="verify" if local else "download")
-        self._service.spawn(self._run(self.job, install, cleanup))
+        self._service.audit.change("update started", by=by, details=source)
+        self._service.spawn(self._run(self.job, install, cleanup, by))
 
-    async def _run(self, job: JobRun, install: Install, cleanup: Callable[[], None]) -> None:
+    async def _run(
+        self, job: JobRun, install: Install, cleanup: Callable[[], None], by: str
+    ) -> None:
         service = self._service
         loop = asyncio.get_running_loop()
         self._say(job, f"update started from {job.source}")
@@ -194,9 +198,16 @@ class UpdateManager:
             self._cancel_soon()
             with contextlib.suppress(OSError):
                 cleanup()
+        self._end(job, by)
+
+    def _end(self, job: JobRun, by: str) -> None:
+        """A job is over: kept, recorded, told to everyone, and a reboot scheduled if due."""
+        service = self._service
         job.running = False
         job.ended_at = service.clock.utcnow().strftime("%Y-%m-%dT%H:%M:%SZ")
         self._persist(job)
+        last = job.lines[-1] if job.lines else ""
+        service.audit.change("update ended", by=by, details=f"{job.result}: {last}")
         success = job.result == "success"
         service.events.publish(
             _EVENT,
@@ -410,6 +421,7 @@ async def update_now(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
             f"the uploaded file {name} ({human_size(size)})",
             bundle_path(taken),
             lambda: taken.unlink(missing_ok=True),
+            by=_who(ctx),
             local=True,
         )
         return {"result": "success", "updates": "starting"}
@@ -430,6 +442,7 @@ async def update_now(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
             f"{target.host} (fetch_url)",
             fetched(target, networks, limits, asyncio.get_running_loop()),
             lambda: None,
+            by=_who(ctx),
         )
         return {"result": "success", "updates": "starting"}
     server = service.settings.update_server
@@ -446,8 +459,13 @@ async def update_now(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         f"the update server {urlsplit(server).netloc} (release {checked.candidate.version})",
         service.checks.online_install(server),
         lambda: None,
+        by=_who(ctx),
     )
     return {"result": "success", "updates": "starting"}
+
+
+def _who(ctx: CallContext) -> str:
+    return ctx.user.name if ctx.user is not None else "?"
 
 
 async def update_status(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
