@@ -7,6 +7,7 @@ import pytest
 from sysupd.core.origins import is_own_origin
 
 PORTS = {5182, 5183, 5184, 5185}
+NAMES = {"box", "localhost", "updates.lan"}
 
 
 @pytest.mark.parametrize(
@@ -28,7 +29,16 @@ PORTS = {5182, 5183, 5184, 5185}
         ("http://box:5183/path", "box:5183", False),
         ("http://box:99999", "box:5183", False),
         ("http://[bad", "box:5183", False),
+        # DNS rebinding: the attacker's name, re-pointed at the device, matches its Host header.
+        ("http://evil.example:5183", "evil.example:5183", False),
+        ("http://evil.example", "evil.example", False),
+        ("http://10.0.0.5:5183", "10.0.0.5:5183", True),  # an address names no one else's site
+        ("http://10.0.0.5:5183", "10.0.0.5:5182", True),
+        ("http://localhost:5183", "localhost:5182", True),
+        ("https://updates.lan", "updates.lan", True),  # a configured name (a reverse proxy)
+        ("https://UPDATES.LAN.", "updates.lan.", True),
+        ("https://box.evil.example", "box.evil.example", False),
     ],
 )
 def test_own_origins(origin: str, host: str, own: bool) -> None:
-    assert is_own_origin(origin, host, PORTS) is own
+    assert is_own_origin(origin, host, PORTS, NAMES) is own

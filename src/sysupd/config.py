@@ -43,6 +43,9 @@ class ServiceConfig:
     tls_cert_file: str = ""
     """A certificate (PEM) to serve; empty: the one made beside the state at the first start."""
     tls_key_file: str = ""
+    server_names: tuple[str, ...] = ()
+    """DNS names the device is reached by in a browser, besides its own host names, its
+    certificate's names and IP addresses (a page from any other name is another site's)."""
     max_connections: int = 0
     """Connections held at once on all listeners; 0: the descriptor limit less a reserve."""
     max_connections_per_address: int = 0
@@ -160,6 +163,12 @@ def _check_ports_distinct(service: Mapping[str, Any]) -> None:
 
 
 def _check_service_value(name: str, value: Any) -> Any:
+    if name == "server_names":
+        if not isinstance(value, list | tuple) or not all(
+            isinstance(v, str) and v.strip() for v in value
+        ):
+            raise ConfigError("'server_names' must be a list of host names")
+        return tuple(value)
     kind = _HINTS[name]
     if not is_json_type(value, kind):
         raise ConfigError(

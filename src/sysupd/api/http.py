@@ -88,8 +88,9 @@ def refuse_cross_site(request: web.Request) -> None:
     if request.headers.get("Sec-Fetch-Site", "") == "cross-site":
         raise Forbidden("cross-site requests are refused")
     origin = request.headers.get("Origin")
-    ports = request.app[SERVICE_KEY].listening_ports()
-    if origin is not None and not is_own_origin(origin, request.host, ports):
+    service = request.app[SERVICE_KEY]
+    ports, names = service.listening_ports(), service.known_names
+    if origin is not None and not is_own_origin(origin, request.host, ports, names):
         raise Forbidden(f"requests from origin {origin[:100]!r} are refused")
 
 

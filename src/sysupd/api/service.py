@@ -13,6 +13,7 @@ import contextlib
 import json
 import resource
 import secrets
+import socket
 import sqlite3
 import ssl
 import traceback
@@ -39,6 +40,7 @@ from sysupd.config import ServiceConfig
 from sysupd.core.envelope import Request
 from sysupd.core.limits import connection_limits
 from sysupd.core.noise import LineBudget
+from sysupd.core.origins import normalize_name
 from sysupd.core.sessions import LoginThrottle, TokenTable
 from sysupd.core.settings import Settings, apply_changes, refuse_device_settings, settings_to_wire
 from sysupd.engine.engine import BootReport, Engine
@@ -56,7 +58,7 @@ from sysupd.system.clock import Clock, SystemClock
 from sysupd.system.health import run_health_check
 from sysupd.system.reboot import ProcessExit, RebootKind, run_reboot_action
 from sysupd.system.statelock import StateLock
-from sysupd.system.tls import Certificate, load_certificate, server_context
+from sysupd.system.tls import Certificate, certificate_names, load_certificate, server_context
 from sysupd.web.assets import PAGE_KEY, PageAssets, handle_asset, handle_page
 
 __all__ = ["FIRST_ADMIN", "Service"]
@@ -96,6 +98,8 @@ class Service:
             self.certificate = load_certificate(
                 config.tls_dir, config.tls_cert_file, config.tls_key_file, host=config.host
             )
+        self.known_names = _known_names(config, self.certificate)
+        """The names a browser may reach the device by (see ``core.origins``)."""
         check_database_present(config.state_dir, config.db_path)
         self.log = ServiceLog(config.log_path, self.clock, config.log_max_bytes)
         self.audit = AuditLog(config.state_dir / "audit", self.clock)
@@ -482,3 +486,13 @@ class Service:
         await site.start()
         added = [a for a in runner.addresses if tuple(a) not in before]
         return int(added[0][1])
+
+
+def _known_names(config: ServiceConfig, certificate: Certificate | None) -> frozenset[str]:
+    host = socket.gethostname()
+    names = {"localhost", host, f"{host}.local", socket.getfqdn(), *config.server_names}
+    if certificate is not None:
+        names.update(certificate_names(certificate))
+    if config.host not in ("0.0.0.0", "::", ""):  # noqa: S104 - a comparison, not a bind
+        names.add(config.host)
+    return frozenset(normalize_name(name) for name in names if name)

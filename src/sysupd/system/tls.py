@@ -27,7 +27,14 @@ from cryptography.x509.oid import NameOID
 from sysupd.errors import ConfigError, StateError
 from sysupd.fsutil import atomic_write
 
-__all__ = ["Certificate", "fingerprint", "fingerprint_hex", "load_certificate", "server_context"]
+__all__ = [
+    "Certificate",
+    "certificate_names",
+    "fingerprint",
+    "fingerprint_hex",
+    "load_certificate",
+    "server_context",
+]
 
 _VALID_DAYS = 3650
 _CERT_NAME = "cert.pem"
@@ -81,6 +88,16 @@ def load_certificate(
     except OSError as exc:
         raise StateError(f"cannot write a TLS certificate into {directory}: {exc}") from exc
     return Certificate(cert, key, fingerprint(der), generated=True)
+
+
+def certificate_names(certificate: Certificate) -> tuple[str, ...]:
+    """The DNS names the certificate is for (its subject alternative names)."""
+    try:
+        cert = x509.load_pem_x509_certificate(certificate.cert_file.read_bytes())
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return ()
+    return tuple(names.value.get_values_for_type(x509.DNSName))
 
 
 def server_context(certificate: Certificate) -> ssl.SSLContext:
