@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sysupd import __version__
 from sysupd.api.service import Service
+from sysupd.servicelog import GENERATIONS, ServiceLog
+from sysupd.system.clock import SystemClock
 from tests.conftest import ADMIN, USER, ClientFactory, ServiceFactory
 
 
@@ -91,3 +95,17 @@ async def test_update_calls_answer_their_idle_shapes(
     available = await user.call("sys", "updates_available")
     assert available["updates_available"] is False
     assert "no update check" in available["updates_info"].lower()
+
+
+def test_the_log_file_rotates_with_generations(tmp_path: Path) -> None:
+    log = ServiceLog(tmp_path / "sysupd.log", SystemClock(), 1000)
+    for n in range(2000):
+        log.info(f"line {n:05d} " + "x" * 40)
+    log.close()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["sysupd.log", *[f"sysupd.log.{n}" for n in range(1, GENERATIONS + 1)]]
+    assert "line 01999" in (tmp_path / "sysupd.log").read_text()
+    older = (tmp_path / f"sysupd.log.{GENERATIONS}").read_text()
+    assert int(older.split("line ")[1][:5]) < int(
+        (tmp_path / "sysupd.log.1").read_text().split("line ")[1][:5]
+    )

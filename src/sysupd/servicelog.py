@@ -2,10 +2,10 @@
 
 Lines are timestamped, never contain a newline, and never contain passwords or tokens (callers log
 names and outcomes only). The tail is bounded by the size it has on the wire (HTML-escaped UTF-8,
-``<br>``-joined). The file is appended to and rotated once it passes four times the tail size; on
-start the tail is preloaded from it, so the log of an update survives the reboot. A file that
-cannot be written (a full disk) never makes logging fail: the tail goes on, and the file is
-reopened at the next line.
+``<br>``-joined). The file is appended to and rotated once it passes four times the tail size,
+keeping ``GENERATIONS`` older files (``sysupd.log.1`` the newest of them); on start the tail is
+preloaded from it, so the log of an update survives the reboot. A file that cannot be written (a
+full disk) never makes logging fail: the tail goes on, and the file is reopened at the next line.
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ from typing import TextIO
 
 from sysupd.system.clock import Clock
 
-__all__ = ["ServiceLog"]
+__all__ = ["GENERATIONS", "ServiceLog"]
+
+GENERATIONS = 5
+"""Rotated files kept besides the current one (the audit record, ``store.audit``, keeps more)."""
 
 _console = logging.getLogger("sysupd")
 
@@ -118,5 +121,10 @@ class ServiceLog:
         assert self._path is not None
         self._file.close()
         self._file = None
+        for n in range(GENERATIONS - 1, 0, -1):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(
+                    self._path.with_suffix(f".log.{n}"), self._path.with_suffix(f".log.{n + 1}")
+                )
         os.replace(self._path, self._path.with_suffix(".log.1"))
         self._file = self._path.open("a", encoding="utf-8")

@@ -148,6 +148,7 @@ class Service:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._exit: asyncio.Future[ProcessExit] | None = None
         self._stopped = False
+        self._serving = False
         self.boot: BootReport | None = None
         self.boot_status = "starting"
         self.boot_settled = asyncio.Event()
@@ -234,6 +235,7 @@ class Service:
             f"{plain}:{self.http_port}{tls}, system {self.system_id}"
         )
         self.log.info(serving, console=False)  # the command prints where it listens
+        self._serving = True
 
     def listening_ports(self) -> frozenset[int]:
         """The ports the service listens on: a page served on one may use the others."""
@@ -268,7 +270,7 @@ class Service:
         self._flush_noise(everything=True)
         with contextlib.suppress(RuntimeError):  # no loop: nothing to restore
             asyncio.get_running_loop().set_exception_handler(self._loop_handler)
-        self.log.info("sysupd stopped")
+        self.log.info("sysupd stopped" if self._serving else "sysupd did not start")
         self.log.close()
         self.db.close()
         self._state_lock.release()
