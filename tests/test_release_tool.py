@@ -334,6 +334,7 @@ def test_tree_release_verifies_through_the_delegation_chain(
             "payload": "tree",
             "compression": "zstd",
             "installed_size": sum(len(content) for content in files.values()),
+            "entries": 14,  # the tar's members, listed below
             "chunk_size": DEFAULT_CHUNK_SIZE,
             "chunks": info.chunks,
             "notes": "first release",
@@ -363,6 +364,7 @@ def test_tree_release_verifies_through_the_delegation_chain(
         "var",
         "var/empty-dir",
     ]
+    assert info.entries == len(members)
     for member in members:
         assert member.isfile() or member.isdir()
         assert (member.uid, member.gid, member.uname, member.gname) == (0, 0, "", "")
@@ -395,6 +397,8 @@ def test_image_release_with_several_chunks(repo: ReleaseRepository, tmp_path: Pa
     entry: TargetFile = md["releases"].signed.targets[info.target]
     assert entry.custom["sysupd"]["chunk_size"] == 65536
     assert "notes" not in entry.custom["sysupd"]
+    assert "entries" not in entry.custom["sysupd"]  # an image has no members
+    assert info.entries is None
     assert target_path_on_disk(repo.path, entry).read_bytes() == data
     chunk_list = target_path_on_disk(repo.path, md["releases"].signed.targets[info.chunks])
     digests = chunk_list.read_bytes()

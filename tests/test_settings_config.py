@@ -124,6 +124,7 @@ def test_what_the_device_is_is_provisioned_and_the_rest_is_the_operators() -> No
         "product",
         "trust_root",
         "slots",
+        "slot_capacity_bytes",
         "bootloader",
         "grubenv",
         "boot_attempts",

@@ -51,13 +51,15 @@ def make_payload(compression: str) -> bytes:
     return zstandard.ZstdCompressor().compress(tar) if compression == "zstd" else tar
 
 
-def spec_for(payload: bytes, compression: str, kind: str = "tree") -> PayloadSpec:
+def spec_for(payload: bytes, compression: str, entries: int = len(TREE)) -> PayloadSpec:
+    """The spec a release of ``TREE`` signs (its archive lists the files only, no directories)."""
     return PayloadSpec(
-        kind=kind,  # type: ignore[arg-type]
+        kind="tree",
         compression=compression,  # type: ignore[arg-type]
         installed_size=sum(len(data) for data in TREE.values()),
         length=len(payload),
         sha256=hashlib.sha256(payload).hexdigest(),
+        entries=entries,
     )
 
 
@@ -148,10 +150,26 @@ def test_truncated_payload_leaves_the_slot_empty(tmp_path: Path, slots: tuple[Pa
 def test_tree_larger_than_signed_is_refused(tmp_path: Path, slots: tuple[Path, Path]) -> None:
     inactive, _ = slots
     payload = make_payload("none")
-    small = PayloadSpec("tree", "none", 1000, len(payload), hashlib.sha256(payload).hexdigest())
+    small = PayloadSpec(
+        "tree", "none", 1000, len(payload), hashlib.sha256(payload).hexdigest(), len(TREE)
+    )
     with pytest.raises(VerificationError, match="more than the 1000 bytes"):
         install_from_file(DirectorySlot("B", inactive), tmp_path, payload, payload, small)
     assert list(inactive.iterdir()) == []
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_more_members_than_signed_are_refused(
+    tmp_path: Path, slots: tuple[Path, Path], compression: str
+) -> None:
+    inactive, running = slots
+    before = snapshot(running)
+    payload = make_payload(compression)
+    fewer = spec_for(payload, compression, entries=len(TREE) - 1)
+    with pytest.raises(VerificationError, match=f"more than the {len(TREE) - 1} members"):
+        install_from_file(DirectorySlot("B", inactive), tmp_path, payload, payload, fewer)
+    assert list(inactive.iterdir()) == []
+    assert snapshot(running) == before
 
 
 def test_symlink_as_slot_path_is_refused(tmp_path: Path, slots: tuple[Path, Path]) -> None:
@@ -212,3 +230,9 @@ def test_bad_spec_is_refused() -> None:
         PayloadSpec("tree", "none", -1, 1, "00" * 32)
     with pytest.raises(VerificationError, match="unknown compression"):
         PayloadSpec("tree", "gzip", 1, 1, "00" * 32)  # type: ignore[arg-type]
+    with pytest.raises(VerificationError, match="a tree must state its member count"):
+        PayloadSpec("tree", "none", 1, 1, "00" * 32)
+    with pytest.raises(VerificationError, match="a tree must state its member count"):
+        PayloadSpec("tree", "none", 1, 1, "00" * 32, -1)
+    with pytest.raises(VerificationError, match="a raw payload has no member count"):
+        PayloadSpec("raw", "none", 1, 1, "00" * 32, 0)

@@ -116,7 +116,7 @@ def test_tree_payload_and_inconsistent_spec_are_refused(tmp_path: Path, slot_fil
     digest = hashlib.sha256(image).hexdigest()
     slot = RawSlot("B", slot_file)
     with pytest.raises(VerificationError, match="tree payload cannot go into a raw slot"):
-        install_from_file(slot, tmp_path, image, spec=PayloadSpec("tree", "none", 1, 1, digest))
+        install_from_file(slot, tmp_path, image, spec=PayloadSpec("tree", "none", 1, 1, digest, 1))
     with pytest.raises(VerificationError, match="must equal its installed size"):
         install_from_file(
             slot, tmp_path, image, spec=PayloadSpec("raw", "none", 2 * CHUNK, CHUNK, digest)

@@ -283,7 +283,7 @@ def test_files_together_larger_than_the_limit(slot: Slot) -> None:
 def test_too_many_members(slot: Slot) -> None:
     members = [file_member(f"f{index}") for index in range(5)]
     limits = ExtractLimits(max_total_bytes=MiB, max_entries=4)
-    slot.refuse(tar_bytes(members), "more than 4 members", limits=limits)
+    slot.refuse(tar_bytes(members), "more than the 4 members", limits=limits)
 
 
 def test_zstd_bomb_member(slot: Slot) -> None:

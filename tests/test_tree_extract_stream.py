@@ -147,7 +147,7 @@ def test_directory_slot_verifies_ahead_and_leaves_no_thread(
     files = [file_member(f"f{index}", os.urandom(100_000)) for index in range(10)]
     payload = tar_bytes(files)
     chunk = 64 << 10
-    spec = PayloadSpec("tree", "none", 10 * 100_000, len(payload), "0" * 64)
+    spec = PayloadSpec("tree", "none", 10 * 100_000, len(payload), "0" * 64, entries=10)
     bundle = tmp_path / "payload"
     for sent in (payload, payload[:-700_000] + bytes(700_000)):  # good, then tampered
         bundle.write_bytes(sent)

@@ -3,6 +3,11 @@
 Parsed strictly from already-verified metadata: every key of the format
 (``docs/design/release-format.md``) must be present with the right type and a sane value, and
 nothing unknown is accepted, so a release means exactly one thing.
+
+The limits a device enforces come from here: ``installed_size`` (the bytes a slot must hold) and,
+for a tree, ``entries`` (the archive's members: its regular files and directories). A tree
+release without ``entries`` was made by a release tool older than that field and is refused;
+a raw one must not carry it, since an image has no members.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ _REQUIRED = {
     "chunk_size": int,
     "chunks": str,
 }
-_OPTIONAL = {"notes": str}
+_OPTIONAL = {"notes": str, "entries": int}
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +48,8 @@ class Manifest:
     length: int
     sha256: str
     notes: str = ""
+    entries: int | None = None
+    """A tree's members (regular files and directories); ``None`` for a raw image."""
 
 
 def parse_manifest(target: str, length: int, hashes: dict[str, str], custom: Any) -> Manifest:
@@ -81,6 +88,7 @@ def parse_manifest(target: str, length: int, hashes: dict[str, str], custom: Any
         raise VerificationError(f"release {target}: negative installed size")
     if fields["payload"] == "raw" and fields["installed_size"] != length:
         raise VerificationError(f"release {target}: a raw image's size must equal its length")
+    _check_entries(target, fields["payload"], fields.get("entries"))
     sha256 = hashes.get("sha256")
     if not isinstance(sha256, str) or len(sha256) != 64:
         raise VerificationError(f"release {target} has no SHA-256 hash")
@@ -96,4 +104,27 @@ def parse_manifest(target: str, length: int, hashes: dict[str, str], custom: Any
         length=length,
         sha256=sha256.lower(),
         notes=fields.get("notes", ""),
+        entries=fields.get("entries"),
     )
+
+
+def _check_entries(target: str, payload: str, entries: int | None) -> None:
+    """A tree states its member count; an image states none.
+
+    Raises:
+        VerificationError: the count is missing for a tree, present for an image, or negative.
+    """
+    if payload == "raw":
+        if entries is not None:
+            raise VerificationError(
+                f"release {target}: a raw payload has no members, so no manifest field 'entries'"
+            )
+        return
+    if entries is None:
+        raise VerificationError(
+            f"release {target} was made by an older release tool: add it again with this one "
+            "('sysupd release add', as a new version), which states how many files and "
+            "directories it holds (manifest field 'entries')"
+        )
+    if entries < 0:
+        raise VerificationError(f"release {target}: negative member count")

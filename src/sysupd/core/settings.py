@@ -182,6 +182,12 @@ class Settings:
         "inside the state directory.",
         _slots,
     )
+    slot_capacity_bytes: int = _device(
+        0,
+        "The most bytes a slot holds; a larger release is refused before anything changes. "
+        "0: no limit beyond the device's own size.",
+        _range(0, 2**62),
+    )
     bootloader: str = _device(
         "file",
         "Where the boot choice is kept: file (sysupd chooses) or grub.",

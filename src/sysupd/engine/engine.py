@@ -401,6 +401,12 @@ class Engine:
         if booted not in state.slots:  # installing before the first start: the factory slot
             state = state.with_slot(booted, SlotRecord(version=self.settings.factory_version))
         target = inactive_slot(env.order, booted)
+        capacity = self.settings.slot_capacity_bytes
+        if capacity and manifest.installed_size > capacity:  # before anything changes
+            raise InstallError(
+                f"release {manifest.version} needs {manifest.installed_size} bytes, more than the "
+                f"{capacity} bytes slot {target} holds (setting slot_capacity_bytes)"
+            )
         state = replace(
             state.with_slot(target, SlotRecord()),
             trial=None if state.trial == target else state.trial,
@@ -518,6 +524,7 @@ def _spec(manifest: Manifest) -> PayloadSpec:
         installed_size=manifest.installed_size,
         length=manifest.length,
         sha256=manifest.sha256,
+        entries=manifest.entries,
     )
 
 

@@ -14,7 +14,8 @@ Invariants of a tree payload:
   so the same tree always gives the same bytes (PAX format; no time- or host-dependent headers);
 - a file is opened without following links and its size is taken from the open file, so a file
   swapped for a link while packing is refused rather than followed;
-- ``installed_size`` is the sum of the regular files' sizes;
+- ``installed_size`` is the sum of the regular files' sizes, ``entries`` the number of members
+  (regular files and directories; the tree's root is not one);
 - a ``tar.zst`` payload is one zstd frame with a content checksum and a window of
   2**``ZSTD_WINDOW_LOG`` bytes.
 """
@@ -51,13 +52,15 @@ ZSTD_WINDOW_LOG = 22  # 4 MiB: what a device needs to decompress, whatever the z
 
 @dataclass(frozen=True)
 class PayloadDigest:
-    """What was written: the payload's length, hashes and installed size."""
+    """What was written: the payload's length, hashes, installed size and member count."""
 
     length: int
     sha256: str
     chunk_digests: bytes
     """The chunk list: one 32-byte SHA-256 digest per ``chunk_size`` chunk, in order."""
     installed_size: int
+    entries: int | None = None
+    """A tree's tar members (regular files and directories); ``None`` for an image."""
 
 
 class PayloadSink:
@@ -89,7 +92,7 @@ class PayloadSink:
                 self._end_chunk()
         return len(data)
 
-    def finish(self, installed_size: int) -> PayloadDigest:
+    def finish(self, installed_size: int, entries: int | None = None) -> PayloadDigest:
         """Close the last (short) chunk and return the digests."""
         if self._in_chunk:
             self._end_chunk()
@@ -98,6 +101,7 @@ class PayloadSink:
             sha256=self._whole.hexdigest(),
             chunk_digests=bytes(self._digests),
             installed_size=installed_size,
+            entries=entries,
         )
 
     def _end_chunk(self) -> None:
@@ -167,10 +171,12 @@ def pack_tree(
     sink = PayloadSink(destination, chunk_size)
     stage = _ZstdStage(sink) if compress else None
     installed_size = 0
+    entries = 0
     with tarfile.open(
         fileobj=stage or sink, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8"
     ) as archive:
         for name, path, kind in _walk(source):
+            entries += 1
             info = tarfile.TarInfo(name)
             info.uid = info.gid = 0
             info.uname = info.gname = ""
@@ -189,7 +195,7 @@ def pack_tree(
             installed_size += info.size
     if stage is not None:
         stage.finish()
-    return sink.finish(installed_size)
+    return sink.finish(installed_size, entries)
 
 
 def copy_image(source: Path, destination: BinaryIO, *, chunk_size: int) -> PayloadDigest:

@@ -107,6 +107,9 @@ class ReleaseInfo:
     chunk_size: int
     chunks: str
     notes: str | None
+    entries: int | None = None
+    """A tree's members (regular files and directories); ``None`` for an image, or for a tree
+    added by a release tool older than the field (devices refuse such a release)."""
 
 
 class ReleaseRepository:
@@ -298,6 +301,7 @@ class ReleaseRepository:
                 "payload": kind,
                 "compression": compress,
                 "installed_size": digest.installed_size,
+                **({"entries": digest.entries} if kind == "tree" else {}),
                 "chunk_size": chunk_size,
                 "chunks": chunks.path,
             }
@@ -325,6 +329,7 @@ class ReleaseRepository:
             chunk_size=chunk_size,
             chunks=chunks.path,
             notes=notes,
+            entries=custom.get("entries"),
         )
 
     def publish(self) -> dict[str, int]:
@@ -765,6 +770,7 @@ def _release_info(path: str, target: TargetFile) -> ReleaseInfo | None:
             chunk_size=fields["chunk_size"],
             chunks=fields["chunks"],
             notes=notes,
+            entries=fields.get("entries"),
         )
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise StateError(f"the releases entry {path} has a malformed custom.sysupd") from exc
@@ -775,6 +781,7 @@ def _release_info(path: str, target: TargetFile) -> ReleaseInfo | None:
         and type(info.chunk_size) is int
         and isinstance(info.chunks, str)
         and (notes is None or isinstance(notes, str))
+        and (info.entries is None or type(info.entries) is int)
     ):
         raise StateError(f"the releases entry {path} has a malformed custom.sysupd")
     return info

@@ -44,6 +44,7 @@ class PayloadSpec:
     installed_size: int  # bytes after decompression: file bytes of a tree, the image's size
     length: int  # the payload's signed length, as transferred
     sha256: str  # the payload's signed SHA-256, hex
+    entries: int | None = None  # a tree's members (files and directories); None for an image
 
     def __post_init__(self) -> None:
         """
@@ -61,6 +62,10 @@ class PayloadSpec:
             problem = "sizes must be whole numbers of bytes, not negative"
         elif not isinstance(self.sha256, str) or not _SHA256_HEX.fullmatch(self.sha256):
             problem = "the payload's SHA-256 is not 64 hex digits"
+        elif self.kind == "tree" and not _is_size(self.entries):
+            problem = "a tree must state its member count, a whole number, not negative"
+        elif self.kind == "raw" and self.entries is not None:
+            problem = "a raw payload has no member count"
         if problem:
             raise VerificationError(f"the release's payload description is invalid: {problem}")
 

@@ -11,6 +11,8 @@ Invariants:
 - ``install`` starts from an empty directory and, on any failure, empties it again before the
   error propagates: a half-extracted tree never looks installed.
 - A payload refused for its description (not a tree) changes nothing.
+- The signed limits cap what is written: no more members than ``spec.entries``, no more file
+  bytes than ``spec.installed_size``; the first member or byte beyond them is refused.
 - A ``VerifiedReader`` payload is asked to verify one chunk ahead on its worker thread (one more
   chunk buffer), so hashing overlaps parsing and writing; it still hands out only checked bytes.
 """
@@ -75,7 +77,8 @@ class DirectorySlot:
             extract_tree(
                 source,
                 self.path,
-                ExtractLimits(max_total_bytes=spec.installed_size),
+                # A tree's spec always states its count; none would admit no member at all.
+                ExtractLimits(max_total_bytes=spec.installed_size, max_entries=spec.entries or 0),
                 compression=spec.compression,
             )
             expect_end(source, "archive")

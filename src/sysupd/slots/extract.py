@@ -18,7 +18,9 @@ Invariants:
 - Modes come from a fixed mask (directories 0o755, files 0o644 or 0o755); owners are never
   applied; file mtimes are.
 - Files never hold more than ``ExtractLimits.max_total_bytes`` in all: declared sizes are checked
-  before a file is created, and copied bytes are counted as they are written.
+  before a file is created, and copied bytes are counted as they are written. No more than
+  ``ExtractLimits.max_entries`` members are written: the one after them is refused when its
+  header is read, before anything is written for it.
 - Memory stays flat: one reusable copy buffer (file data is read straight into it), extended
   headers are capped, sparse maps are refused before they are read.
 - The archive must end with an end-of-archive block followed only by a little zero padding;
@@ -128,7 +130,8 @@ def extract_tree(
             for entries, info in enumerate(tar.members(), start=1):
                 if entries > limits.max_entries:
                     raise VerificationError(
-                        f"the archive lists more than {limits.max_entries} members"
+                        f"the archive lists more than the {limits.max_entries} members"
+                        " (files and directories) the release states"
                     )
                 entry = _plan_member(info)
                 if entry.is_dir:

@@ -8,7 +8,10 @@ Invariants:
 - A raw payload is an uncompressed image, so its signed length equals its installed size and
   its signed SHA-256 is the image's. Specs where they differ are refused.
 - Size is checked before the first write: an image larger than the device (or than ``max_bytes``
-  for a size-limited file slot) is refused with the slot untouched.
+  for a size-limited file slot) is refused with the slot untouched. A regular file has no size
+  of its own (a wipe truncates it to nothing), so without ``max_bytes`` it grows to the image's
+  size; the device's configured capacity (setting ``slot_capacity_bytes``) is checked by the
+  engine against the signed installed size before the slot is even opened.
 - A block device is opened with ``O_EXCL``: Linux then refuses it while it is mounted or
   otherwise claimed, so the running system's filesystem cannot be overwritten by a wrong setting.
   A regular file is opened with ``O_NOFOLLOW`` and never created: a missing path is an error,
