@@ -8,8 +8,6 @@ import contextlib
 import json
 import os
 import sqlite3
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -164,24 +162,6 @@ async def test_a_second_service_on_the_same_state_directory_is_refused(
     assert service.users.count() > 0  # the running one is untouched
 
 
-@contextlib.contextmanager
-def _small_disk(where: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of ``size`` mounted at ``where``: a disk that really fills up."""
-    where.mkdir()
-    try:
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-            check=True,
-            capture_output=True,
-        )
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {exc}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
 def _fill(directory: Path) -> Path:
     filler = directory / "filler"
     for block in (65536, 512):  # then the last partial blocks too
@@ -193,35 +173,33 @@ def _fill(directory: Path) -> Path:
 
 
 async def test_set_config_on_a_full_disk_is_507_and_changes_nothing(
-    tmp_path: Path, start_service: ServiceFactory, http: aiohttp.ClientSession
+    small_disk: Path, start_service: ServiceFactory, http: aiohttp.ClientSession
 ) -> None:
-    with _small_disk(tmp_path / "disk", "4m") as disk:
-        service = await start_service(state_dir=disk / "state")
-        filler = _fill(disk)
-        auth = {"Authorization": aiohttp.encode_basic_auth(*ADMIN)}
+    disk = small_disk  # this test's own tmpfs, unmounted after it
+    service = await start_service(state_dir=disk / "state")
+    filler = _fill(disk)
+    auth = {"Authorization": aiohttp.encode_basic_auth(*ADMIN)}
+    before = service.settings
+    body = {"update_check_interval_s": 60, "auto_reboot": False, "event_interval_s": 2}
+    for _ in range(3):  # the WAL may have had room for a page or two
+        async with http.post(api_url(service, "sys/set_config"), json=body, headers=auth) as resp:
+            envelope = await resp.json()
+        if resp.status != 200:
+            break
+        body["update_check_interval_s"] += 1
         before = service.settings
-        body = {"update_check_interval_s": 60, "auto_reboot": False, "event_interval_s": 2}
-        for _ in range(3):  # the WAL may have had room for a page or two
-            async with http.post(
-                api_url(service, "sys/set_config"), json=body, headers=auth
-            ) as resp:
-                envelope = await resp.json()
-            if resp.status != 200:
-                break
-            body["update_check_interval_s"] += 1
-            before = service.settings
-        assert resp.status == 507, envelope
-        args = envelope["args"]
-        assert args["code"] == "507"
-        assert args["message"] == "Insufficient Storage"
-        assert "full" in args["details"]
-        assert "changed nothing" in args["details"]
-        assert service.settings == before
-        async with http.post(api_url(service, "sys/info"), headers=auth) as resp:
-            assert resp.status == 200, "the service goes on"
+    assert resp.status == 507, envelope
+    args = envelope["args"]
+    assert args["code"] == "507"
+    assert args["message"] == "Insufficient Storage"
+    assert "full" in args["details"]
+    assert "changed nothing" in args["details"]
+    assert service.settings == before
+    async with http.post(api_url(service, "sys/info"), headers=auth) as resp:
+        assert resp.status == 200, "the service goes on"
 
-        filler.unlink()
-        await service.stop()
-        again = await start_service(state_dir=disk / "state")
-        assert again.settings == before
-        await again.stop()
+    filler.unlink()
+    await service.stop()
+    again = await start_service(state_dir=disk / "state")
+    assert again.settings == before
+    await again.stop()

@@ -42,7 +42,7 @@ ACCEPT_BURST = 16
 """Connections asyncio accepts in one go: each holds a descriptor until the guard has dropped
 it, so a burst must fit in the descriptors kept in reserve (``core.limits``)."""
 
-ACCEPT_QUEUE = 1024
+ACCEPT_QUEUE = 4096
 """The kernel's queue of connections waiting to be accepted: long, so that under a flood a
 client's connection waits its turn instead of being dropped (and retried a second later)."""
 
@@ -214,13 +214,17 @@ class _GuardedProtocol(asyncio.Protocol):
             asyncio.get_running_loop().create_task(self._start_tls(transport, self._tls))
 
     def data_received(self, data: bytes) -> None:
+        if self._inner is None and self._app is not None:
+            self._start_inner(self._app)
         if self._inner is not None:
             self._inner.data_received(data)
         else:  # the TLS layer hands over what came with its last handshake message at once
             self._early.append(data)
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received() if self._inner is not None else None
+        if self._inner is None:
+            return None  # closes the transport: a connection that said nothing and left
+        return self._inner.eof_received()
 
     def pause_writing(self) -> None:
         if self._inner is not None:
@@ -281,8 +285,14 @@ class _GuardedProtocol(asyncio.Protocol):
         self._hand_over(transport)
 
     def _hand_over(self, transport: asyncio.Transport) -> None:
+        """Ready for requests; aiohttp's handler is made at the first byte, so an idle flood
+        costs this small object per connection, not a whole HTTP protocol."""
         self._app = transport
         self._guard.bind(transport, self)
+        if self._early:
+            self._start_inner(transport)
+
+    def _start_inner(self, transport: asyncio.Transport) -> None:
         self._inner = self._server()
         self._inner.connection_made(transport)
         early, self._early = self._early, []
