@@ -11,7 +11,14 @@ from sysupd.release.repository import ReleaseRepository
 from sysupd.system.clock import SystemClock
 from tests.releases import PRODUCT
 
-__all__ = ["device_settings", "make_engine", "snapshot_tree"]
+__all__ = [
+    "booted_engine",
+    "bundle_file",
+    "device_settings",
+    "make_engine",
+    "running_device",
+    "snapshot_tree",
+]
 
 
 def device_settings(repo: ReleaseRepository, **changes: Any) -> Settings:
@@ -25,6 +32,30 @@ def device_settings(repo: ReleaseRepository, **changes: Any) -> Settings:
 def make_engine(state_dir: Path, repo: ReleaseRepository, **changes: Any) -> Engine:
     """An engine for ``state_dir`` (a fresh one is a fresh power-on)."""
     return Engine(state_dir, device_settings(repo, **changes), SystemClock())
+
+
+def booted_engine(state_dir: Path, repo: ReleaseRepository, **changes: Any) -> Engine:
+    """An engine that started and confirmed its slot, as after a good boot."""
+    engine = make_engine(state_dir, repo, **changes)
+    engine.start()
+    engine.confirm(True, "")
+    return engine
+
+
+def running_device(tmp_path: Path, repo: ReleaseRepository, **changes: Any) -> Engine:
+    """A booted device on directory slots; slot A holds the running system (a marker file)."""
+    engine = booted_engine(tmp_path / "state", repo, **changes)
+    running = tmp_path / "state" / "slots" / "A"
+    running.mkdir(parents=True, exist_ok=True)
+    (running / "running-system").write_text("factory\n")
+    return engine
+
+
+def bundle_file(repo: ReleaseRepository, directory: Path, version: str) -> Path:
+    """The offline bundle of ``version``, written into ``directory``."""
+    out = directory / f"{version}.bundle"
+    repo.write_bundle(version, out)
+    return out
 
 
 def snapshot_tree(root: Path) -> dict[str, bytes]:

@@ -14,7 +14,7 @@ from sysupd.core.bundle_format import BUNDLE_PREFIX_BYTES, encode_bundle_header
 from sysupd.engine.engine import Engine
 from sysupd.errors import AcquireError, InstallError, UpdateError, VerificationError
 from sysupd.release.repository import ReleaseRepository
-from tests.engines import make_engine, snapshot_tree
+from tests.engines import make_engine, running_device, snapshot_tree
 from tests.releases import make_repo, read_header
 
 
@@ -32,13 +32,7 @@ def good(repo: ReleaseRepository, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def device(tmp_path: Path, repo: ReleaseRepository) -> Engine:
-    engine = make_engine(tmp_path / "state", repo)
-    engine.start()
-    engine.confirm(True, "")
-    running = tmp_path / "state" / "slots" / "A"
-    running.mkdir(parents=True, exist_ok=True)
-    (running / "running-system").write_text("factory\n")
-    return engine
+    return running_device(tmp_path, repo)
 
 
 def _refused(

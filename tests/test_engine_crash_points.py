@@ -13,7 +13,7 @@ from sysupd.engine.engine import Engine
 from sysupd.engine.state import JobRecord
 from sysupd.errors import InstallError, VerificationError
 from sysupd.release.repository import ReleaseRepository
-from tests.engines import make_engine
+from tests.engines import booted_engine, bundle_file, make_engine
 from tests.releases import make_repo
 
 
@@ -22,25 +22,12 @@ def repo(tmp_path: Path) -> ReleaseRepository:
     return make_repo(tmp_path, "1.1.0", "1.2.0")
 
 
-def _bundle(repo: ReleaseRepository, tmp_path: Path, version: str) -> Path:
-    out = tmp_path / f"{version}.bundle"
-    repo.write_bundle(version, out)
-    return out
-
-
-def _booted(state: Path, repo: ReleaseRepository) -> Engine:
-    engine = make_engine(state, repo)
-    engine.start()
-    engine.confirm(True, "")
-    return engine
-
-
 def test_crash_after_the_switch_settles_as_installed(
     tmp_path: Path, repo: ReleaseRepository
 ) -> None:
     state = tmp_path / "state"
-    engine = _booted(state, repo)
-    engine.install_bundle(_bundle(repo, tmp_path, "1.1.0"))
+    engine = booted_engine(state, repo)
+    engine.install_bundle(bundle_file(repo, tmp_path, "1.1.0"))
     # The power fails after the switch, before the final bookkeeping: the job is still recorded.
     record = engine.state_file.load()
     engine.state_file.save(
@@ -59,7 +46,7 @@ def test_crash_before_the_switch_settles_as_interrupted(
     tmp_path: Path, repo: ReleaseRepository
 ) -> None:
     state = tmp_path / "state"
-    engine = _booted(state, repo)
+    engine = booted_engine(state, repo)
     env = engine.bootloader.load().begin_install("B")
     engine.bootloader.save(env)
     record = engine.state_file.load()
@@ -76,18 +63,18 @@ def test_no_install_while_the_booted_slot_is_on_trial(
     tmp_path: Path, repo: ReleaseRepository
 ) -> None:
     state = tmp_path / "state"
-    _booted(state, repo).install_bundle(_bundle(repo, tmp_path, "1.1.0"))
+    booted_engine(state, repo).install_bundle(bundle_file(repo, tmp_path, "1.1.0"))
     trial = make_engine(state, repo)
     assert trial.start().slot == "B"
     with pytest.raises(InstallError, match="still on trial"):
-        trial.install_bundle(_bundle(repo, tmp_path, "1.2.0"))
+        trial.install_bundle(bundle_file(repo, tmp_path, "1.2.0"))
     assert trial.status()["slots"]["A"]["bootable"] is True
 
 
 def test_the_last_bootable_slot_is_never_rejected(tmp_path: Path, repo: ReleaseRepository) -> None:
     state = tmp_path / "state"
-    engine = _booted(state, repo)
-    engine.install_bundle(_bundle(repo, tmp_path, "1.1.0"))
+    engine = booted_engine(state, repo)
+    engine.install_bundle(bundle_file(repo, tmp_path, "1.1.0"))
     env = engine.bootloader.load()
     engine.bootloader.save(env.reject("A"))  # the old slot got lost meanwhile
     trial = make_engine(state, repo)
@@ -98,10 +85,10 @@ def test_the_last_bootable_slot_is_never_rejected(tmp_path: Path, repo: ReleaseR
 
 def test_failed_reinstall_clears_reboot_required(tmp_path: Path, repo: ReleaseRepository) -> None:
     state = tmp_path / "state"
-    engine = _booted(state, repo)
-    engine.install_bundle(_bundle(repo, tmp_path, "1.1.0"))
+    engine = booted_engine(state, repo)
+    engine.install_bundle(bundle_file(repo, tmp_path, "1.1.0"))
     bad = tmp_path / "bad.bundle"
-    data = bytearray(_bundle(repo, tmp_path, "1.2.0").read_bytes())
+    data = bytearray(bundle_file(repo, tmp_path, "1.2.0").read_bytes())
     data[-10] ^= 1
     bad.write_bytes(bytes(data))
     with pytest.raises(VerificationError):
@@ -116,7 +103,7 @@ def test_confirmed_slot_that_stops_coming_up_is_reported_as_a_rollback(
     tmp_path: Path, repo: ReleaseRepository
 ) -> None:
     state = tmp_path / "state"
-    _booted(state, repo).install_bundle(_bundle(repo, tmp_path, "1.1.0"))
+    booted_engine(state, repo).install_bundle(bundle_file(repo, tmp_path, "1.1.0"))
     good = make_engine(state, repo)
     good.start()
     good.confirm(True, "")
@@ -143,7 +130,7 @@ def test_restart_before_the_reboot_is_not_a_rollback(
     firmware = _firmware(engine, "A")
     engine.start()
     engine.confirm(True, "")
-    engine.install_bundle(_bundle(repo, tmp_path, "1.1.0"))
+    engine.install_bundle(bundle_file(repo, tmp_path, "1.1.0"))
     restarted = make_engine(state, repo)
     restarted.bootloader = firmware  # the service restarts; the machine has not rebooted
     report = restarted.start()
@@ -159,13 +146,13 @@ def test_install_goes_to_the_slot_the_firmware_did_not_boot(
     firmware = _firmware(engine, "A")
     engine.start()
     engine.confirm(True, "")
-    engine.install_bundle(_bundle(repo, tmp_path, "1.1.0"))
+    engine.install_bundle(bundle_file(repo, tmp_path, "1.1.0"))
     # The machine reboots into B and confirms it; `sysupd install` then runs before the
     # service recorded the new boot.
     firmware.env = firmware.load().confirm("B")
     firmware.booted = "B"
     record = engine.state_file.load()
     engine.state_file.save(dataclasses.replace(record, trial=None))
-    engine.install_bundle(_bundle(repo, tmp_path, "1.2.0"))
+    engine.install_bundle(bundle_file(repo, tmp_path, "1.2.0"))
     assert (state / "slots" / "A" / "etc" / "version").read_text() == "1.2.0\n"
     assert (state / "slots" / "B" / "etc" / "version").read_text() == "1.1.0\n"

@@ -29,7 +29,7 @@ from sysupd.engine.engine import Engine
 from sysupd.errors import ConfigError, InstallError, VerificationError
 from sysupd.release import keys
 from sysupd.release.repository import ReleaseRepository
-from tests.engines import make_engine, snapshot_tree
+from tests.engines import make_engine, running_device, snapshot_tree
 from tests.releases import make_repo, make_tree
 
 LYING_FILES = 20_000  # members the lying archive holds (the finding's bundle had 100,000)
@@ -110,13 +110,7 @@ def repo(tmp_path: Path) -> ReleaseRepository:
 
 def device(tmp_path: Path, repo: ReleaseRepository, **changes: Any) -> Engine:
     """A started, confirmed device on directory slots; slot A holds the running system."""
-    engine = make_engine(tmp_path / "state", repo, **changes)
-    engine.start()
-    engine.confirm(True, "")
-    running = tmp_path / "state" / "slots" / "A"
-    running.mkdir(parents=True, exist_ok=True)
-    (running / "running-system").write_text("factory\n")
-    return engine
+    return running_device(tmp_path, repo, **changes)
 
 
 # -- the release tool states the member count --------------------------------------------------

@@ -13,22 +13,15 @@ from pathlib import Path
 import pytest
 
 from sysupd.core.bootenv import BootEnv
-from sysupd.engine.engine import Engine
 from sysupd.errors import VerificationError
 from sysupd.release.repository import ReleaseRepository
-from tests.engines import make_engine
+from tests.engines import booted_engine, bundle_file, make_engine
 from tests.releases import make_repo
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> ReleaseRepository:
     return make_repo(tmp_path, "1.1.0", "1.2.0")
-
-
-def _bundle(repo: ReleaseRepository, tmp_path: Path, version: str) -> Path:
-    out = tmp_path / f"{version}.bundle"
-    repo.write_bundle(version, out)
-    return out
 
 
 def _versions(state: Path) -> dict[str, int] | None:
@@ -78,20 +71,13 @@ def _killed_install(state: Path, repo: ReleaseRepository, bundle: Path, *, after
     assert child.exitcode == -signal.SIGKILL
 
 
-def _booted(state: Path, repo: ReleaseRepository) -> Engine:
-    engine = make_engine(state, repo)
-    engine.start()
-    engine.confirm(True, "")
-    return engine
-
-
 def test_a_kill_right_after_the_switch_still_advances_the_trust(
     tmp_path: Path, repo: ReleaseRepository
 ) -> None:
     state = tmp_path / "state"
-    _booted(state, repo)
+    booted_engine(state, repo)
     assert _versions(state) is None
-    bundle = _bundle(repo, tmp_path, "1.2.0")
+    bundle = bundle_file(repo, tmp_path, "1.2.0")
     _killed_install(state, repo, bundle, after=True)
     assert (state / "trust" / "pending.json").exists()  # killed before the commit
 
@@ -109,8 +95,8 @@ def test_a_kill_right_before_the_switch_keeps_the_old_trust(
     tmp_path: Path, repo: ReleaseRepository
 ) -> None:
     state = tmp_path / "state"
-    _booted(state, repo)
-    _killed_install(state, repo, _bundle(repo, tmp_path, "1.2.0"), after=False)
+    booted_engine(state, repo)
+    _killed_install(state, repo, bundle_file(repo, tmp_path, "1.2.0"), after=False)
     assert (state / "trust" / "pending.json").exists()
 
     report = make_engine(state, repo).start()
@@ -124,8 +110,8 @@ def test_the_trust_after_a_clean_install_is_committed_with_nothing_pending(
     tmp_path: Path, repo: ReleaseRepository
 ) -> None:
     state = tmp_path / "state"
-    engine = _booted(state, repo)
-    engine.install_bundle(_bundle(repo, tmp_path, "1.2.0"))
+    engine = booted_engine(state, repo)
+    engine.install_bundle(bundle_file(repo, tmp_path, "1.2.0"))
     assert _versions(state) == {
         "targets": repo.metadata_versions()["targets"],
         "releases": repo.metadata_versions()["releases"],
@@ -139,7 +125,7 @@ def test_the_provisioned_root_is_adopted_once_and_a_new_file_setting_is_ignored(
     """Pointing trust_root at a foreign repository's root after the first start changes
     nothing: that repository's bundles stay refused, and the start says why."""
     state = tmp_path / "state"
-    _booted(state, repo)
+    booted_engine(state, repo)
     adopted = (state / "trust" / "root.json").read_bytes()
     assert adopted == (repo.path / "metadata" / "1.root.json").read_bytes()
 
@@ -151,6 +137,6 @@ def test_the_provisioned_root_is_adopted_once_and_a_new_file_setting_is_ignored(
     assert foreign_root in report.trust_warning
     assert "root rotation" in report.trust_warning
     with pytest.raises(VerificationError):
-        engine.install_bundle(_bundle(foreign, tmp_path, "9.0.0"))
+        engine.install_bundle(bundle_file(foreign, tmp_path, "9.0.0"))
     assert (state / "trust" / "root.json").read_bytes() == adopted
     assert make_engine(state, repo).status()["slots"]["B"]["version"] is None

@@ -27,6 +27,7 @@ const HELP = {
   health_check_command: "Command whose exit status 0 confirms a new slot; empty: starting is enough.",
   allow_downgrade: "Accept releases older than the installed ones.",
   factory_version: "Version of the first slot until an update replaces it.",
+  slot_capacity_bytes: "The most a slot holds, in bytes; 0: no limit beyond the device's size.",
 };
 
 /** "auto_reboot_delay_s" -> "Auto reboot delay (s)". */
