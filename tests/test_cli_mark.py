@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from sysupd.core.job import JobState
-from sysupd.engine.lock import UpdateBusy, UpdateLock
+from sysupd.engine.lock import UpdateLock
 from sysupd.engine.marks import mark_slot
-from sysupd.errors import BadRequest, UpdateError
+from sysupd.errors import BadRequest, UpdateBusy, UpdateError
 from sysupd.release.repository import ReleaseRepository
 from tests.engines import make_engine
 from tests.procs import run_cli, write_config

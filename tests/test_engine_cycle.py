@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from sysupd.engine.engine import Engine
-from sysupd.engine.lock import UpdateBusy, UpdateLock
+from sysupd.engine.lock import UpdateLock
+from sysupd.errors import UpdateBusy
 from sysupd.release.repository import ReleaseRepository
 from tests.engines import make_engine, snapshot_tree
 from tests.releases import make_repo

@@ -20,11 +20,10 @@ from typing import Protocol
 import pytest
 from aiohttp import web
 
-from sysupd.errors import AcquireError
+from sysupd.errors import AcquireError, InvalidURL
 from sysupd.sources.lan import (
     MAX_URL_CHARS,
     FetchLimits,
-    InvalidURL,
     LanDownload,
     PinnedTarget,
     check_url,

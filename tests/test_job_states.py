@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sysupd.core.job import IllegalTransition, JobState, JobStateMachine
+from sysupd.core.job import JobState, JobStateMachine
+from sysupd.errors import IllegalTransition
 
 STAGES = [JobState.ACQUIRING, JobState.VERIFYING, JobState.INSTALLING]
 

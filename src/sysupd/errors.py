@@ -30,8 +30,11 @@ __all__ = [
     "ConfigError",
     "DiskFull",
     "Forbidden",
+    "IllegalTransition",
     "InstallError",
     "InsufficientStorage",
+    "InternalError",
+    "InvalidURL",
     "MethodNotAllowed",
     "NotFound",
     "PayloadTooLarge",
@@ -40,6 +43,7 @@ __all__ = [
     "SysupdError",
     "TooManyRequests",
     "Unauthorized",
+    "UpdateBusy",
     "UpdateError",
     "VerificationError",
 ]
@@ -69,6 +73,17 @@ class ClientError(ApiError):
 
 class ServerError(ApiError):
     """The device is at fault: it cannot do it now, or a bug."""
+
+
+class InternalError(ServerError):
+    """A bug answered on the wire; the connection and the service go on."""
+
+    code = "500"
+    message = "Internal Server Error"
+
+
+class IllegalTransition(ServerError):
+    """A state change that the rules forbid: a bug in the caller, never a client's fault."""
 
 
 class BadRequest(ClientError):
@@ -104,6 +119,10 @@ class MethodNotAllowed(ClientError):
 
     code = "405"
     message = "Method Not Allowed"
+
+
+class InvalidURL(BadRequest):
+    """A fetch URL refused before anything is sent; the message names the reason."""
 
 
 class PayloadTooLarge(ClientError):
@@ -149,6 +168,10 @@ class AcquireError(UpdateError):
 
 class VerificationError(UpdateError):
     """The update is not trusted or not acceptable; never installed, never retried blindly."""
+
+
+class UpdateBusy(UpdateError):
+    """Another update holds the lock."""
 
 
 class InstallError(UpdateError):

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from sysupd.core.envelope import Request
 from sysupd.core.schema import Schema
-from sysupd.errors import DiskFull, Forbidden, InsufficientStorage, NotFound, Unauthorized
+from sysupd.errors import Forbidden, NotFound, Unauthorized
 from sysupd.store.users import User
 
 if TYPE_CHECKING:
@@ -92,9 +92,4 @@ class CallTable:
         if call.admin and (ctx.user is None or not ctx.user.is_admin):
             raise Forbidden(f"{request.call} is for administrators only")
         args = call.schema.validate(request.args)
-        try:
-            return await call.handler(ctx, args)
-        except DiskFull as exc:
-            raise InsufficientStorage(
-                f"{request.call} changed nothing: {exc}; free some space and try again"
-            ) from exc
+        return await call.handler(ctx, args)

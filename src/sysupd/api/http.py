@@ -60,12 +60,9 @@ async def handle_api(request: web.Request) -> web.StreamResponse:
             name, password = parse_basic_auth(request.headers.get("Authorization"))
             ctx.user = await service.auth.check_basic(name, password, address)
         result = await service.calls.dispatch(ctx, call)
-    except ApiError as exc:
-        return error_response(exc)
-    except Exception as exc:  # noqa: BLE001 - a bug is a 500, never a dropped request
+    except Exception as exc:  # noqa: BLE001 - every failure is answered, never a dropped request
         call = Request(request.match_info["namespace"], request.match_info["name"], "", {})
-        error = service.internal_error(call, exc)
-        return _envelope("error", error_args(error), 500)
+        return error_response(service.wire_error(call, exc))
     return _envelope("response", result or {}, 200)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import resource
 import secrets
@@ -44,8 +45,17 @@ from sysupd.core.origins import normalize_name
 from sysupd.core.sessions import LoginThrottle, TokenTable
 from sysupd.core.settings import Settings, apply_changes, refuse_device_settings, settings_to_wire
 from sysupd.engine.engine import BootReport, Engine
+from sysupd.engine.state import Outcome
 from sysupd.engine.trust import TrustStore
-from sysupd.errors import ApiError, ServerError, StateError, SysupdError
+from sysupd.errors import (
+    ApiError,
+    DiskFull,
+    InsufficientStorage,
+    InternalError,
+    ServerError,
+    StateError,
+    SysupdError,
+)
 from sysupd.servicelog import ServiceLog
 from sysupd.store.audit import AuditLog
 from sysupd.store.db import Database
@@ -68,13 +78,6 @@ _SWEEP_INTERVAL_S = 60.0
 _SOCKET_LINES_PER_MINUTE = 20
 _ANONYMOUS_SOCKETS = "websockets opened and closed without logging in"
 _REBOOT_RETRY_S = 5
-
-
-class InternalError(ServerError):
-    """A bug answered on the wire; the connection and the service go on."""
-
-    code = "500"
-    message = "Internal Server Error"
 
 
 class Service:
@@ -363,6 +366,27 @@ class Service:
         self.events.publish("sys/reboot", {"reboot_scheduled": False})
         return True
 
+    def wire_error(
+        self, request: Request, exc: Exception, *, failed: str | None = None
+    ) -> ApiError:
+        """The error that answers ``exc``, raised while serving ``request``: the one mapping
+        every handler (HTTP, WebSocket, upload) uses. An ``ApiError`` answers as itself; a full
+        disk is a 507; any other ``OSError`` is the device's fault, said as it is; anything else
+        is a bug, logged, and a 500 that leaves its message out. ``failed`` says what could not
+        be done, for people (default: the call failed)."""
+        if isinstance(exc, ApiError):
+            return exc
+        if isinstance(exc, DiskFull) or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC):
+            return InsufficientStorage(
+                f"{request.call} changed nothing: the device's disk is full ({exc}); "
+                "free some space and try again"
+            )
+        if isinstance(exc, OSError):
+            what = failed or f"{request.call} failed"
+            self.log.error(f"{what}: {exc}")
+            return ServerError(f"{what}: {exc.strerror or exc}")
+        return self.internal_error(request, exc)
+
     def internal_error(self, request: Request, exc: Exception) -> ApiError:
         """Log a bug and make the 500 that answers it.
 
@@ -415,7 +439,7 @@ class Service:
             return
         state = self.engine().status()["last_result"]
         rolled_back = state is not None and state["result"] == "rolled back"
-        if result is None or result.result != "rolled back":
+        if result is None or result.result is not Outcome.ROLLED_BACK:
             self.boot_status = "rolled back" if rolled_back else ("good" if ok else "unhealthy")
             if result is not None:  # a new slot confirmed: its line says how
                 self.log.info(f"boot trial: {result.detail}")

@@ -32,11 +32,11 @@ from sysupd.core.job import JobState
 from sysupd.core.schema import Arg, Schema
 from sysupd.core.units import human_duration, human_rate, human_size
 from sysupd.engine.engine import Engine
-from sysupd.engine.lock import UpdateBusy, UpdateLock
-from sysupd.errors import SysupdError
+from sysupd.engine.lock import UpdateLock
+from sysupd.errors import InvalidURL, SysupdError, UpdateBusy
 from sysupd.fsutil import atomic_write, read_capped
 from sysupd.sources.bridge import LoopReader
-from sysupd.sources.lan import FetchLimits, InvalidURL, LanDownload, PinnedTarget, check_url
+from sysupd.sources.lan import FetchLimits, LanDownload, PinnedTarget, check_url
 from sysupd.system.reboot import RebootKind
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ Invariants:
   fsynced and renamed over the final name. A name that exists is replaced only by a completed
   upload; on any failure (refusal, broken connection, full disk, service stop) the temp file is
   removed and every earlier upload is untouched.
-- Stored names are bare, safe file names (``check_upload_name``). Dangerous names are refused
+- Stored names are bare, safe file names (``core.uploadnames``). Dangerous names are refused
   with a 400 that says why, never rewritten; that includes a form's ``filename="C:\\a\\b"``,
   whose backslashes the header's quoted-string rules would otherwise silently drop.
 - Sizes are checked against the limit (``max_upload_bytes``, read live from the settings) and the
@@ -48,7 +48,6 @@ import shutil
 import stat
 import tempfile
 import threading
-import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -61,12 +60,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from sysupd.api.calls import SERVICE_KEY, Call, CallContext
 from sysupd.api.http import parse_basic_auth, refuse_cross_site
 from sysupd.core.envelope import Request, error_args
+from sysupd.core.uploadnames import check_upload_name
 from sysupd.errors import (
-    ApiError,
     BadRequest,
-    InsufficientStorage,
     PayloadTooLarge,
-    ServerError,
     StateError,
     Unauthorized,
 )
@@ -83,7 +80,6 @@ __all__ = [
     "GrantState",
     "UploadGrant",
     "UploadStore",
-    "check_upload_name",
     "handle_upload",
     "upload_file",
 ]
@@ -96,39 +92,13 @@ UPLOAD_TTL_S = 600.0
 _CHUNK_BYTES = 256 * 1024
 _MULTIPART_SLACK_BYTES = 64 * 1024
 _RESERVE_MAX_BYTES = 16 * 1024 * 1024
-_MAX_NAME_BYTES = 255
 _MAX_GRANTS = 64
 _EXPIRES_FORMAT = "%Y%m%d%H%M%S"
 _RAW_TYPE = "application/octet-stream"
 _FORM_TYPE = "multipart/form-data"
 _CHALLENGE = {"WWW-Authenticate": 'Basic realm="sysupd-upload", charset="UTF-8"'}
-_REFUSED_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
 _READ_IDLE_S = 60.0
 _BROKEN_BODY = (ConnectionError, ClientPayloadError, HttpProcessingError, ValueError)
-
-
-def check_upload_name(name: str) -> str | None:
-    """``None`` when ``name`` is a bare, safe file name for an upload, else what is wrong."""
-    if not name:
-        return "is empty"
-    try:
-        size = len(name.encode("utf-8"))
-    except UnicodeEncodeError:
-        return "is not valid UTF-8"
-    for char in name:
-        if unicodedata.category(char) in _REFUSED_CATEGORIES:
-            return f"contains the control character U+{ord(char):04X}"
-    if "/" in name or "\\" in name:
-        return "contains a path separator; send a bare file name"
-    if ".." in name:
-        return "contains '..'"
-    if name.startswith("."):
-        return "starts with a dot"
-    if name != name.strip():
-        return "starts or ends with white space"
-    if size > _MAX_NAME_BYTES:
-        return f"is longer than {_MAX_NAME_BYTES} bytes"
-    return None
 
 
 class GrantState(enum.Enum):
@@ -411,18 +381,13 @@ async def handle_upload(request: web.Request) -> web.StreamResponse:
             completed = True
         finally:
             store.end(grant, completed=completed)
-    except ApiError as exc:
-        service.log.warning(f"upload from {address} not stored ({exc.code}): {exc.details}")
-        headers = _CHALLENGE if isinstance(exc, Unauthorized) else None
-        return _error_reply(error_args(exc), headers)
-    except OSError as exc:  # the disk, not the client nor a bug
-        service.log.error(f"upload from {address} not stored: {exc}")
-        details = f"the upload could not be stored: {exc.strerror or exc}"
-        failed = InsufficientStorage(details) if exc.errno == errno.ENOSPC else ServerError(details)
-        return _error_reply(error_args(failed))
-    except Exception as exc:  # noqa: BLE001 - a bug is a 500, never a dropped request
-        error = service.internal_error(Request("http", "upload", "", {}), exc)
-        return _error_reply(error_args(error))
+    except Exception as exc:  # noqa: BLE001 - every failure is answered, never a dropped request
+        error = service.wire_error(
+            Request("http", "upload", "", {}), exc, failed="the upload could not be stored"
+        )
+        service.log.warning(f"upload from {address} not stored ({error.code}): {error.details}")
+        headers = _CHALLENGE if isinstance(error, Unauthorized) else None
+        return _error_reply(error_args(error), headers)
     service.log.info(
         f"upload {stored.name!r} stored: {stored.size} bytes, sha256 {stored.sha256}, "
         f"from {address} with {user}"

@@ -21,7 +21,7 @@ from sysupd.api.calls import SERVICE_KEY, CallContext
 from sysupd.api.http import error_response, refuse_cross_site
 from sysupd.core.envelope import EnvelopeError, encode_error, encode_reply, parse_request
 from sysupd.core.sessions import SessionState, SessionStateMachine
-from sysupd.errors import ApiError, Forbidden, Unauthorized
+from sysupd.errors import Forbidden, Unauthorized
 from sysupd.store.users import User
 
 if TYPE_CHECKING:
@@ -161,11 +161,8 @@ class WsSession:
         ctx = CallContext(self.service, self.address, self._current_user(), self)
         try:
             result = await self.service.calls.dispatch(ctx, request)
-        except ApiError as exc:
-            await self._send(encode_error(request.id, exc))
-            return
-        except Exception as exc:  # noqa: BLE001 - a bug must not take the socket down
-            await self._send(encode_error(request.id, self.service.internal_error(request, exc)))
+        except Exception as exc:  # noqa: BLE001 - a failure, even a bug, must not take the socket down
+            await self._send(encode_error(request.id, self.service.wire_error(request, exc)))
             return
         if result is not None:
             await self._send(encode_reply(request.id, result))

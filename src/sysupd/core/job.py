@@ -12,9 +12,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from sysupd.core.sessions import IllegalTransition
+from sysupd.errors import IllegalTransition
 
-__all__ = ["IllegalTransition", "JobState", "JobStateMachine"]
+__all__ = ["JobState", "JobStateMachine"]
 
 
 class JobState(enum.Enum):

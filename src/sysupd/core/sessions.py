@@ -16,8 +16,9 @@ import secrets
 from collections import deque
 from dataclasses import dataclass, field
 
+from sysupd.errors import IllegalTransition
+
 __all__ = [
-    "IllegalTransition",
     "LoginThrottle",
     "SavedToken",
     "SessionState",
@@ -26,10 +27,6 @@ __all__ = [
     "TokenTable",
     "token_digest",
 ]
-
-
-class IllegalTransition(RuntimeError):
-    """A state change that the rules forbid: a bug in the caller, never a client's fault."""
 
 
 class SessionState(enum.Enum):

@@ -11,13 +11,9 @@ import os
 from pathlib import Path
 from types import TracebackType
 
-from sysupd.errors import UpdateError
+from sysupd.errors import UpdateBusy
 
-__all__ = ["UpdateBusy", "UpdateLock"]
-
-
-class UpdateBusy(UpdateError):
-    """Another update holds the lock."""
+__all__ = ["UpdateLock"]
 
 
 class UpdateLock:

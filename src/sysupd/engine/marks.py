@@ -25,9 +25,9 @@ from dataclasses import dataclass, replace
 from sysupd.core.bootenv import BootEnv
 from sysupd.core.versions import parse_version
 from sysupd.engine.engine import Engine
-from sysupd.engine.lock import UpdateBusy, UpdateLock
+from sysupd.engine.lock import UpdateLock
 from sysupd.engine.state import EngineState, LastResult
-from sysupd.errors import BadRequest
+from sysupd.errors import BadRequest, UpdateBusy
 
 __all__ = ["MARKS", "SLOT_ALIASES", "MarkResult", "mark_slot"]
 

@@ -50,9 +50,9 @@ from yarl import URL
 
 from sysupd import __version__
 from sysupd.core.transfer import RateWatch
-from sysupd.errors import AcquireError
+from sysupd.errors import AcquireError, InvalidURL
 
-__all__ = ["MAX_URL_CHARS", "FetchLimits", "InvalidURL", "LanDownload", "PinnedTarget", "check_url"]
+__all__ = ["MAX_URL_CHARS", "FetchLimits", "LanDownload", "PinnedTarget", "check_url"]
 
 MAX_URL_CHARS: Final = 2048
 _RESOLVE_TIMEOUT_S: Final = 10.0
@@ -68,10 +68,6 @@ _BROKEN: Final = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, Con
 _T = TypeVar("_T")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class InvalidURL(ValueError):
-    """A fetch URL refused before anything is sent; the message names the reason."""
 
 
 @dataclass(frozen=True, slots=True)
