@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from sysupd.api.service import Service
-from sysupd.api.uploads import check_upload_name
+from sysupd.core.uploadnames import check_upload_name
 from tests.conftest import ADMIN, ServiceFactory, api_url
 from tests.test_upload_credentials import (
     FORM_TYPE,

@@ -27,10 +27,10 @@ from typing import Any
 
 import aiohttp
 
-from sysupd.api.uploads import check_upload_name
 from sysupd.client.address import Server
 from sysupd.client.errors import ApiError, CertificateChanged, ConnectionFailed, NotLoggedIn
 from sysupd.client.pinning import changed_certificate, not_tls
+from sysupd.core.uploadnames import check_upload_name
 from sysupd.system.tls import fingerprint_hex
 
 __all__ = [

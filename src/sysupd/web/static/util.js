@@ -119,7 +119,7 @@ export function setProgress(bar, done, total, label = "") {
   else bar.removeAttribute("aria-valuetext");
 }
 
-// The service's rule for upload names (api/uploads.py check_upload_name), checked here first so
+// The service's rule for upload names (core/uploadnames.py check_upload_name), checked here first so
 // that an odd local file name is replaced rather than refused.
 const REFUSED_CHARS = /[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}]/u;
 const MAX_NAME_BYTES = 255;
