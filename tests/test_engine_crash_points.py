@@ -10,7 +10,7 @@ import pytest
 
 from sysupd.boot.adapter import MemoryBootloader
 from sysupd.engine.engine import Engine
-from sysupd.engine.state import JobRecord
+from sysupd.engine.state import JobRecord, Outcome
 from sysupd.errors import InstallError, VerificationError
 from sysupd.release.repository import ReleaseRepository
 from tests.engines import booted_engine, bundle_file, make_engine
@@ -57,6 +57,10 @@ def test_crash_before_the_switch_settles_as_interrupted(
     status = make_engine(state, repo).status()
     assert status["slots"]["B"]["version"] is None
     assert status["trial"] is None
+    recorded = make_engine(state, repo).state_file.load().last_result
+    assert recorded is not None
+    assert recorded.result is Outcome.INTERRUPTED  # typed again when read back
+    assert status["last_result"]["result"] == "interrupted"  # the wire's word
 
 
 def test_no_install_while_the_booted_slot_is_on_trial(

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 
 from sysupd.cli.options import config_options, device_engine, fail
 from sysupd.core.job import JobState
+from sysupd.engine.state import Outcome
 from sysupd.errors import SysupdError
 from sysupd.system.health import run_health_check
 from sysupd.system.reboot import RebootKind, run_reboot_action
@@ -103,7 +104,7 @@ def boot(reboot_now: bool, config_file: Path | None, state_dir: Path | None) -> 
     click.echo(f"booted slot {report.slot} ({report.version}): {detail}")
     if result is not None:
         click.echo(f"{result.result}: {result.detail}")
-    if result is not None and result.result == "rolled back":
+    if result is not None and result.result is Outcome.ROLLED_BACK:
         if reboot_now:
             settings = engine.settings
             outcome = asyncio.run(

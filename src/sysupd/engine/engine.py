@@ -36,7 +36,14 @@ from sysupd.core.units import human_rate, human_size
 from sysupd.core.versions import parse_version
 from sysupd.engine.lock import UpdateLock
 from sysupd.engine.slotset import SlotConfig, inactive_slot, make_writer, slot_configs
-from sysupd.engine.state import EngineState, JobRecord, LastResult, SlotRecord, StateFile
+from sysupd.engine.state import (
+    EngineState,
+    JobRecord,
+    LastResult,
+    Outcome,
+    SlotRecord,
+    StateFile,
+)
 from sysupd.engine.stream import ByteSource, VerifiedReader
 from sysupd.engine.trust import TrustStore, TrustUpdate
 from sysupd.errors import AcquireError, BootError, InstallError, VerificationError
@@ -166,7 +173,7 @@ class Engine:
             # The switch happened; only the final bookkeeping was lost, perhaps the trust too.
             self.trust.commit_pending()
             done = LastResult(
-                "installed",
+                Outcome.INSTALLED,
                 f"version {job.version} installed into slot {job.slot}; reboot to try it",
                 self._now(),
                 job.version,
@@ -179,7 +186,7 @@ class Engine:
             state,
             job=None,
             trial=None if state.trial == job.slot else state.trial,
-            last_result=LastResult("interrupted", interrupted, self._now(), job.version),
+            last_result=LastResult(Outcome.INTERRUPTED, interrupted, self._now(), job.version),
         ), interrupted
 
     def confirm(self, healthy: bool, detail: str) -> LastResult | None:
@@ -221,7 +228,7 @@ class Engine:
                 else "is confirmed (no health check is configured, so starting is enough)"
             )
             result = LastResult(
-                "success",
+                Outcome.SUCCESS,
                 f"version {version} booted in slot {booted} and {how}",
                 self._now(),
                 version,
@@ -288,7 +295,9 @@ class Engine:
             except Exception as exc:
                 if job.state.running:
                     job.fail()
-                failed = LastResult("failed", str(exc) or type(exc).__name__, self._now(), None)
+                failed = LastResult(
+                    Outcome.FAILED, str(exc) or type(exc).__name__, self._now(), None
+                )
                 self.state_file.save(replace(self.state_file.load(), job=None, last_result=failed))
                 if isinstance(exc, OSError):
                     raise InstallError(f"the install failed: {exc}") from exc
@@ -456,7 +465,7 @@ class Engine:
             state,
             job=None,
             last_result=LastResult(
-                "installed",
+                Outcome.INSTALLED,
                 f"version {manifest.version} installed into slot {target}; reboot to try it",
                 self._now(),
                 str(manifest.version),
@@ -507,7 +516,7 @@ class Engine:
         return record.version if record and record.version else self.settings.factory_version
 
     def _rolled_back(self, state: EngineState, cause: str) -> EngineState:
-        result = LastResult("rolled back", cause, self._now(), None)
+        result = LastResult(Outcome.ROLLED_BACK, cause, self._now(), None)
         return replace(state, trial=None, last_result=result)
 
     def _now(self) -> str:

@@ -8,6 +8,7 @@ written; ``job`` is set before the first byte goes to a slot and cleared when th
 
 from __future__ import annotations
 
+import enum
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 from sysupd.errors import StateError
 from sysupd.fsutil import atomic_write, read_capped
 
-__all__ = ["EngineState", "JobRecord", "LastResult", "SlotRecord", "StateFile"]
+__all__ = ["EngineState", "JobRecord", "LastResult", "Outcome", "SlotRecord", "StateFile"]
 
 _MAX_BYTES = 1024 * 1024
 
@@ -40,12 +41,26 @@ class JobRecord:
     started_at: str
 
 
+class Outcome(enum.StrEnum):
+    """How the last install or boot trial ended (the words are the wire's ``last_result``)."""
+
+    INSTALLED = "installed"
+    """Written and switched to; the new slot boots next, on trial."""
+    SUCCESS = "success"
+    """The new slot booted and passed its health check."""
+    FAILED = "failed"
+    """The install failed; the booted slot is as it was."""
+    INTERRUPTED = "interrupted"
+    """A crash or power cut stopped the install before the switch; the booted slot is as it was."""
+    ROLLED_BACK = "rolled back"
+    """The new slot failed its health check or did not come up; the previous one boots."""
+
+
 @dataclass(frozen=True, slots=True)
 class LastResult:
     """How the last update or boot trial ended, in words for people."""
 
-    result: str
-    """``success``, ``failed``, ``interrupted`` or ``rolled back``."""
+    result: Outcome
     detail: str
     at: str
     version: str | None = None
@@ -96,7 +111,7 @@ class StateFile:
                 booted=data["booted"],
                 trial=data["trial"],
                 job=JobRecord(**data["job"]) if data["job"] else None,
-                last_result=LastResult(**data["last_result"]) if data["last_result"] else None,
+                last_result=_last_result(data["last_result"]) if data["last_result"] else None,
             )
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise StateError(f"the engine state {self.path} is unreadable: {exc}") from exc
@@ -105,3 +120,7 @@ class StateFile:
         """Replace the record atomically."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path, json.dumps(state.to_json(), indent=1).encode())
+
+
+def _last_result(data: dict[str, Any]) -> LastResult:
+    return LastResult(**{**data, "result": Outcome(data["result"])})
