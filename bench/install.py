@@ -20,10 +20,11 @@ Run: ``.venv/bin/python bench/install.py [--mib N] [--runs R] [--peers] [--keep]
 4. Targets: install time at most 1.15 times the physical pipeline's, and peak RSS at most
    100 MiB. With the default size, the raw case also runs at 2048 MiB (``--rss-2g``), to show
    that memory does not grow with the image.
-5. ``--peers`` runs ``/work/shared/bench-peers/run-all.sh N`` once per peer (``--peer-list``;
-   a failing peer is reported and the others go on) and folds their results into a raw-image
-   table beside sysupd's. Mender needs loop devices for its slots, which this benchmark does not
-   create, so it is left out unless named in ``--peer-list``.
+5. ``--peers`` runs ``../shared/bench-peers/run-all.sh N`` (the shared folder beside the
+   checkout) once per peer (``--peer-list``; a failing peer is reported and the others go on)
+   and folds their results into a raw-image table beside sysupd's. Mender needs loop devices
+   for its slots, which this benchmark does not create, so it is left out unless named in
+   ``--peer-list``.
 
 How it measures: every contender is a subprocess; wall time is ``time.perf_counter`` from just
 before the fork to its reaping, so the Python start-up and imports of ``sysupd`` are included
@@ -76,7 +77,8 @@ RSS_2G_MIB = 2048
 RATIO_TARGET = 1.15
 RSS_TARGET_MIB = 100.0
 PRODUCT = "bench"
-PEERS_DIR = Path("/work/shared/bench-peers")
+PEERS_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "bench-peers"
+"""``../shared/bench-peers`` beside the checkout, where the project's shared folder lives."""
 DEFAULT_PEERS = "physical rauc swupdate"
 PY_PIPELINE = PEERS_DIR / "py_pipeline.py"
 
