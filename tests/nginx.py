@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import time
@@ -10,9 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
 from tests.procs import free_port
+from tests.programs import find, need
 
 __all__ = ["nginx_serving"]
 
@@ -49,11 +47,9 @@ def nginx_serving(root: Path, work: Path, extra: str = "") -> Iterator[str]:
     ``extra`` is added to the ``server`` block as is (directives such as
     ``location ~ \\.tar\\.zst$ { limit_rate 256; }``).
     """
-    binary = shutil.which("nginx") or (
-        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
-    )
-    if binary is None:
-        pytest.skip("nginx is not installed (Debian package nginx; .ci/run installs it)")
+    need("nginx")
+    binary = find("nginx")
+    assert binary is not None
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = work / "nginx.conf"

@@ -20,12 +20,11 @@ import pytest
 from sysupd.boot.grub import INSTALL_HINT, GrubBootloader, parse_cmdline_slot
 from sysupd.core.bootenv import BootEnv, SlotBoot
 from sysupd.errors import BootError, ConfigError
+from tests.programs import requires
 from tests.test_boot_file import MAX_ATTEMPTS, SLOTS, env_shapes, simulate_rollback_cycle
 
 EDITENV = shutil.which("grub-editenv")
-needs_editenv = pytest.mark.skipif(
-    EDITENV is None, reason="grub-editenv not installed (apt-get install grub-common)"
-)
+needs_editenv = requires("grub-editenv")
 DOC = Path(__file__).resolve().parents[1] / "docs" / "grub.md"
 
 
@@ -339,7 +338,7 @@ def _selection_snippet() -> str:
     return block[start:end]
 
 
-@pytest.mark.skipif(shutil.which("grub-script-check") is None, reason="needs grub-common")
+@requires("grub-script-check")
 def test_doc_snippet_is_valid_grub_script(tmp_path: Path) -> None:
     cfg = tmp_path / "grub.cfg"
     cfg.write_text(_doc_block())
@@ -385,10 +384,7 @@ def _expected(case: dict[str, str]) -> tuple[str | None, dict[str, str], BootEnv
     return choice.slot, _variables(choice.env) if choice.slot else case, choice.env
 
 
-@pytest.mark.skipif(
-    any(shutil.which(tool) is None for tool in ("grub-emu", "grub-editenv", "mke2fs", "debugfs")),
-    reason="needs grub-emu (apt-get install grub-emu) and e2fsprogs",
-)
+@requires("grub-emu", "grub-editenv", "mke2fs", "debugfs")
 def test_doc_snippet_in_grub_emu_matches_choose_boot(tmp_path: Path) -> None:
     """Boot GRUB (emulated) once per case on a real ext2 image, with its real save_env."""
     cases = _cases()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from sysupd.errors import BadRequest, UpdateBusy, UpdateError
 from sysupd.release.repository import ReleaseRepository
 from tests.engines import make_engine
 from tests.procs import run_cli, write_config
+from tests.programs import requires
 from tests.releases import PRODUCT, make_repo
 
 
@@ -238,7 +238,7 @@ async def test_refusals_are_the_callers_mistakes(
     assert "'good', 'bad', 'active'" in err or "good, bad, active" in err
 
 
-@pytest.mark.skipif(shutil.which("grub-editenv") is None, reason="grub-editenv not installed")
+@requires("grub-editenv")
 async def test_grub_adapter(tmp_path: Path, repo: ReleaseRepository, bundle: Path) -> None:
     grubenv = tmp_path / "boot" / "grubenv"
     grubenv.parent.mkdir()

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tests.programs import requires
 
 UNIT = Path(__file__).parent.parent / "docs" / "systemd" / "sysupd.service"
 
@@ -20,9 +19,7 @@ def test_the_unit_settles_the_boot_before_serving() -> None:
     assert start.split()[1] == "serve"
 
 
-@pytest.mark.skipif(
-    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed here"
-)
+@requires("systemd-analyze")
 def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
     sysupd = Path(sys.executable).with_name("sysupd")
     assert sysupd.exists(), "the sysupd entry point is installed beside the interpreter"
