@@ -196,3 +196,32 @@ async def test_updates_are_recorded_with_who_started_them_and_how_they_ended(
     assert ended["user"] == ADMIN[0]
     assert ended["details"].startswith("failure: ")
     assert "not a sysupd bundle" in ended["details"]
+
+
+async def test_a_broken_audit_record_breaks_nothing_it_records(
+    service: Service, connect: ClientFactory
+) -> None:
+    """The record's disk fails: the login, the setting and the update still work, and the log
+    says how many records were lost."""
+    lock = service.config.state_dir / "audit" / "audit.lock"
+    lock.parent.mkdir(exist_ok=True)
+    lock.unlink(missing_ok=True)
+    lock.mkdir()  # the lock file cannot be opened now
+    admin = await connect(service, login=ADMIN)
+    assert await admin.call("sys", "set_config", {"auto_reboot": False}) == {"result": "success"}
+    assert service.settings.auto_reboot is False
+    reply = await admin.call("sys", "update_now", {"file_upload": "none.bundle"})
+    assert reply["result"] == "failure"  # refused as usual, not a 500
+    assert service.audit.dropped >= 2
+    await service.stop()
+    assert any("audit records could not be written" in line for line in service.log.lines())
+
+
+def test_successes_are_recorded_past_the_budget(tmp_path: Path) -> None:
+    """A flood of failures from many addresses cannot hide who got in."""
+    audit = AuditLog(tmp_path, ManualClock())
+    for n in range(150):
+        audit.access("login", user="admin", address=f"fd00::{n:x}", outcome="failure")
+    audit.access("login", user="admin", address="203.0.113.7", outcome="success")
+    successes = [r for r in audit.read(1000) if r.get("outcome") == "success"]
+    assert [(r["user"], r["address"]) for r in successes] == [("admin", "203.0.113.7")]

@@ -106,6 +106,7 @@ class Service:
         check_database_present(config.state_dir, config.db_path)
         self.log = ServiceLog(config.log_path, self.clock, config.log_max_bytes)
         self.audit = AuditLog(config.state_dir / "audit", self.clock)
+        self._audit_dropped_said = 0
         self.socket_lines = LineBudget(_SOCKET_LINES_PER_MINUTE)
         """Lines for sockets that never log in: a few a minute, the rest counted."""
         self.db = Database(config.db_path)
@@ -481,8 +482,11 @@ class Service:
     async def _sweep_loop(self) -> None:
         while True:
             await asyncio.sleep(_SWEEP_INTERVAL_S)
-            self.auth.sweep()
-            self._flush_noise()
+            try:
+                self.auth.sweep()
+                self._flush_noise()
+            except Exception as exc:  # noqa: BLE001 - the sweep must go on whatever one round did
+                self.log_bug("the periodic sweep", exc)
 
     def _flush_noise(self, *, everything: bool = False) -> None:
         """Write what was only counted: repeated logins, sockets that never logged in."""
@@ -491,6 +495,12 @@ class Service:
         said = self.socket_lines.summary(now, _ANONYMOUS_SOCKETS, force=everything)
         if said is not None:
             self.log.info(said)
+        if self.audit.dropped > self._audit_dropped_said:
+            self.log.error(
+                f"{self.audit.dropped - self._audit_dropped_said} audit records could not be "
+                f"written to {self.config.state_dir / 'audit'}: {self.audit.last_error}"
+            )
+            self._audit_dropped_said = self.audit.dropped
 
     async def _runner(self, app: web.Application) -> web.AppRunner:
         runner = web.AppRunner(

@@ -67,6 +67,10 @@ class AuditLog:
         self._window_start = clock.monotonic()
         self._written_in_window = 0
         self._over_budget = 0
+        self.dropped = 0
+        """Records that could not be written (a full or broken disk); never an exception, since
+        what is being recorded (a login, a change) must not fail because its record did."""
+        self.last_error: str | None = None
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -77,10 +81,13 @@ class AuditLog:
     def access(
         self, event: str, *, user: str, address: str, outcome: str, details: str = ""
     ) -> None:
-        """A login, failed login or lockout: repeats within a minute are counted."""
+        """A login, failed login or lockout: repeats within a minute are counted. A success
+        takes valid credentials, so it is never held back by the budget: a flood of failures
+        cannot hide who got in."""
         self.flush()
         now = self._clock.monotonic()
-        key = (event, outcome, address)
+        success = outcome == "success"
+        key = (event, outcome, f"{address} {user}" if success else address)
         repeats = self._repeats.get(key)
         if repeats is not None:
             repeats.count += 1
@@ -88,10 +95,11 @@ class AuditLog:
                 repeats.users.add(user[:64])
             return
         self._repeats[key] = _Repeats(now)
-        if self._written_in_window >= _BUDGET_PER_WINDOW:
-            self._over_budget += 1
-            return
-        self._written_in_window += 1
+        if not success:
+            if self._written_in_window >= _BUDGET_PER_WINDOW:
+                self._over_budget += 1
+                return
+            self._written_in_window += 1
         self._append(
             ACCESS,
             {
@@ -110,7 +118,8 @@ class AuditLog:
             if everything or now - repeats.first_seen >= _WINDOW_S:
                 del self._repeats[key]
                 if repeats.count:
-                    event, outcome, address = key
+                    event, outcome, where = key
+                    address = where.split(" ", 1)[0]
                     self._append(
                         ACCESS,
                         {
@@ -181,6 +190,13 @@ class AuditLog:
         stamp = self._clock.utcnow().astimezone(UTC)
         clean = {"time": stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), **clean}
         line = json.dumps(clean, ensure_ascii=False).encode() + b"\n"
+        try:
+            self._write(stream, line)
+        except OSError as exc:
+            self.dropped += 1
+            self.last_error = str(exc)
+
+    def _write(self, stream: str, line: bytes) -> None:
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         lock = os.open(self._dir / "audit.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -191,7 +207,9 @@ class AuditLog:
                     self._rotate(stream)
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
-                os.write(fd, line)
+                view = memoryview(line)
+                while view:  # a short write must not glue two records together
+                    view = view[os.write(fd, view) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)
