@@ -4,6 +4,7 @@ findings 2 and 5)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -140,3 +141,50 @@ def test_the_provisioned_root_is_adopted_once_and_a_new_file_setting_is_ignored(
         engine.install_bundle(bundle_file(foreign, tmp_path, "9.0.0"))
     assert (state / "trust" / "root.json").read_bytes() == adopted
     assert make_engine(state, repo).status()["slots"]["B"]["version"] is None
+
+
+class _FillTheDiskAtTheSwitch:
+    """The real file bootloader; right after it records the switch, the disk fills up (another
+    process's log, say), so the trust commit that follows meets a real ENOSPC."""
+
+    def __init__(self, real: object, disk: Path) -> None:
+        self._real = real
+        self._disk = disk
+        self.name = real.name  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._real, name)
+
+    def save(self, env: BootEnv) -> None:
+        self._real.save(env)  # type: ignore[attr-defined]
+        if env.order[0] == "B" and env.slots["B"].ok:
+            with contextlib.suppress(OSError), (self._disk / "filler").open("ab") as out:
+                while True:
+                    out.write(b"\0" * 4096)
+                    out.flush()
+
+
+def test_a_commit_that_fails_after_the_switch_is_redone_at_the_next_start(
+    tmp_path: Path, repo: ReleaseRepository, small_disk: Path
+) -> None:
+    """The disk is full between the switch and the trust commit: the install is done (the new
+    slot boots next), and the next start keeps its trust."""
+    state = small_disk / "state"
+    engine = booted_engine(state, repo)
+    engine.bootloader = _FillTheDiskAtTheSwitch(engine.bootloader, small_disk)  # type: ignore[assignment]
+    lines: list[str] = []
+    bundle = bundle_file(repo, tmp_path, "1.2.0")
+    # The bookkeeping after the switch cannot be written either, so the call fails; what matters
+    # is the next start.
+    with contextlib.suppress(OSError):
+        engine.install_bundle(bundle, log=lines.append)
+    assert any("kept at the next start" in line for line in lines), lines
+    assert (state / "trust" / "pending.json").exists()
+    assert _versions(state) is None
+
+    (small_disk / "filler").unlink()
+    report = make_engine(state, repo).start()
+    assert (report.slot, report.version) == ("B", "1.2.0")
+    assert _versions(state) == _published(repo)
+    assert not (state / "trust" / "pending.json").exists()
+    assert make_engine(state, repo).status()["last_result"]["result"] == "installed"

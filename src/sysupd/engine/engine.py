@@ -46,7 +46,7 @@ from sysupd.engine.state import (
 )
 from sysupd.engine.stream import ByteSource, VerifiedReader
 from sysupd.engine.trust import TrustStore, TrustUpdate
-from sysupd.errors import AcquireError, BootError, InstallError, VerificationError
+from sysupd.errors import AcquireError, BootError, InstallError, StateError, VerificationError
 from sysupd.slots.base import PayloadSpec
 from sysupd.system.clock import Clock
 
@@ -125,6 +125,7 @@ class Engine:
         trust_warning = self.trust.adopt()
         state = self.state_file.load()
         env = self.bootloader.load()
+        self.trust.settle_pending(env.order[0], env.slots[env.order[0]].ok)
         state, interrupted = self._settle_job(state, env)
         preferred = env.order[0]
         fell_back = False
@@ -170,8 +171,7 @@ class Engine:
         if job is None:
             return state, None
         if env.order[0] == job.slot and env.slots[job.slot].ok:
-            # The switch happened; only the final bookkeeping was lost, perhaps the trust too.
-            self.trust.commit_pending()
+            # The switch happened; only the final bookkeeping was lost.
             done = LastResult(
                 Outcome.INSTALLED,
                 f"version {job.version} installed into slot {job.slot}; reboot to try it",
@@ -179,7 +179,6 @@ class Engine:
                 job.version,
             )
             return replace(state, job=None, trial=job.slot, last_result=done), None
-        self.trust.discard_pending()
         interrupted = f"the install of {job.version} into slot {job.slot} was interrupted"
         state = state.with_slot(job.slot, SlotRecord())
         return replace(
@@ -457,10 +456,15 @@ class Engine:
             trial=target,
         )
         self.state_file.save(state)
-        self.trust.stage(release.trust)
+        self.trust.stage(release.trust, target)
         self.bootloader.save(self.bootloader.load().activate(target))
-        # Newer roots and metadata versions are kept only with the update they came with.
-        self.trust.commit_pending()
+        # Newer roots and metadata versions are kept only with the update they came with. The
+        # switch is made: a commit that fails now is redone at the next start (settle_pending),
+        # not a failed install.
+        try:
+            self.trust.commit_pending()
+        except (OSError, StateError) as exc:
+            say(f"the new trust is kept at the next start ({exc})")
         state = replace(
             state,
             job=None,

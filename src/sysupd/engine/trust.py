@@ -131,9 +131,10 @@ class TrustStore:
             max(releases_version, current.releases_version),
         )
 
-    def stage(self, update: TrustUpdate) -> None:
-        """Keep ``update`` aside until the switch it goes with is done."""
+    def stage(self, update: TrustUpdate, slot: str) -> None:
+        """Keep ``update`` aside until the switch to ``slot`` it goes with is done."""
         record = {
+            "slot": slot,
             "new_roots": [base64.b64encode(r).decode("ascii") for r in update.new_roots],
             "root": base64.b64encode(update.root).decode("ascii"),
             "targets": update.targets_version,
@@ -167,6 +168,24 @@ class TrustStore:
     def discard_pending(self) -> None:
         """Forget a staged trust whose switch never happened."""
         self._pending.unlink(missing_ok=True)
+
+    def settle_pending(self, next_slot: str, next_ok: bool) -> None:
+        """At a start: keep a staged trust whose slot boots next, forget one whose does not —
+        whatever the job record says (a commit may have failed after the switch).
+
+        Raises:
+            StateError: the staged record is unreadable.
+        """
+        if not self._pending.exists():
+            return
+        try:
+            slot = json.loads(self._read(self._pending)).get("slot")
+        except (ValueError, AttributeError) as exc:
+            raise StateError(f"{self._pending} is corrupt: {exc}") from exc
+        if slot == next_slot and next_ok:
+            self.commit_pending()
+        else:
+            self.discard_pending()
 
     def _commit(self, update: TrustUpdate) -> None:
         for data in update.new_roots:
