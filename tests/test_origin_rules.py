@@ -7,7 +7,7 @@ import pytest
 from sysupd.core.origins import is_own_origin
 
 PORTS = {5182, 5183, 5184, 5185}
-NAMES = {"box", "localhost", "updates.lan"}
+NAMES = {"box", "localhost", "updates.lan", "*.corp.example"}
 
 
 @pytest.mark.parametrize(
@@ -38,6 +38,9 @@ NAMES = {"box", "localhost", "updates.lan"}
         ("https://updates.lan", "updates.lan", True),  # a configured name (a reverse proxy)
         ("https://UPDATES.LAN.", "updates.lan.", True),
         ("https://box.evil.example", "box.evil.example", False),
+        ("https://dev1.corp.example", "dev1.corp.example", True),  # a wildcard certificate
+        ("https://a.dev1.corp.example", "a.dev1.corp.example", False),  # one label deep only
+        ("https://corp.example", "corp.example", False),
     ],
 )
 def test_own_origins(origin: str, host: str, own: bool) -> None:

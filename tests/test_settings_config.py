@@ -557,3 +557,29 @@ async def test_a_device_setting_stored_by_an_older_version_is_dropped(
         ("event_interval_s",)
     ]
     assert "dropping stored setting 'reboot_command'" in again.log.text()
+
+
+async def test_a_trust_root_stored_by_an_older_version_is_adopted_not_lost(
+    tmp_path: Path, start_from_file: FileServiceFactory
+) -> None:
+    """An older version kept trust_root in the database (the demo's first start did): after
+    the upgrade the device still trusts that root, now from its trust store."""
+    root = tmp_path / "vendor-root.json"
+    root.write_bytes(b'{"signed": {"version": 1}, "signatures": []}')
+    config_file = tmp_path / "sysupd.toml"
+    state_dir = tmp_path / "state"
+    config_file.write_text("auto_reboot = false\n", encoding="utf-8")
+    service = await start_from_file(config_file, state_dir)
+    await service.stop()
+    trust = state_dir / "trust"
+    for leftover in trust.glob("*"):
+        leftover.unlink()
+    with sqlite3.connect(state_dir / "sysupd.db") as conn:
+        conn.execute(
+            "INSERT INTO settings (name, value) VALUES ('trust_root', ?)", (json.dumps(str(root)),)
+        )
+    conn.close()
+    again = await start_from_file(config_file, state_dir)
+    assert (trust / "root.json").read_bytes() == root.read_bytes()
+    assert "kept from before" in again.log.text()
+    assert [tuple(r) for r in again.db.query("SELECT name FROM settings")] == []

@@ -21,6 +21,7 @@ from sysupd.engine.stream import VerifiedReader
 from sysupd.errors import InstallError, VerificationError
 from sysupd.slots.base import PayloadSpec, SlotWriter
 from sysupd.slots.directory import DirectorySlot
+from sysupd.slots.extract import MAX_MEMBERS
 
 CHUNK = 16 << 10
 MTIME = 1_700_000_000
@@ -236,3 +237,19 @@ def test_bad_spec_is_refused() -> None:
         PayloadSpec("tree", "none", 1, 1, "00" * 32, -1)
     with pytest.raises(VerificationError, match="a raw payload has no member count"):
         PayloadSpec("raw", "none", 1, 1, "00" * 32, 0)
+
+
+def test_a_signed_count_over_the_devices_ceiling_is_refused_before_the_slot_is_emptied(
+    tmp_path: Path, slots: tuple[Path, Path]
+) -> None:
+    """A release may state any count: a million empty files cost inodes the byte capacity does
+    not count, so the device keeps a ceiling of its own."""
+    inactive, running = slots
+    (inactive / "old-content").write_text("kept\n")
+    before = snapshot(running)
+    payload = make_payload("none")
+    huge = spec_for(payload, "none", entries=MAX_MEMBERS + 1)
+    with pytest.raises(VerificationError, match=f"more than the {MAX_MEMBERS}"):
+        install_from_file(DirectorySlot("B", inactive), tmp_path, payload, payload, huge)
+    assert (inactive / "old-content").read_text() == "kept\n"
+    assert snapshot(running) == before

@@ -203,3 +203,16 @@ async def test_set_config_on_a_full_disk_is_507_and_changes_nothing(
     again = await start_service(state_dir=disk / "state")
     assert again.settings == before
     await again.stop()
+
+
+async def test_reinit_keeps_the_identity_of_a_state_directory_from_before_identity_json(
+    tmp_path: Path,
+) -> None:
+    state, config, system_id = await _first_start(tmp_path)
+    (state / "identity.json").unlink()  # as a state directory made by an older version
+    code, out, err = await run_cli(
+        "reinit", "--state-dir", str(state), "--config", str(config), "--yes"
+    )
+    assert code == 0, err
+    assert system_id in out
+    assert json.loads((state / "identity.json").read_bytes())["system_id"] == system_id

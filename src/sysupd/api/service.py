@@ -115,6 +115,7 @@ class Service:
             make_hasher(config.kdf_time_cost, config.kdf_memory_kib, config.kdf_parallelism),
         )
         self._settings_store = SettingsStore(self.db)
+        self._adopt_stored_trust_root(config)
         self.settings: Settings
         self.settings, warnings = self._settings_store.load(config.settings)
         for warning in warnings:
@@ -311,6 +312,18 @@ class Service:
             "slot": self.boot.slot if self.boot else None,
             "boot_status": self.boot_status,
         }
+
+    def _adopt_stored_trust_root(self, config: ServiceConfig) -> None:
+        """A database from a version that kept trust_root there (the demo's first start, or
+        set over the API): the device goes on trusting it — adopted into the trust store, as a
+        provisioned one is — before the stored setting is dropped."""
+        stored = self._settings_store.stored("trust_root")
+        if isinstance(stored, str) and stored and not config.settings.trust_root:
+            trust = config.state_dir / "trust"
+            if not (trust / "root.json").exists():
+                TrustStore(trust, stored).adopt()
+                if (trust / "root.json").exists():
+                    self.log.info(f"the device trusts the root in {stored}, kept from before")
 
     @property
     def trusts_a_root(self) -> bool:

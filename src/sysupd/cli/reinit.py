@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import time
 from pathlib import Path
 
@@ -44,9 +46,16 @@ def reinit(config_file: Path | None, state_dir: Path | None, yes: bool) -> None:
                 f"Replace the database in {state} with an empty one (users and settings are lost)?",
                 abort=True,
             )
+        carried = None if identity is not None else _old_system_id(config.db_path)
         kept = _move_aside(config.db_path)
         if identity is None:
-            identity = Identity.create(state)
+            # A state directory from before identity.json: the identity is the old database's,
+            # when it can still be read.
+            identity = Identity.create(state, carried)
+            if carried is None:
+                click.echo(
+                    "The old database's system_id could not be read: the device gets a new one."
+                )
         db = Database(config.db_path)
         try:
             record_system_id(db, identity.system_id)
@@ -60,6 +69,16 @@ def reinit(config_file: Path | None, state_dir: Path | None, yes: bool) -> None:
     if kept:
         click.echo(f"The old database is kept as {kept}.")
     click.echo("The next 'sysupd serve' creates the administrator 'admin' and prints its password.")
+
+
+def _old_system_id(db_path: Path) -> str | None:
+    """The system_id a (perhaps damaged) database recorded, read without changing it."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db_path.as_uri()}?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'system_id'").fetchone()
+    except sqlite3.Error:
+        return None
+    return str(row[0]) if row else None
 
 
 def _move_aside(db_path: Path) -> Path | None:

@@ -40,7 +40,7 @@ def is_own_origin(
         return False
     if parts.scheme not in _DEFAULT_PORTS or not parts.hostname or parts.path not in ("", "/"):
         return False
-    if not _is_address(parts.hostname) and normalize_name(parts.hostname) not in known_names:
+    if not _is_address(parts.hostname) and not _known(normalize_name(parts.hostname), known_names):
         return False
     if parts.netloc.lower() == host_header.lower():
         return True
@@ -58,3 +58,11 @@ def _is_address(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _known(name: str, known_names: Collection[str]) -> bool:
+    """``name`` is known, as itself or under a certificate's ``*.`` name (one label deep)."""
+    if name in known_names:
+        return True
+    _, dot, parent = name.partition(".")
+    return bool(dot and parent) and f"*.{parent}" in known_names

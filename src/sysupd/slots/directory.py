@@ -31,7 +31,7 @@ from typing import BinaryIO
 from sysupd.engine.stream import VerifiedReader
 from sysupd.errors import InstallError, SysupdError, VerificationError
 from sysupd.slots.base import PayloadSpec, ProgressStream, expect_end
-from sysupd.slots.extract import ExtractLimits, extract_tree
+from sysupd.slots.extract import MAX_MEMBERS, ExtractLimits, extract_tree
 
 __all__ = ["DirectorySlot"]
 
@@ -67,6 +67,11 @@ class DirectorySlot:
         if spec.kind != "tree":
             raise VerificationError(
                 f"a {spec.kind} payload cannot go into a directory slot ({self.name})"
+            )
+        if spec.entries is not None and spec.entries > MAX_MEMBERS:
+            raise VerificationError(
+                f"the release states {spec.entries} files and directories, more than the "
+                f"{MAX_MEMBERS} a slot of this device takes"
             )
         self.wipe()
         if isinstance(payload, VerifiedReader):

@@ -60,7 +60,7 @@ from sysupd.slots._tarstream import TarStream
 from sysupd.slots._tarstream import refused as _refused
 from sysupd.slots._treewriter import Entry, ThreadedTreeWriter, open_empty_directory
 
-__all__ = ["ExtractLimits", "ExtractStats", "extract_tree"]
+__all__ = ["MAX_MEMBERS", "ExtractLimits", "ExtractStats", "extract_tree"]
 
 _MAX_DEPTH = 64  # path components
 _MAX_NAME_BYTES = 255  # one component, as NAME_MAX
@@ -82,12 +82,17 @@ _REFUSED_TYPES = {
 }
 
 
+MAX_MEMBERS = 1_000_000
+"""The most files and directories a tree may hold on this device, whatever its release states
+(empty files cost inodes, which the slot's byte capacity does not count)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ExtractLimits:
     """What a tree payload may hold, taken from the signed release metadata."""
 
     max_total_bytes: int  # sum of regular-file sizes
-    max_entries: int = 1_000_000  # files and directories listed in the archive
+    max_entries: int = MAX_MEMBERS  # files and directories listed in the archive
 
     def __post_init__(self) -> None:
         if self.max_total_bytes < 0 or self.max_entries < 0:

@@ -25,6 +25,11 @@ class SettingsStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
+    def stored(self, name: str) -> Any:
+        """The value stored for ``name``, or ``None``."""
+        rows = self._db.query("SELECT value FROM settings WHERE name = ?", (name,))
+        return json.loads(rows[0]["value"]) if rows else None
+
     def load(self, base: Settings) -> tuple[Settings, list[str]]:
         """``base`` with the stored values applied, and a warning for each one skipped."""
         settings, warnings = base, []
