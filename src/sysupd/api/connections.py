@@ -4,12 +4,16 @@ aiohttp takes whatever connects and waits for it as long as it likes; a few hund
 then hold every descriptor the process has, and nothing works. Every listener's connections go
 through one ``ConnectionGuard``:
 
-- at most ``total`` connections, at most ``per_address`` from one address; over the total, the
-  oldest connection that has not sent a request is dropped for the newcomer (an idle flood never
-  locks out a client that talks), and only when every connection is busy is the newcomer refused;
+- at most ``total`` connections, at most ``per_address`` from one address (an IPv6 /64 counts as
+  one, as for the login throttle); over the total, the oldest connection that has not sent a
+  request is dropped for the newcomer (an idle flood never locks out a client that talks), and
+  only when every connection is busy is the newcomer refused;
 - a connection must finish a request's headers within ``idle_timeout_s`` of its start or of the
-  end of its previous request (idle, slow headers, a stalled TLS handshake and keep-alive all
-  end there); a request being handled — a WebSocket session too — follows its own rules;
+  end of its previous answer (idle, slow headers, a stalled TLS handshake and keep-alive all
+  end there); a request being handled follows its own rules, and its answer is written under a
+  send deadline before the idle timer starts again;
+- a WebSocket that has not logged in yet has no timer of its own (the session's login deadline
+  applies) but may be dropped for a newcomer like an idle connection (``await_login``);
 - refusals, drops and accept failures are logged once, then counted per interval, never a line
   (or a traceback) per attempt.
 
@@ -30,6 +34,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_runner import BaseSite
 
+from sysupd.api.auth import throttle_key
 from sysupd.core.limits import ConnectionLimits
 from sysupd.servicelog import ServiceLog
 
@@ -45,6 +50,9 @@ it, so a burst must fit in the descriptors kept in reserve (``core.limits``)."""
 ACCEPT_QUEUE = 4096
 """The kernel's queue of connections waiting to be accepted: long, so that under a flood a
 client's connection waits its turn instead of being dropped (and retried a second later)."""
+
+MIN_SEND_S = 60.0
+"""The least time an answer gets to be written to a slow reader (see ``send_deadline_s``)."""
 
 
 class ConnectionGuard:
@@ -63,6 +71,12 @@ class ConnectionGuard:
         self._flush: asyncio.TimerHandle | None = None
 
     @property
+    def send_deadline_s(self) -> float:
+        """How long an answer may take to be written: long enough for a few MB to a slow reader,
+        bounded so a client that reads nothing is dropped in the end."""
+        return max(MIN_SEND_S, 4 * self.limits.idle_timeout_s)
+
+    @property
     def open_connections(self) -> int:
         """Connections open now."""
         return len(self._open)
@@ -77,15 +91,44 @@ class ConnectionGuard:
     async def middleware(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        """Marks a connection busy while one of its requests is handled."""
+        """Marks a connection busy while one of its requests is handled and its answer is
+        written (under ``send_deadline_s``): only then does the idle timer start again."""
         guarded = self._by_transport.get(request.transport) if request.transport else None
         if guarded is not None:
             guarded.busy()
         try:
-            return await handler(request)
+            response = await handler(request)
+            if guarded is not None and not response.prepared:
+                # aiohttp would write it after we return, with the idle timer already running
+                # and the connection evictable; written here, it prepares nothing twice.
+                try:
+                    async with asyncio.timeout(self.send_deadline_s):
+                        await response.prepare(request)
+                        await response.write_eof()
+                        await _drained(request)
+                except (TimeoutError, ConnectionError):
+                    self._count(
+                        f"closed after {self.send_deadline_s:g} s writing an answer",
+                        guarded.address,
+                    )
+                    guarded.abort()
+            return response
         finally:
             if guarded is not None:
                 guarded.idle()
+
+    def await_login(self, transport: asyncio.BaseTransport | None) -> None:
+        """A WebSocket on ``transport`` is open but not logged in: no idle timer (its login
+        deadline applies), but it may be dropped for a newcomer like an idle connection."""
+        guarded = self._by_transport.get(transport) if transport is not None else None
+        if guarded is not None:
+            self.set_waiting(guarded, True)
+
+    def logged_in(self, transport: asyncio.BaseTransport | None) -> None:
+        """The WebSocket on ``transport`` logged in: it is busy until it closes."""
+        guarded = self._by_transport.get(transport) if transport is not None else None
+        if guarded is not None:
+            self.set_waiting(guarded, False)
 
     def exception_handler(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """The event loop's: an accept that fails for want of descriptors is counted, not
@@ -106,7 +149,7 @@ class ConnectionGuard:
 
     def admit(self, guarded: _GuardedProtocol) -> bool:
         """Whether a new connection may stay (making room if an idle one can go)."""
-        address = guarded.address
+        address = guarded.key
         if self._per_address[address] >= self.limits.per_address:
             self._count(f"refused over the {self.limits.per_address} per address", address)
             return False
@@ -142,9 +185,9 @@ class ConnectionGuard:
         """A connection ended (said once or more)."""
         if self._open.pop(guarded, False) is None:
             self._waiting.pop(guarded, None)
-            self._per_address[guarded.address] -= 1
-            if self._per_address[guarded.address] <= 0:
-                del self._per_address[guarded.address]
+            self._per_address[guarded.key] -= 1
+            if self._per_address[guarded.key] <= 0:
+                del self._per_address[guarded.key]
         for transport in guarded.transports():
             self._by_transport.pop(transport, None)
 
@@ -170,6 +213,20 @@ class ConnectionGuard:
         self._noise_from.clear()
 
 
+async def _drained(request: web.Request) -> None:
+    """Until the answer has left the transport's buffer (``write_eof`` leaves up to its high-water
+    mark there, which an idle timer's abort would throw away)."""
+    transport = request.transport
+    if not isinstance(transport, asyncio.WriteTransport) or not transport.get_write_buffer_size():
+        return
+    transport.set_write_buffer_limits(high=0, low=0)  # paused until the buffer is empty
+    try:
+        await request.writer.drain()
+    finally:
+        if not transport.is_closing():
+            transport.set_write_buffer_limits()
+
+
 class _GuardedProtocol(asyncio.Protocol):
     """One connection: admitted or not, timed, TLS started, then handed to aiohttp."""
 
@@ -183,6 +240,8 @@ class _GuardedProtocol(asyncio.Protocol):
         self._server = server
         self._tls = tls
         self.address = "?"
+        self.key = "?"
+        """What the per-address cap counts: the address, or its IPv6 /64."""
         self._raw: asyncio.Transport | None = None
         self._app: asyncio.Transport | None = None
         self._inner: asyncio.Protocol | None = None
@@ -201,6 +260,7 @@ class _GuardedProtocol(asyncio.Protocol):
         self._raw = transport
         peer = transport.get_extra_info("peername")
         self.address = str(peer[0]) if peer else "?"
+        self.key = throttle_key(self.address)
         if not self._guard.admit(self):
             self._ended = True
             transport.abort()

@@ -1,18 +1,20 @@
 """The HTTP listener's ``/api/<namespace>/<name>``: the same calls, one request each.
 
 Every request carries HTTP Basic credentials (except the ``rpc/auth*`` calls, whose body carries
-them); the body is the call's ``args``; the reply is the WebSocket envelope, with the HTTP status
-set to 200 or the error's code.
+them), checked before the body is read; the body is the call's ``args`` and must arrive within
+the idle timeout; the reply is the WebSocket envelope, with the HTTP status set to 200 or the
+error's code.
 """
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import json
 from base64 import b64decode
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
 
 from sysupd.api.calls import SERVICE_KEY, CallContext
 from sysupd.core.envelope import EnvelopeError, Request, error_args, parse_request_object
@@ -39,6 +41,8 @@ __all__ = [
 
 ALLOWED_METHODS = ("GET", "POST", "PUT", "HEAD", "OPTIONS")
 _CHALLENGE = {"WWW-Authenticate": 'Basic realm="sysupd", charset="UTF-8"'}
+_BODY_CREDENTIALS = ("auth", "auth_token")
+"""The ``rpc`` calls whose body carries the credentials."""
 
 
 async def handle_api(request: web.Request) -> web.StreamResponse:
@@ -47,22 +51,29 @@ async def handle_api(request: web.Request) -> web.StreamResponse:
         return web.Response(status=200, headers={"Allow": ", ".join(ALLOWED_METHODS)})
     service: Service = request.app[SERVICE_KEY]
     address = request.remote or "unknown"
+    namespace, call_name = request.match_info["namespace"], request.match_info["name"]
     try:
         refuse_cross_site(request)
-        call = await _read_call(request)
-        found = service.calls.find(call.namespace, call.name)
+        found = service.calls.find(namespace, call_name)
         if request.method == "GET" and found is not None and found.changes:
             raise MethodNotAllowed(
-                f"{call.call} changes the device's state: send it with POST or PUT, not GET"
+                f"{namespace}/{call_name} changes the device's state: "
+                "send it with POST or PUT, not GET"
             )
         ctx = CallContext(service, address)
-        if call.namespace != "rpc" or call.name not in ("auth", "auth_token"):
+        # The credentials before the body: a client that cannot log in must not hold a
+        # connection (busy, so never dropped for a newcomer) while it dribbles a body in.
+        if namespace != "rpc" or call_name not in _BODY_CREDENTIALS:
             name, password = parse_basic_auth(request.headers.get("Authorization"))
             ctx.user = await service.auth.check_basic(name, password, address)
+        call = await _read_call(request, service.guard.limits.idle_timeout_s)
         result = await service.calls.dispatch(ctx, call)
     except Exception as exc:  # noqa: BLE001 - every failure is answered, never a dropped request
-        call = Request(request.match_info["namespace"], request.match_info["name"], "", {})
-        return error_response(service.wire_error(call, exc))
+        failed = Request(namespace, call_name, "", {})
+        response = error_response(service.wire_error(failed, exc))
+        if not request.content.is_eof():
+            response.force_close()  # the rest of the body is not waited for
+        return response
     return _envelope("response", result or {}, 200)
 
 
@@ -112,12 +123,23 @@ def parse_basic_auth(header: str | None) -> tuple[str, str]:
     return name, password
 
 
-async def _read_call(request: web.Request) -> Request:
+async def _read_call(request: web.Request, deadline_s: float) -> Request:
+    """The call the request makes, its body read within ``deadline_s``.
+
+    Raises:
+        BadRequest: the body is late, cut short or not a call's arguments.
+        PayloadTooLarge: the body is over the frame limit.
+    """
     try:
-        body = await request.read()
+        async with asyncio.timeout(deadline_s):
+            body = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         limit = request.app[SERVICE_KEY].config.max_frame_bytes
         raise PayloadTooLarge(f"the request body is larger than {limit} bytes") from exc
+    except TimeoutError as exc:
+        raise BadRequest(f"the request body did not arrive within {deadline_s:g} s") from exc
+    except (ConnectionError, ClientPayloadError) as exc:
+        raise BadRequest("the client went away before its request was complete") from exc
     if body.strip():
         try:
             args = json.loads(body)

@@ -76,7 +76,9 @@ __all__ = ["FIRST_ADMIN", "Service"]
 FIRST_ADMIN = "admin"
 _SWEEP_INTERVAL_S = 60.0
 _SOCKET_LINES_PER_MINUTE = 20
-_ANONYMOUS_SOCKETS = "websockets opened and closed without logging in"
+_ANONYMOUS_SOCKETS = (
+    "websocket lines (opened, closed, refused, no login in time) of clients never logged in"
+)
 _REBOOT_RETRY_S = 5
 
 

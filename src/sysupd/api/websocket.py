@@ -84,6 +84,8 @@ class WsSession:
         self._state.move(SessionState.AUTHENTICATED)
         self._token = token
         self.ever_logged_in = True
+        # No longer one the guard may drop for a newcomer.
+        self.service.guard.logged_in(self._transport)
 
     def minted(self, token: str) -> None:
         """A spare token this session made (``rpc/token``): it dies with ``rpc/auth_clear``."""
@@ -202,7 +204,11 @@ class WsSession:
 
     def _login_deadline(self) -> None:
         if self._state.state is SessionState.CONNECTED:
-            self.service.log.info(f"closing websocket from {self.address}: no login in time")
+            # Said on the budget: an anonymous client can open many sockets that never log in.
+            if self.service.socket_lines.allow(self.service.clock.monotonic()):
+                self.service.log.info(f"closing websocket from {self.address}: no login in time")
+            else:
+                self.service.socket_lines.count(self.address)
             self._finish(_Close(WSCloseCode.POLICY_VIOLATION, b"login deadline"))
             self._closer = asyncio.get_running_loop().create_task(self._abort_later())
 
@@ -247,11 +253,18 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
     try:
         refuse_cross_site(request)
     except Forbidden as exc:
-        service.log.warning(f"websocket from {address} refused: {exc.details}")
+        # On the budget too: any page can make a browser try this again and again.
+        if service.socket_lines.allow(service.clock.monotonic()):
+            service.log.warning(f"websocket from {address} refused: {exc.details}")
+        else:
+            service.socket_lines.count(address)
         return error_response(exc)
     ws = web.WebSocketResponse(max_msg_size=service.config.max_frame_bytes, decode_text=False)
     await ws.prepare(request)
     session = WsSession(service, ws, address, request.transport)
+    # Until it logs in, the socket may be dropped for a newcomer like an idle connection (its
+    # login deadline, not the idle timer, closes it otherwise).
+    service.guard.await_login(request.transport)
     # Every socket is said while they come few; past a budget a minute, one that never logs in
     # is only counted, so anonymous open/close cycles cannot flush the log.
     said = service.socket_lines.allow(service.clock.monotonic())
