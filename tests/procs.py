@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import FAST_KDF
 
-__all__ = ["ServeProcess", "free_port", "run_cli", "write_config"]
+__all__ = ["PlainServe", "ServeProcess", "free_port", "run_cli", "write_config"]
 
 
 def free_port() -> int:
@@ -115,3 +117,66 @@ class ServeProcess:
         """Kill it if it still runs (test clean-up)."""
         if self.proc is not None and self.proc.returncode is None:
             self.proc.kill()
+
+
+class PlainServe:
+    """``sysupd serve`` without TLS on free loopback ports, configured by ``config`` keys, with
+    its first administrator's password and its stderr in a file; ``descriptor_limit`` (when not
+    0) lowers the child's RLIMIT_NOFILE (floods that must run it out)."""
+
+    def __init__(self, tmp_path: Path, *, descriptor_limit: int = 0, **config: Any) -> None:
+        self.state = tmp_path / "state"
+        self.config = write_config(tmp_path / "sysupd.toml", **config)
+        self.http_port = free_port()
+        self.stderr_path = tmp_path / "stderr"
+        self.proc: asyncio.subprocess.Process | None = None
+        self.password = ""
+        self._limit = descriptor_limit
+
+    async def start(self) -> None:
+        """Start it and wait until it listens."""
+        limit = self._limit
+
+        def lower_the_limit() -> None:
+            if limit:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+        with self.stderr_path.open("wb") as stderr:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "sysupd",
+                "serve",
+                "--config",
+                str(self.config),
+                "--state-dir",
+                str(self.state),
+                "--no-tls",
+                "--ws-port",
+                str(free_port()),
+                "--http-port",
+                str(self.http_port),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=stderr,
+                preexec_fn=lower_the_limit,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(30):
+            while True:
+                line = (await self.proc.stdout.readline()).decode()
+                assert line, "sysupd exited at start"
+                if "with password" in line:
+                    self.password = line.rsplit(" ", 1)[1].strip()
+                if "sysupd listening" in line:
+                    return
+
+    def log(self) -> str:
+        """The service log file."""
+        return (self.state / "log" / "sysupd.log").read_text()
+
+    async def stop(self) -> None:
+        """SIGTERM, and wait for it."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            await asyncio.wait_for(self.proc.wait(), 30)

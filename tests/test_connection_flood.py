@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import resource
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,7 +22,7 @@ from sysupd.core.limits import RESERVED_DESCRIPTORS, connection_limits
 from sysupd.servicelog import ServiceLog
 from sysupd.system.clock import SystemClock
 from tests.client import WsClient
-from tests.procs import free_port, write_config
+from tests.procs import PlainServe
 
 LIMIT = 256
 IDLE_S = 2.0
@@ -33,63 +30,9 @@ TOTAL = LIMIT - RESERVED_DESCRIPTORS  # derived, as at the defaults
 PER_ADDRESS = TOTAL // 4
 
 
-class Device:
-    """``sysupd serve`` with a low descriptor limit, its admin password and its stderr."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.state = tmp_path / "state"
-        self.config = write_config(tmp_path / "sysupd.toml", idle_timeout_s=IDLE_S)
-        self.http_port = free_port()
-        self.stderr_path = tmp_path / "stderr"
-        self.proc: asyncio.subprocess.Process | None = None
-        self.password = ""
-
-    async def start(self) -> None:
-        def lower_the_limit() -> None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (LIMIT, LIMIT))
-
-        with self.stderr_path.open("wb") as stderr:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "sysupd",
-                "serve",
-                "--config",
-                str(self.config),
-                "--state-dir",
-                str(self.state),
-                "--no-tls",
-                "--ws-port",
-                str(free_port()),
-                "--http-port",
-                str(self.http_port),
-                stdout=asyncio.subprocess.PIPE,
-                stderr=stderr,
-                preexec_fn=lower_the_limit,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        assert self.proc.stdout is not None
-        async with asyncio.timeout(30):
-            while True:
-                line = (await self.proc.stdout.readline()).decode()
-                assert line, "sysupd exited at start"
-                if "with password" in line:
-                    self.password = line.rsplit(" ", 1)[1].strip()
-                if "sysupd listening" in line:
-                    return
-
-    def log(self) -> str:
-        return (self.state / "log" / "sysupd.log").read_text()
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.terminate()
-            await asyncio.wait_for(self.proc.wait(), 30)
-
-
 @pytest.fixture
-async def device(tmp_path: Path) -> AsyncIterator[Device]:
-    found = Device(tmp_path)
+async def device(tmp_path: Path) -> AsyncIterator[PlainServe]:
+    found = PlainServe(tmp_path, descriptor_limit=LIMIT, idle_timeout_s=IDLE_S)
     await found.start()
     yield found
     await found.stop()
@@ -119,7 +62,7 @@ async def _closed_by_the_server(reader: asyncio.StreamReader, within: float) -> 
         return True
 
 
-async def _answers(device: Device) -> None:
+async def _answers(device: PlainServe) -> None:
     """An HTTP call and a WebSocket login from 127.0.0.1 succeed (the bound is for liveness: a
     starved service never answers)."""
     auth = {"Authorization": aiohttp.encode_basic_auth("admin", device.password)}
@@ -139,7 +82,9 @@ def _close_all(conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]) -
         writer.close()
 
 
-async def test_more_idle_connections_than_descriptors_from_many_addresses(device: Device) -> None:
+async def test_more_idle_connections_than_descriptors_from_many_addresses(
+    device: PlainServe,
+) -> None:
     sources = [f"127.0.0.{i}" for i in range(2, 42)]
     flood = await _flood(device.http_port, LIMIT + 100, sources)
     try:
@@ -159,7 +104,7 @@ async def test_more_idle_connections_than_descriptors_from_many_addresses(device
     assert len(stderr) < 20_000
 
 
-async def test_one_address_gets_its_share_and_no_more(device: Device) -> None:
+async def test_one_address_gets_its_share_and_no_more(device: PlainServe) -> None:
     flood = await _flood(device.http_port, PER_ADDRESS + 40, ["127.0.0.2"])
     try:
         refused = await asyncio.gather(*(_closed_by_the_server(r, 1.0) for r, _ in flood))
@@ -171,7 +116,7 @@ async def test_one_address_gets_its_share_and_no_more(device: Device) -> None:
     assert f"refused over the {PER_ADDRESS} per address: 127.0.0.2" in device.log()
 
 
-async def test_slow_headers_are_cut_off_however_steadily_they_come(device: Device) -> None:
+async def test_slow_headers_are_cut_off_however_steadily_they_come(device: PlainServe) -> None:
     slow = await _flood(device.http_port, 30, [f"127.0.0.{i}" for i in range(50, 60)])
     try:
         for _, writer in slow:
@@ -193,7 +138,7 @@ async def test_slow_headers_are_cut_off_however_steadily_they_come(device: Devic
         _close_all(slow)
 
 
-async def test_a_keep_alive_connection_works_then_is_closed_when_idle(device: Device) -> None:
+async def test_a_keep_alive_connection_works_then_is_closed_when_idle(device: PlainServe) -> None:
     reader, writer = await _open(device.http_port, "127.0.0.1")
     try:
         for _ in range(3):  # requests on one connection, each well within the timeout

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import socket
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from sysupd.core.limits import connection_limits
 from sysupd.servicelog import ServiceLog
 from sysupd.system.clock import SystemClock
 from tests.client import WsClient
-from tests.procs import free_port, write_config
+from tests.procs import PlainServe, free_port
 
 IDLE_S = 2.0
 TOTAL = 20
@@ -34,65 +33,15 @@ PER_ADDRESS = 5
 FLOOD_SOURCES = [f"127.0.0.{i}" for i in range(2, 2 + TOTAL // PER_ADDRESS)]
 
 
-class Device:
-    """``sysupd serve`` with small connection limits."""
-
-    def __init__(self, tmp_path: Path, **config: object) -> None:
-        self.state = tmp_path / "state"
-        self.config = write_config(
-            tmp_path / "sysupd.toml",
-            idle_timeout_s=IDLE_S,
-            max_connections=TOTAL,
-            max_connections_per_address=PER_ADDRESS,
-            **config,
-        )
-        self.http_port = free_port()
-        self.stderr_path = tmp_path / "stderr"
-        self.proc: asyncio.subprocess.Process | None = None
-        self.password = ""
-
-    async def start(self) -> None:
-        with self.stderr_path.open("wb") as stderr:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "sysupd",
-                "serve",
-                "--config",
-                str(self.config),
-                "--state-dir",
-                str(self.state),
-                "--no-tls",
-                "--ws-port",
-                str(free_port()),
-                "--http-port",
-                str(self.http_port),
-                stdout=asyncio.subprocess.PIPE,
-                stderr=stderr,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        assert self.proc.stdout is not None
-        async with asyncio.timeout(30):
-            while True:
-                line = (await self.proc.stdout.readline()).decode()
-                assert line, "sysupd exited at start"
-                if "with password" in line:
-                    self.password = line.rsplit(" ", 1)[1].strip()
-                if "sysupd listening" in line:
-                    return
-
-    def log(self) -> str:
-        return (self.state / "log" / "sysupd.log").read_text()
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.terminate()
-            await asyncio.wait_for(self.proc.wait(), 30)
-
-
 @contextlib.asynccontextmanager
-async def _device(tmp_path: Path, **config: object) -> AsyncIterator[Device]:
-    found = Device(tmp_path, **config)
+async def _device(tmp_path: Path, **config: Any) -> AsyncIterator[PlainServe]:
+    found = PlainServe(
+        tmp_path,
+        idle_timeout_s=IDLE_S,
+        max_connections=TOTAL,
+        max_connections_per_address=PER_ADDRESS,
+        **config,
+    )
     await found.start()
     try:
         yield found
@@ -100,7 +49,7 @@ async def _device(tmp_path: Path, **config: object) -> AsyncIterator[Device]:
         await found.stop()
 
 
-async def _answers(device: Device) -> None:
+async def _answers(device: PlainServe) -> None:
     """An HTTP call and a WebSocket login from 127.0.0.1 succeed (the bound is for liveness)."""
     auth = {"Authorization": aiohttp.encode_basic_auth("admin", device.password)}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
