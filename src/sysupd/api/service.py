@@ -453,7 +453,7 @@ class Service:
             self.boot_status = f"error: {exc}"
             self.log.error(f"boot trial: {exc}")
             return
-        state = self.engine().status()["last_result"]
+        state = (await asyncio.to_thread(self.engine().status))["last_result"]
         rolled_back = state is not None and state["result"] == "rolled back"
         if result is None or result.result is not Outcome.ROLLED_BACK:
             self.boot_status = "rolled back" if rolled_back else ("good" if ok else "unhealthy")

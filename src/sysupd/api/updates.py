@@ -110,18 +110,27 @@ class UpdateManager:
         self.job: JobRun | None = self._load_last()
         self._soon: asyncio.TimerHandle | None = None
 
+    def engine_status(self) -> dict[str, Any] | None:
+        """The engine's status, ``None`` when it cannot be read; it reads files and may run the
+        bootloader's tool (grub-editenv), so the event loop calls it in a worker thread."""
+        try:
+            return self._service.engine().status()
+        except SysupdError:
+            return None
+
     @property
     def running(self) -> bool:
         """Whether a job is under way."""
         return self.job is not None and self.job.running
 
     def status(self) -> dict[str, Any]:
-        """``sys/update_status``'s reply; (ext) ``last_result``: how the engine's last install or
-        boot trial ended (``result``, ``detail``, ``at``, ``version``), or ``None``."""
-        try:
-            engine = self._service.engine().status()
-        except SysupdError:
-            engine = None
+        """``sys/update_status``'s reply (reading the engine where it is called)."""
+        return self.reply(self.engine_status())
+
+    def reply(self, engine: dict[str, Any] | None) -> dict[str, Any]:
+        """``sys/update_status``'s reply from the engine's status ``engine``; (ext)
+        ``last_result``: how the engine's last install or boot trial ended (``result``,
+        ``detail``, ``at``, ``version``), or ``None``."""
         last = engine["last_result"] if engine else None
         text = self.job.log_text() if self.job is not None else ""
         news, at = _news(last)
@@ -470,7 +479,8 @@ def _who(ctx: CallContext) -> str:
 
 async def update_status(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     """The update's state and log."""
-    return ctx.service.updates.status()
+    updates = ctx.service.updates
+    return updates.reply(await asyncio.to_thread(updates.engine_status))
 
 
 UPDATE_CALLS = [
