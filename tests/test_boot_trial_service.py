@@ -76,3 +76,18 @@ async def test_failed_health_check_reboots_into_the_previous_slot(
     status = await admin.call("sys", "update_status")
     assert "rolled back: slot B (1.1.0) failed its health check" in status["update_status"]
     assert "rolled back: rolled back" not in status["update_status"]
+
+
+async def test_a_boot_trial_that_cannot_run_says_why_in_sys_info(
+    tmp_path: Path, start_service: ServiceFactory, connect: ClientFactory
+) -> None:
+    """The bootloader's record is unusable: the service still answers, and sys/info's
+    boot_status is "error: " and the reason, as before the status became typed."""
+    grubenv = tmp_path / "grubenv"
+    grubenv.write_bytes(b"this is not a grubenv\n")
+    service = await start_service(bootloader="grub", grubenv=str(grubenv))
+    status = await _settled(service)
+    assert status == "error"
+    info = await (await connect(service, login=USER)).call("sys", "info")
+    assert info["boot_status"].startswith("error: ")
+    assert len(info["boot_status"]) > len("error: ")

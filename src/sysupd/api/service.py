@@ -45,7 +45,7 @@ from sysupd.core.origins import normalize_name
 from sysupd.core.sessions import LoginThrottle, TokenTable
 from sysupd.core.settings import Settings, apply_changes, refuse_device_settings, settings_to_wire
 from sysupd.engine.engine import BootReport, Engine
-from sysupd.engine.state import Outcome
+from sysupd.engine.state import BootStatus, Outcome
 from sysupd.engine.trust import TrustStore
 from sysupd.errors import (
     ApiError,
@@ -157,7 +157,9 @@ class Service:
         self._stopped = False
         self._serving = False
         self.boot: BootReport | None = None
-        self.boot_status = "starting"
+        self.boot_status = BootStatus.STARTING
+        self.boot_error = ""
+        """Why the boot trial could not run, with ``BootStatus.ERROR``."""
         self.boot_settled = asyncio.Event()
         """Set once the boot trial has run (or could not): updates wait for it."""
         self.updates = UpdateManager(self)
@@ -312,7 +314,11 @@ class Service:
             "system_version": self.boot.version if self.boot else self.settings.factory_version,
             "middleware_version": __version__,
             "slot": self.boot.slot if self.boot else None,
-            "boot_status": self.boot_status,
+            "boot_status": (
+                f"error: {self.boot_error}"
+                if self.boot_status is BootStatus.ERROR
+                else str(self.boot_status)
+            ),
         }
 
     def _adopt_stored_trust_root(self, config: ServiceConfig) -> None:
@@ -425,7 +431,7 @@ class Service:
         try:
             self.boot = self.engine().start()
         except SysupdError as exc:
-            self.boot_status = f"error: {exc}"
+            self.boot_status, self.boot_error = BootStatus.ERROR, str(exc)
             self.log.error(f"boot: {exc}")
             self.boot_settled.set()
             return
@@ -436,7 +442,7 @@ class Service:
             self.log.warning(f"boot: rolled back: {self.boot.rolled_back}")
         if self.boot.trust_warning:
             self.log.warning(f"trust: {self.boot.trust_warning}")
-        self.boot_status = "trial"
+        self.boot_status = BootStatus.TRIAL
         self.spawn(self._boot_trial())
 
     async def _boot_trial(self) -> None:
@@ -450,19 +456,23 @@ class Service:
         try:
             result = await asyncio.to_thread(self.engine().confirm, ok, detail)
         except SysupdError as exc:
-            self.boot_status = f"error: {exc}"
+            self.boot_status, self.boot_error = BootStatus.ERROR, str(exc)
             self.log.error(f"boot trial: {exc}")
             return
         state = (await asyncio.to_thread(self.engine().status))["last_result"]
         rolled_back = state is not None and state["result"] == "rolled back"
         if result is None or result.result is not Outcome.ROLLED_BACK:
-            self.boot_status = "rolled back" if rolled_back else ("good" if ok else "unhealthy")
+            self.boot_status = (
+                BootStatus.ROLLED_BACK
+                if rolled_back
+                else (BootStatus.GOOD if ok else BootStatus.UNHEALTHY)
+            )
             if result is not None:  # a new slot confirmed: its line says how
                 self.log.info(f"boot trial: {result.detail}")
             else:
                 (self.log.info if ok else self.log.warning)(f"boot trial: {detail}")
             return
-        self.boot_status = "failed"
+        self.boot_status = BootStatus.FAILED
         self.log.error(
             f"boot trial: {detail}; slot {self.boot.slot if self.boot else '?'} "
             "is abandoned and the previous slot boots next"

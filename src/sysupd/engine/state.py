@@ -17,7 +17,15 @@ from typing import Any
 from sysupd.errors import StateError
 from sysupd.fsutil import atomic_write, read_capped
 
-__all__ = ["EngineState", "JobRecord", "LastResult", "Outcome", "SlotRecord", "StateFile"]
+__all__ = [
+    "BootStatus",
+    "EngineState",
+    "JobRecord",
+    "LastResult",
+    "Outcome",
+    "SlotRecord",
+    "StateFile",
+]
 
 _MAX_BYTES = 1024 * 1024
 
@@ -54,6 +62,22 @@ class Outcome(enum.StrEnum):
     """A crash or power cut stopped the install before the switch; the booted slot is as it was."""
     ROLLED_BACK = "rolled back"
     """The new slot failed its health check or did not come up; the previous one boots."""
+
+
+class BootStatus(enum.StrEnum):
+    """Where this start's boot trial stands (the words are ``sys/info``'s ``boot_status``)."""
+
+    STARTING = "starting"
+    TRIAL = "trial"
+    """The health check of a newly booted slot runs."""
+    GOOD = "good"
+    UNHEALTHY = "unhealthy"
+    """The check failed on an established slot: reported; there is no better slot to go to."""
+    ROLLED_BACK = "rolled back"
+    FAILED = "failed"
+    """The new slot failed its check: the service reboots into the previous one."""
+    ERROR = "error"
+    """The trial could not run (said with its reason on the wire: ``error: …``)."""
 
 
 @dataclass(frozen=True, slots=True)
