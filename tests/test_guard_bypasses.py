@@ -107,10 +107,12 @@ async def test_slow_bodies_from_clients_that_never_log_in_lock_nobody_out(
             await _answers(device)
             got = await asyncio.gather(*(_closed_by_the_server(r, 3 * IDLE_S + 5) for r, _ in slow))
             assert None not in got, f"{got.count(None)} slow-body connections still open"
-            for i, answer in enumerate(got):
-                if i % 2:  # refused at once (the others may be reset: bytes unread at close)
-                    assert answer is not None
-                    assert answer.startswith(b"HTTP/1.1 401")
+            # Refused before the body is read: a 401 — unless the kernel reset the connection
+            # first (the client keeps sending bytes the server will not read, and a close with
+            # unread bytes is a reset, which may discard the answer). None is answered otherwise.
+            refused = [answer or b"" for i, answer in enumerate(got) if i % 2]
+            assert all(a == b"" or a.startswith(b"HTTP/1.1 401") for a in refused), refused
+            assert any(a.startswith(b"HTTP/1.1 401") for a in refused), refused
             await _answers(device)
         finally:
             dribbling.cancel()
