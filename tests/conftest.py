@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,13 @@ def clock() -> ManualClock:
 @pytest.fixture
 async def start_service(tmp_path: Path) -> AsyncIterator[ServiceFactory]:
     """Start services (with users ADMIN and USER); all are stopped at the end of the test."""
+    async with started_services(tmp_path) as start:
+        yield start
+
+
+@asynccontextmanager
+async def started_services(tmp_path: Path) -> AsyncIterator[ServiceFactory]:
+    """A factory of services (with users ADMIN and USER) in ``tmp_path``; all stop on exit."""
     started: list[Service] = []
 
     async def start(
@@ -66,10 +74,11 @@ async def start_service(tmp_path: Path) -> AsyncIterator[ServiceFactory]:
         started.append(service)
         return service
 
-    yield start
-    for service in started:
-        if service._runners:
-            await service.stop()
+    try:
+        yield start
+    finally:
+        for service in started:
+            await service.stop()  # idempotent: a test may have stopped it already
 
 
 @pytest.fixture

@@ -24,11 +24,9 @@ import pytest_asyncio
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from sysupd.api.service import Service
-from sysupd.config import build_config
 from sysupd.release.repository import ReleaseRepository
-from sysupd.system.clock import Clock
 from tests.client import WsClient
-from tests.conftest import ADMIN, USER, test_config_values
+from tests.conftest import started_services
 from tests.releases import PRODUCT, make_tree
 
 __all__ = [
@@ -115,23 +113,8 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
 @pytest_asyncio.fixture(loop_scope="session")
 async def services(tmp_path: Path) -> AsyncIterator[ServiceFactory]:
     """Start services (with users ADMIN and USER) on this loop; all stop at the end."""
-    started: list[Service] = []
-
-    async def start(
-        state_dir: Path | None = None, clock: Clock | None = None, **overrides: Any
-    ) -> Service:
-        config = build_config(test_config_values(state_dir or tmp_path / "state", **overrides))
-        service = Service(config, clock=clock)
-        if service.users.count() == 0:
-            service.users.add(*ADMIN, is_admin=True)
-            service.users.add(*USER, is_admin=False)
-        await service.start()
-        started.append(service)
-        return service
-
-    yield start
-    for service in started:
-        await service.stop()
+    async with started_services(tmp_path) as start:
+        yield start
 
 
 @pytest_asyncio.fixture(loop_scope="session")
