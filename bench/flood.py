@@ -31,7 +31,6 @@ import contextlib
 import json
 import multiprocessing
 import os
-import re
 import resource
 import statistics
 import subprocess
@@ -41,8 +40,9 @@ from base64 import b64encode
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _harness import BenchError, sysupd_command
-from offline import ADMIN, CHILDREN, HOST, KDF, add_admin, machine, revision, run_main, table
+from _harness import BenchError
+from offline import ADMIN, CHILDREN, HOST, KDF, Serve, machine, revision, run_main, table
+from offline import start_serve as offline_serve
 from offline import workdir as make_workdir
 
 CALLERS = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
@@ -51,7 +51,6 @@ SOURCES = [f"127.0.0.{i}" for i in range(2, 202)]
 CALL_EVERY_S = 0.1
 SLOW_LINE_EVERY_S = 10.0
 _TIME_LIMIT_S = 1800
-_LISTENING = re.compile(r"sysupd listening: ws://[^ ]*:(\d+)/websocket\s+https?://[^ ]*:(\d+)/")
 
 
 @dataclass
@@ -70,38 +69,14 @@ class Phase:
     """The service's open descriptors, once a second."""
 
 
-async def start_serve(work: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """``sysupd serve`` with systemd's descriptor limit; its HTTP port."""
+async def start_serve(work: Path) -> Serve:
+    """``sysupd serve`` with systemd's descriptor limit and the default connection limits."""
     config = work / "sysupd.toml"
     values = {**KDF, "update_check_interval_s": 0, "auto_reboot": False}
     config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
-    state = work / "state"
-    add_admin(config, state, work / "setup.log")
-    out = work / "serve.log"
-
-    def systemds_limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (DESCRIPTOR_LIMIT, DESCRIPTOR_LIMIT))
-
-    command = [*sysupd_command(), "serve", "--config", str(config), "--state-dir", str(state)]
-    command += ["--host", HOST, "--ws-port", "0", "--http-port", "0", "--no-tls"]
-    with out.open("wb") as sink:
-        popen = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=systemds_limit,  # noqa: PLW1509 - this process starts no threads
-        )
-    CHILDREN.add(popen)
-    for _ in range(3000):
-        found = _LISTENING.search(out.read_text(errors="replace"))
-        if found is not None:
-            return popen, int(found.group(2))
-        if popen.poll() is not None:
-            break
-        await asyncio.sleep(0.02)
-    raise BenchError(f"sysupd serve did not start; see {out}")
+    return await offline_serve(
+        config, work / "state", work, "flood", descriptor_limit=DESCRIPTOR_LIMIT
+    )
 
 
 async def call(port: int, auth: str) -> float:
@@ -215,7 +190,8 @@ async def run_phase(
 
 
 async def measure(options: argparse.Namespace, work: Path) -> list[Phase]:
-    popen, port = await start_serve(work)
+    serve = await start_serve(work)
+    popen, port = serve.popen, serve.http_port
     auth = "Basic " + b64encode(f"{ADMIN[0]}:{ADMIN[1]}".encode()).decode()
     try:
         seconds = options.seconds

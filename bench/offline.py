@@ -50,6 +50,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -443,9 +444,17 @@ def add_admin(config: Path, state_dir: Path, log: Path) -> None:
     )
 
 
-async def start_serve(config: Path, state_dir: Path, logs: Path, name: str) -> Serve:
+async def start_serve(
+    config: Path, state_dir: Path, logs: Path, name: str, *, descriptor_limit: int = 0
+) -> Serve:
     """A fresh state directory with the administrator, then ``sysupd serve`` on 127.0.0.1 with
-    kernel-chosen ports (its own process and session); waits until it listens."""
+    kernel-chosen ports (its own process and session); waits until it listens.
+    ``descriptor_limit``, when not 0, is the child's RLIMIT_NOFILE."""
+
+    def limit() -> None:
+        if descriptor_limit:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (descriptor_limit, descriptor_limit))
+
     remove(state_dir)
     add_admin(config, state_dir, logs / "setup.log")
     out = logs / f"serve-{name}.log"
@@ -467,6 +476,7 @@ async def start_serve(config: Path, state_dir: Path, logs: Path, name: str) -> S
             stdout=sink,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=limit,  # noqa: PLW1509 - the benchmarks start no threads
         )
     CHILDREN.add(popen)
     deadline = time.monotonic() + _START_TIMEOUT_S
