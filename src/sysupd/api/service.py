@@ -513,6 +513,19 @@ class Service:
             except Exception as exc:  # noqa: BLE001 - the sweep must go on whatever one round did
                 self.log_bug("the periodic sweep", exc)
 
+    def anonymous_line(
+        self, source: str, line: str, *, warning: bool = False, count: bool = True
+    ) -> bool:
+        """Log ``line`` about a client that has not logged in, on the minute's budget (past it,
+        only counted by ``source``, unless ``count`` is false: said later); whether it was
+        written."""
+        if not self.socket_lines.allow(self.clock.monotonic()):
+            if count:
+                self.socket_lines.count(source)
+            return False
+        (self.log.warning if warning else self.log.info)(line)
+        return True
+
     def _flush_noise(self, *, everything: bool = False) -> None:
         """Write what was only counted: repeated logins, sockets that never logged in."""
         self.audit.flush(everything=everything)

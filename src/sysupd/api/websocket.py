@@ -205,10 +205,9 @@ class WsSession:
     def _login_deadline(self) -> None:
         if self._state.state is SessionState.CONNECTED:
             # Said on the budget: an anonymous client can open many sockets that never log in.
-            if self.service.socket_lines.allow(self.service.clock.monotonic()):
-                self.service.log.info(f"closing websocket from {self.address}: no login in time")
-            else:
-                self.service.socket_lines.count(self.address)
+            self.service.anonymous_line(
+                self.address, f"closing websocket from {self.address}: no login in time"
+            )
             self._finish(_Close(WSCloseCode.POLICY_VIOLATION, b"login deadline"))
             self._closer = asyncio.get_running_loop().create_task(self._abort_later())
 
@@ -254,10 +253,9 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
         refuse_cross_site(request)
     except Forbidden as exc:
         # On the budget too: any page can make a browser try this again and again.
-        if service.socket_lines.allow(service.clock.monotonic()):
-            service.log.warning(f"websocket from {address} refused: {exc.details}")
-        else:
-            service.socket_lines.count(address)
+        service.anonymous_line(
+            address, f"websocket from {address} refused: {exc.details}", warning=True
+        )
         return error_response(exc)
     ws = web.WebSocketResponse(max_msg_size=service.config.max_frame_bytes, decode_text=False)
     await ws.prepare(request)
@@ -267,9 +265,8 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
     service.guard.await_login(request.transport)
     # Every socket is said while they come few; past a budget a minute, one that never logs in
     # is only counted, so anonymous open/close cycles cannot flush the log.
-    said = service.socket_lines.allow(service.clock.monotonic())
-    if said:
-        service.log.info(f"websocket opened from {address}")
+    # (A socket past the budget is counted when it closes, if it never logged in.)
+    said = service.anonymous_line(address, f"websocket opened from {address}", count=False)
     service.events.subscribe(session)
     service.sessions.add(session)
     try:
