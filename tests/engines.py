@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sysupd.boot.adapter import Bootloader
 from sysupd.core.settings import Settings, apply_changes
 from sysupd.engine.engine import Engine
+from sysupd.engine.slotset import SlotConfig, make_writer
 from sysupd.release.repository import ReleaseRepository
+from sysupd.slots.base import SlotWriter
 from sysupd.system.clock import SystemClock
 from tests.releases import PRODUCT
 
@@ -29,9 +33,24 @@ def device_settings(repo: ReleaseRepository, **changes: Any) -> Settings:
     )
 
 
-def make_engine(state_dir: Path, repo: ReleaseRepository, **changes: Any) -> Engine:
-    """An engine for ``state_dir`` (a fresh one is a fresh power-on)."""
-    return Engine(state_dir, device_settings(repo, **changes), SystemClock())
+def make_engine(
+    state_dir: Path,
+    repo: ReleaseRepository,
+    *,
+    boot_twin: Bootloader | None = None,
+    slot_writer: Callable[[SlotConfig], SlotWriter] = make_writer,
+    **changes: Any,
+) -> Engine:
+    """An engine for ``state_dir`` (a fresh one is a fresh power-on), with ``changes`` to the
+    device's settings; ``boot_twin`` and ``slot_writer`` replace the configured bootloader and
+    slot writers with twins."""
+    return Engine.from_settings(
+        state_dir,
+        device_settings(repo, **changes),
+        SystemClock(),
+        bootloader=boot_twin,
+        slot_writer=slot_writer,
+    )
 
 
 def booted_engine(state_dir: Path, repo: ReleaseRepository, **changes: Any) -> Engine:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sysupd.api.service import Service
 from sysupd.release.repository import ReleaseRepository
+from sysupd.sources.bundlefile import BundleFile
 from tests.conftest import ADMIN, USER, ClientFactory, ServiceFactory
 from tests.engines import make_engine
 from tests.releases import PRODUCT, make_repo
@@ -29,7 +30,7 @@ def _installed(tmp_path: Path) -> tuple[ReleaseRepository, Path]:
     engine = make_engine(state, repo)
     engine.start()
     engine.confirm(True, "")
-    engine.install_bundle(bundle)
+    engine.install(BundleFile(bundle))
     return repo, state
 
 

@@ -15,6 +15,7 @@ from sysupd.engine.lock import UpdateLock
 from sysupd.engine.marks import mark_slot
 from sysupd.errors import BadRequest, UpdateBusy, UpdateError
 from sysupd.release.repository import ReleaseRepository
+from sysupd.sources.bundlefile import BundleFile
 from tests.engines import make_engine
 from tests.procs import run_cli, write_config
 from tests.programs import requires
@@ -144,7 +145,7 @@ async def test_mark_good_booted_settles_the_trial(
     engine = make_engine(_state(device), repo)
     engine.start()
     engine.confirm(True, "")
-    engine.install_bundle(bundle)
+    engine.install(BundleFile(bundle))
     assert engine.start().slot == "B"
     report = await _status(device)
     assert (report["booted"], report["trial"], report["floor"]) == ("B", "B", "0.0.0")
@@ -206,7 +207,7 @@ async def test_refused_after_an_interrupted_install(
             raise _PowerCut
 
     with pytest.raises(_PowerCut):
-        engine.install_bundle(bundle, progress=cut)
+        engine.install(BundleFile(bundle), progress=cut)
     assert (await _status(device))["job"] is not None
     await _refused(device, "active", "B", "the install of 1.1.0 into it did not complete")
     await _refused(device, "good", "other", "the install of 1.1.0 into it did not complete")

@@ -14,6 +14,7 @@ from sysupd.core.bundle_format import BUNDLE_PREFIX_BYTES, encode_bundle_header
 from sysupd.engine.engine import Engine
 from sysupd.errors import AcquireError, InstallError, UpdateError, VerificationError
 from sysupd.release.repository import ReleaseRepository
+from sysupd.sources.bundlefile import BundleFile
 from tests.engines import make_engine, running_device, snapshot_tree
 from tests.releases import make_repo, read_header
 
@@ -45,16 +46,16 @@ def _refused(
         snapshot_tree(state / "trust") if (state / "trust").exists() else {},
     )
     with pytest.raises(error, match=match):
-        engine.install_bundle(bundle)
+        engine.install(BundleFile(bundle))
     assert snapshot_tree(state / "slots" / "A") == before[0]
-    status = engine.status()
+    status = engine.status().to_json()
     assert status["next_boot"] == "A"
     assert status["booted"] == "A"
     assert status["last_result"]["result"] == "failed"
     assert status["job"] is None
     if bundle.exists() and bundle.is_file():
         assert (state / "trust").exists() is False or snapshot_tree(state / "trust") == before[2]
-    assert engine.install_bundle(good).version  # the next update succeeds
+    assert engine.install(BundleFile(good)).version  # the next update succeeds
 
 
 def _rewrite(bundle: Path, out: Path, roots: tuple[str, ...]) -> Path:
@@ -72,7 +73,7 @@ def test_flipped_payload_byte(device: Engine, good: Path, tmp_path: Path) -> Non
     bad = tmp_path / "flipped.bundle"
     bad.write_bytes(bytes(data))
     with pytest.raises(VerificationError, match="does not match its signed hash"):
-        device.install_bundle(bad)
+        device.install(BundleFile(bad))
     assert not any((device.state_dir / "slots" / "B").iterdir())  # nothing half-written is left
     _refused(device, bad, VerificationError, "does not match its signed hash", good)
 
@@ -111,8 +112,8 @@ def test_expired_releases(tmp_path: Path, good: Path, device: Engine) -> None:
     stale = tmp_path / "stale.bundle"
     old.write_bundle("1.1.0", stale)
     with pytest.raises(VerificationError, match="expired"):
-        engine.install_bundle(stale)
-    assert engine.status()["next_boot"] == "A"
+        engine.install(BundleFile(stale))
+    assert engine.status().to_json()["next_boot"] == "A"
 
 
 def test_another_product(tmp_path: Path, repo: ReleaseRepository, good: Path) -> None:
@@ -120,22 +121,22 @@ def test_another_product(tmp_path: Path, repo: ReleaseRepository, good: Path) ->
     engine.start()
     engine.confirm(True, "")
     with pytest.raises(VerificationError, match="this device is 'another-box'"):
-        engine.install_bundle(good)
-    assert engine.status()["next_boot"] == "A"
+        engine.install(BundleFile(good))
+    assert engine.status().to_json()["next_boot"] == "A"
 
 
 def test_downgrade(device: Engine, repo: ReleaseRepository, good: Path, tmp_path: Path) -> None:
     newer = tmp_path / "newer.bundle"
     repo.write_bundle("1.2.0", newer)
-    device.install_bundle(newer)
+    device.install(BundleFile(newer))
     booted = make_engine(device.state_dir, repo)
     booted.start()
     booted.confirm(True, "")
     with pytest.raises(VerificationError, match="older than the installed floor"):
-        booted.install_bundle(good)
-    assert booted.status()["next_boot"] == "B"
+        booted.install(BundleFile(good))
+    assert booted.status().to_json()["next_boot"] == "B"
     allowed = make_engine(device.state_dir, repo, allow_downgrade=True)
-    assert str(allowed.install_bundle(good).version) == "1.1.0"
+    assert str(allowed.install(BundleFile(good)).version) == "1.1.0"
 
 
 def test_root_chain_with_a_missing_version(
@@ -184,6 +185,6 @@ def test_full_disk_during_install(tmp_path: Path, tiny_disk: Path) -> None:
     engine.start()
     engine.confirm(True, "")
     with pytest.raises(InstallError, match="no space"):
-        engine.install_bundle(bundle)
+        engine.install(BundleFile(bundle))
     assert slot_a.read_bytes() == b"running system" * 100
-    assert engine.status()["next_boot"] == "A"
+    assert engine.status().to_json()["next_boot"] == "A"

@@ -13,6 +13,7 @@ from sysupd.engine.engine import Engine
 from sysupd.engine.state import JobRecord, Outcome
 from sysupd.errors import InstallError, VerificationError
 from sysupd.release.repository import ReleaseRepository
+from sysupd.sources.bundlefile import BundleFile
 from tests.engines import booted_engine, bundle_file, make_engine
 from tests.releases import make_repo
 
@@ -27,7 +28,7 @@ def test_crash_after_the_switch_settles_as_installed(
 ) -> None:
     state = tmp_path / "state"
     engine = booted_engine(state, repo)
-    engine.install_bundle(bundle_file(repo, tmp_path, "1.1.0"))
+    engine.install(BundleFile(bundle_file(repo, tmp_path, "1.1.0")))
     # The power fails after the switch, before the final bookkeeping: the job is still recorded.
     record = engine.state_file.load()
     engine.state_file.save(
@@ -54,7 +55,7 @@ def test_crash_before_the_switch_settles_as_interrupted(
     report = make_engine(state, repo).start()
     assert report.slot == "A"
     assert report.interrupted is not None
-    status = make_engine(state, repo).status()
+    status = make_engine(state, repo).status().to_json()
     assert status["slots"]["B"]["version"] is None
     assert status["trial"] is None
     recorded = make_engine(state, repo).state_file.load().last_result
@@ -67,18 +68,18 @@ def test_no_install_while_the_booted_slot_is_on_trial(
     tmp_path: Path, repo: ReleaseRepository
 ) -> None:
     state = tmp_path / "state"
-    booted_engine(state, repo).install_bundle(bundle_file(repo, tmp_path, "1.1.0"))
+    booted_engine(state, repo).install(BundleFile(bundle_file(repo, tmp_path, "1.1.0")))
     trial = make_engine(state, repo)
     assert trial.start().slot == "B"
     with pytest.raises(InstallError, match="still on trial"):
-        trial.install_bundle(bundle_file(repo, tmp_path, "1.2.0"))
-    assert trial.status()["slots"]["A"]["bootable"] is True
+        trial.install(BundleFile(bundle_file(repo, tmp_path, "1.2.0")))
+    assert trial.status().to_json()["slots"]["A"]["bootable"] is True
 
 
 def test_the_last_bootable_slot_is_never_rejected(tmp_path: Path, repo: ReleaseRepository) -> None:
     state = tmp_path / "state"
     engine = booted_engine(state, repo)
-    engine.install_bundle(bundle_file(repo, tmp_path, "1.1.0"))
+    engine.install(BundleFile(bundle_file(repo, tmp_path, "1.1.0")))
     env = engine.bootloader.load()
     engine.bootloader.save(env.reject("A"))  # the old slot got lost meanwhile
     trial = make_engine(state, repo)
@@ -90,14 +91,14 @@ def test_the_last_bootable_slot_is_never_rejected(tmp_path: Path, repo: ReleaseR
 def test_failed_reinstall_clears_reboot_required(tmp_path: Path, repo: ReleaseRepository) -> None:
     state = tmp_path / "state"
     engine = booted_engine(state, repo)
-    engine.install_bundle(bundle_file(repo, tmp_path, "1.1.0"))
+    engine.install(BundleFile(bundle_file(repo, tmp_path, "1.1.0")))
     bad = tmp_path / "bad.bundle"
     data = bytearray(bundle_file(repo, tmp_path, "1.2.0").read_bytes())
     data[-10] ^= 1
     bad.write_bytes(bytes(data))
     with pytest.raises(VerificationError):
-        engine.install_bundle(bad)
-    status = engine.status()
+        engine.install(BundleFile(bad))
+    status = engine.status().to_json()
     assert status["trial"] is None
     assert status["slots"]["B"]["version"] is None
     assert status["next_boot"] == "A"
@@ -107,7 +108,7 @@ def test_confirmed_slot_that_stops_coming_up_is_reported_as_a_rollback(
     tmp_path: Path, repo: ReleaseRepository
 ) -> None:
     state = tmp_path / "state"
-    booted_engine(state, repo).install_bundle(bundle_file(repo, tmp_path, "1.1.0"))
+    booted_engine(state, repo).install(BundleFile(bundle_file(repo, tmp_path, "1.1.0")))
     good = make_engine(state, repo)
     good.start()
     good.confirm(True, "")
@@ -119,44 +120,41 @@ def test_confirmed_slot_that_stops_coming_up_is_reported_as_a_rollback(
     assert "did not come up" in report.rolled_back
 
 
-def _firmware(engine: Engine, booted: str) -> MemoryBootloader:
-    """Put a firmware-chosen boot loader (as grub is) in place of the file one."""
-    memory = MemoryBootloader(tuple(engine.slots), engine.bootloader.load(), booted)
-    engine.bootloader = memory
-    return memory
+def _firmware(state: Path, repo: ReleaseRepository, booted: str) -> tuple[Engine, MemoryBootloader]:
+    """An engine whose boot loader is a firmware-chosen one (as grub is), in memory."""
+    firmware = MemoryBootloader(("A", "B"), booted=booted)
+    return make_engine(state, repo, boot_twin=firmware), firmware
 
 
 def test_restart_before_the_reboot_is_not_a_rollback(
     tmp_path: Path, repo: ReleaseRepository
 ) -> None:
     state = tmp_path / "state"
-    engine = make_engine(state, repo)
-    firmware = _firmware(engine, "A")
+    engine, firmware = _firmware(state, repo, "A")
     engine.start()
     engine.confirm(True, "")
-    engine.install_bundle(bundle_file(repo, tmp_path, "1.1.0"))
-    restarted = make_engine(state, repo)
-    restarted.bootloader = firmware  # the service restarts; the machine has not rebooted
+    engine.install(BundleFile(bundle_file(repo, tmp_path, "1.1.0")))
+    # The service restarts; the machine has not rebooted.
+    restarted = make_engine(state, repo, boot_twin=firmware)
     report = restarted.start()
     assert (report.slot, report.rolled_back) == ("A", None)
-    assert restarted.status()["trial"] == "B"
+    assert restarted.status().to_json()["trial"] == "B"
 
 
 def test_install_goes_to_the_slot_the_firmware_did_not_boot(
     tmp_path: Path, repo: ReleaseRepository
 ) -> None:
     state = tmp_path / "state"
-    engine = make_engine(state, repo)
-    firmware = _firmware(engine, "A")
+    engine, firmware = _firmware(state, repo, "A")
     engine.start()
     engine.confirm(True, "")
-    engine.install_bundle(bundle_file(repo, tmp_path, "1.1.0"))
+    engine.install(BundleFile(bundle_file(repo, tmp_path, "1.1.0")))
     # The machine reboots into B and confirms it; `sysupd install` then runs before the
     # service recorded the new boot.
     firmware.env = firmware.load().confirm("B")
     firmware.booted = "B"
     record = engine.state_file.load()
     engine.state_file.save(dataclasses.replace(record, trial=None))
-    engine.install_bundle(bundle_file(repo, tmp_path, "1.2.0"))
+    engine.install(BundleFile(bundle_file(repo, tmp_path, "1.2.0")))
     assert (state / "slots" / "A" / "etc" / "version").read_text() == "1.2.0\n"
     assert (state / "slots" / "B" / "etc" / "version").read_text() == "1.1.0\n"

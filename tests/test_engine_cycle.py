@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,6 +12,7 @@ from sysupd.engine.engine import Engine
 from sysupd.engine.lock import UpdateLock
 from sysupd.errors import UpdateBusy
 from sysupd.release.repository import ReleaseRepository
+from sysupd.sources.bundlefile import BundleFile
 from tests.engines import make_engine, snapshot_tree
 from tests.releases import make_repo
 
@@ -42,8 +44,10 @@ def test_install_boot_confirm(tmp_path: Path, repo: ReleaseRepository, bundle: P
     engine = _factory(state, repo)
     lines: list[str] = []
     progress: list[int] = []
-    manifest = engine.install_bundle(
-        bundle, log=lines.append, progress=lambda _stage, done, _total: progress.append(done)
+    manifest = engine.install(
+        BundleFile(bundle),
+        log=lines.append,
+        progress=lambda _stage, done, _total: progress.append(done),
     )
     assert str(manifest.version) == "1.1.0"
     assert (state / "slots" / "B" / "etc" / "version").read_text() == "1.1.0\n"
@@ -51,7 +55,7 @@ def test_install_boot_confirm(tmp_path: Path, repo: ReleaseRepository, bundle: P
     assert progress[-1] == manifest.length
     assert any("signed metadata of release 1.1.0" in line for line in lines)
     assert any(re.search(r"\((\d|\.)+ (bytes|KiB|MiB)/s\)", line) for line in lines)
-    status = engine.status()
+    status = engine.status().to_json()
     assert status["next_boot"] == "B"
     assert status["trial"] == "B"
     assert status["last_result"]["result"] == "installed"
@@ -62,7 +66,7 @@ def test_install_boot_confirm(tmp_path: Path, repo: ReleaseRepository, bundle: P
     result = rebooted.confirm(True, "")
     assert result is not None
     assert result.result == "success"
-    status = rebooted.status()
+    status = rebooted.status().to_json()
     assert status["floor"] == "1.1.0"
     assert status["booted"] == "B"
     assert status["slots"]["B"]["version"] == "1.1.0"
@@ -72,7 +76,7 @@ def test_failed_health_check_rolls_back(
     tmp_path: Path, repo: ReleaseRepository, bundle: Path
 ) -> None:
     state = tmp_path / "state"
-    _factory(state, repo).install_bundle(bundle)
+    _factory(state, repo).install(BundleFile(bundle))
     trial = make_engine(state, repo)
     assert trial.start().slot == "B"
     result = trial.confirm(False, "exit status 3")
@@ -83,7 +87,7 @@ def test_failed_health_check_rolls_back(
     report = back.start()
     assert (report.slot, report.version) == ("A", "0.0.0")
     back.confirm(True, "")
-    status = back.status()
+    status = back.status().to_json()
     assert status["last_result"]["result"] == "rolled back"
     assert status["slots"]["B"]["bootable"] is False
     assert (state / "slots" / "A" / "running-system").read_text() == "factory\n"
@@ -93,7 +97,7 @@ def test_slot_that_never_comes_up_is_abandoned(
     tmp_path: Path, repo: ReleaseRepository, bundle: Path
 ) -> None:
     state = tmp_path / "state"
-    _factory(state, repo).install_bundle(bundle)
+    _factory(state, repo).install(BundleFile(bundle))
     for _ in range(3):  # boots that crash before the health check
         assert make_engine(state, repo).start().slot == "B"
     report = make_engine(state, repo).start()
@@ -106,8 +110,8 @@ def test_one_update_at_a_time(tmp_path: Path, repo: ReleaseRepository, bundle: P
     state = tmp_path / "state"
     engine = _factory(state, repo)
     with UpdateLock(state / "update.lock"), pytest.raises(UpdateBusy, match="already running"):
-        engine.install_bundle(bundle)
-    assert engine.install_bundle(bundle).version
+        engine.install(BundleFile(bundle))
+    assert engine.install(BundleFile(bundle)).version
 
 
 def test_next_update_after_a_good_one(tmp_path: Path, repo: ReleaseRepository) -> None:
@@ -116,15 +120,15 @@ def test_next_update_after_a_good_one(tmp_path: Path, repo: ReleaseRepository) -
     second = tmp_path / "b.bundle"
     repo.write_bundle("1.1.0", first)
     repo.write_bundle("1.2.0", second)
-    _factory(state, repo).install_bundle(first)
+    _factory(state, repo).install(BundleFile(first))
     booted = make_engine(state, repo)
     booted.start()
     booted.confirm(True, "")
-    booted.install_bundle(second)
+    booted.install(BundleFile(second))
     assert (state / "slots" / "A" / "etc" / "version").read_text() == "1.2.0\n"
     final = make_engine(state, repo)
     assert (final.start().slot, final.confirm(True, "") is not None) == ("A", True)
-    assert final.status()["floor"] == "1.2.0"
+    assert final.status().to_json()["floor"] == "1.2.0"
 
 
 def test_established_slot_is_kept_when_its_check_fails(
@@ -135,7 +139,7 @@ def test_established_slot_is_kept_when_its_check_fails(
     again = make_engine(state, repo)
     assert again.start().slot == "A"
     assert again.confirm(False, "exit status 1") is None
-    status = again.status()
+    status = again.status().to_json()
     assert status["slots"]["A"]["bootable"] is True
     assert status["next_boot"] == "A"
 
@@ -147,23 +151,25 @@ def test_a_restart_before_the_reboot_keeps_the_new_slot_on_trial(
     reboot yet): the old slot's health check must not settle the new slot's trial."""
     state, cmdline = tmp_path / "state", tmp_path / "cmdline"
     grubenv = tmp_path / "grubenv"
-    changes = {"bootloader": "grub", "grubenv": str(grubenv)}
+    changes: dict[str, Any] = {"bootloader": "grub", "grubenv": str(grubenv)}
     cmdline.write_text("BOOT_IMAGE=/vmlinuz root=/dev/vda2 sysupd.slot=A\n")
 
     def engine() -> Engine:
         settings = make_engine(state, repo, **changes).settings
-        return Engine(state, settings, make_engine(state, repo).clock, cmdline=cmdline)
+        return Engine.from_settings(
+            state, settings, make_engine(state, repo).clock, cmdline=cmdline
+        )
 
     engine().start()
     engine().confirm(True, "")
-    engine().install_bundle(bundle)
-    assert engine().status()["trial"] == "B"
+    engine().install(BundleFile(bundle))
+    assert engine().status().to_json()["trial"] == "B"
     engine().start()  # the service restarts, still on slot A
     assert engine().confirm(True, "") is None
-    assert engine().status()["trial"] == "B", "B still waits for its first boot"
+    assert engine().status().to_json()["trial"] == "B", "B still waits for its first boot"
     cmdline.write_text("BOOT_IMAGE=/vmlinuz root=/dev/vda3 sysupd.slot=B\n")
     engine().start()
     result = engine().confirm(True, "")
     assert result is not None
     assert result.result == "success"
-    assert engine().status()["trial"] is None
+    assert engine().status().to_json()["trial"] is None

@@ -110,7 +110,7 @@ def _trusted_root(service: Service) -> dict[str, Any]:
 
 def _assert_untouched(service: Service) -> None:
     """A booted slot A that boots next, and a slot B that cannot boot and holds nothing."""
-    status = service.engine().status()
+    status = service.engine().status().to_json()
     assert status["booted"] == "A", status
     assert status["next_boot"] == "A", status
     assert status["trial"] is None, status
@@ -333,7 +333,7 @@ async def test_release_below_the_floor_is_not_offered_and_says_why(
             if service.boot_status == "good":
                 break
             await asyncio.sleep(0.02)
-        assert service.engine().status()["floor"] == "2.0.0"
+        assert service.engine().status().to_json()["floor"] == "2.0.0"
         admin = await connect(service, login=ADMIN)
         available = await checked(admin, service)
         assert available["updates_available"] is False
@@ -367,7 +367,7 @@ async def test_key_rotation_is_followed_and_old_keys_are_refused(
         repo.rotate_key("timestamp")
         repo.publish()
         assert (await checked(admin, service))["version"] == "1.1.0"
-        status, trust = service.engine().status(), _trust(service)
+        status, trust = service.engine().status().to_json(), _trust(service)
 
         # A newer timestamp signed with the old, replaced key is refused.
         path = repo.path / "metadata" / "timestamp.json"
@@ -378,7 +378,9 @@ async def test_key_rotation_is_followed_and_old_keys_are_refused(
         path.write_bytes(forged.to_bytes(_SERIALIZER))
         await _check_refused(admin, service, "timestamp.*sign|sign.*timestamp")
         await _update_now_refused(admin, "The update check failed")
-    assert service.engine().status() == status  # slot B stays as installed, A still booted
+    assert (
+        service.engine().status().to_json() == status
+    )  # slot B stays as installed, A still booted
     assert status["booted"] == "A"
     assert _trust(service) == trust
     assert _trusted_root(service)["version"] == 2
@@ -466,7 +468,7 @@ async def test_stale_mirror_is_refused_after_an_offline_install(
         assert reply == {"result": "success", "updates": "starting"}
         _, final = await wait_final(admin)
         assert final["result"] == "success", final["details"]
-        status, trust = service.engine().status(), _trust(service)
+        status, trust = service.engine().status().to_json(), _trust(service)
         assert (
             json.loads(trust["versions.json"])["releases"] == repo.metadata_versions()["releases"]
         )
@@ -474,7 +476,7 @@ async def test_stale_mirror_is_refused_after_an_offline_install(
         error = await _check_refused(admin, service, _ROLLBACK)
         assert "releases" in error, error
         await _update_now_refused(admin, "The update check failed")
-    after = service.engine().status()
+    after = service.engine().status().to_json()
     assert after == status, "the stale mirror's 1.0.0 replaced the pending 1.1.0"
     assert after["slots"]["B"]["version"] == "1.1.0"
     assert _trust(service) == trust

@@ -84,7 +84,7 @@ async def test_server_down_is_an_error_not_no_updates(
     reply = await admin.call("sys", "update_now", {})
     assert reply["result"] == "failure"
     assert "The update check failed" in reply["error"]
-    assert service.engine().status()["next_boot"] == "A"
+    assert service.engine().status().to_json()["next_boot"] == "A"
 
 
 async def test_releases_for_another_product_are_passed_over_with_the_reason(

@@ -29,6 +29,7 @@ from sysupd.engine.engine import Engine
 from sysupd.errors import ConfigError, InstallError, VerificationError
 from sysupd.release import keys
 from sysupd.release.repository import ReleaseRepository
+from sysupd.sources.bundlefile import BundleFile
 from tests.engines import make_engine, running_device, snapshot_tree
 from tests.releases import make_repo, make_tree
 
@@ -213,7 +214,7 @@ def test_an_archive_with_more_members_than_signed_is_refused_early(
             done.append(count)
 
     with pytest.raises(VerificationError, match=f"more than the {DECLARED} members"):
-        engine.install_bundle(bundle, progress=progress)
+        engine.install(BundleFile(bundle), progress=progress)
     # Stopped at the 11th member: a few chunks of a 20 MB payload, not the whole archive.
     length = repo.release("1.2.0").length
     assert length > 10_000_000
@@ -221,12 +222,12 @@ def test_an_archive_with_more_members_than_signed_is_refused_early(
     assert list((state / "slots" / "B").iterdir()) == []
     assert snapshot_tree(state / "slots" / "A") == before[0]
     assert all_paths(tmp_path) == before[1]  # nothing written anywhere else
-    status = engine.status()
+    status = engine.status().to_json()
     assert (status["booted"], status["next_boot"], status["job"]) == ("A", "A", None)
     assert status["last_result"]["result"] == "failed"
     good = tmp_path / "good.bundle"
     repo.write_bundle("1.1.0", good)
-    assert str(engine.install_bundle(good).version) == "1.1.0"  # the next update succeeds
+    assert str(engine.install(BundleFile(good)).version) == "1.1.0"  # the next update succeeds
 
 
 def test_an_archive_with_exactly_the_signed_members_installs(
@@ -237,7 +238,7 @@ def test_an_archive_with_exactly_the_signed_members_installs(
     bundle = tmp_path / "many.bundle"
     repo.write_bundle("1.2.0", bundle)
     engine = device(tmp_path, repo)
-    assert engine.install_bundle(bundle).entries == 301
+    assert engine.install(BundleFile(bundle)).entries == 301
     assert len(list((tmp_path / "state" / "slots" / "B" / "d").iterdir())) == 300
 
 
@@ -260,10 +261,10 @@ def test_a_release_without_a_member_count_is_refused_clearly(
             r"\('sysupd release add', as a new version\)"
         ),
     ):
-        engine.install_bundle(bundle)
+        engine.install(BundleFile(bundle))
     assert (snapshot_tree(state / "slots" / "A"), (state / "bootenv.json").read_bytes()) == before
     assert not (state / "slots" / "B").exists() or not any((state / "slots" / "B").iterdir())
-    assert engine.status()["job"] is None
+    assert engine.status().to_json()["job"] is None
 
 
 # -- the configured slot capacity --------------------------------------------------------------
@@ -307,7 +308,7 @@ def test_an_image_larger_than_the_slot_capacity_is_refused_before_the_first_byte
     engine.start()
     engine.confirm(True, "")
     state = tmp_path / "state"
-    before = ((state / "bootenv.json").read_bytes(), engine.status()["slots"])
+    before = ((state / "bootenv.json").read_bytes(), engine.status().to_json()["slots"])
     large = tmp_path / "large.bundle"
     raw_repo.write_bundle("2.0.0", large)
     with pytest.raises(
@@ -317,15 +318,15 @@ def test_an_image_larger_than_the_slot_capacity_is_refused_before_the_first_byte
             r"\(setting slot_capacity_bytes\)"
         ),
     ):
-        engine.install_bundle(large)
+        engine.install(BundleFile(large))
     assert slot_b.read_bytes() == b"previous image" * 10_000  # not written, not grown
     assert slot_a.read_bytes() == b"running system" * 100
-    assert ((state / "bootenv.json").read_bytes(), engine.status()["slots"]) == before
-    assert engine.status()["job"] is None
-    assert engine.status()["last_result"]["result"] == "failed"
+    assert ((state / "bootenv.json").read_bytes(), engine.status().to_json()["slots"]) == before
+    assert engine.status().to_json()["job"] is None
+    assert engine.status().to_json()["last_result"]["result"] == "failed"
     fits = tmp_path / "fits.bundle"
     raw_repo.write_bundle("2.1.0", fits)  # exactly the capacity
-    assert str(engine.install_bundle(fits).version) == "2.1.0"
+    assert str(engine.install(BundleFile(fits)).version) == "2.1.0"
     assert slot_b.stat().st_size == capacity
 
 
@@ -341,23 +342,23 @@ def test_a_tree_larger_than_the_slot_capacity_is_refused_before_the_slot_is_wipe
     before = (
         snapshot_tree(state / "slots"),
         (state / "bootenv.json").read_bytes(),
-        engine.status()["slots"],
+        engine.status().to_json()["slots"],
     )
     bundle = tmp_path / "tree.bundle"
     repo.write_bundle("1.1.0", bundle)
     with pytest.raises(
         InstallError, match=f"needs {installed} bytes, more than the {installed - 1} bytes slot B"
     ):
-        engine.install_bundle(bundle)
+        engine.install(BundleFile(bundle))
     after = (
         snapshot_tree(state / "slots"),
         (state / "bootenv.json").read_bytes(),
-        engine.status()["slots"],
+        engine.status().to_json()["slots"],
     )
     assert after == before
-    assert engine.status()["job"] is None
+    assert engine.status().to_json()["job"] is None
     roomy = make_engine(state, repo, slot_capacity_bytes=installed)
-    assert str(roomy.install_bundle(bundle).version) == "1.1.0"
+    assert str(roomy.install(BundleFile(bundle)).version) == "1.1.0"
 
 
 def test_no_configured_capacity_leaves_the_slot_size_to_the_device(
@@ -367,4 +368,4 @@ def test_no_configured_capacity_leaves_the_slot_size_to_the_device(
     repo.add_release("1.2.0", tree=tree, chunk_size=CHUNK)
     bundle = tmp_path / "big.bundle"
     repo.write_bundle("1.2.0", bundle)
-    assert str(device(tmp_path, repo).install_bundle(bundle).version) == "1.2.0"
+    assert str(device(tmp_path, repo).install(BundleFile(bundle)).version) == "1.2.0"

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from sysupd.boot.adapter import make_bootloader
 from sysupd.core.bootenv import BootEnv
 from sysupd.errors import VerificationError
 from sysupd.release.repository import ReleaseRepository
+from sysupd.sources.bundlefile import BundleFile
 from tests.engines import booted_engine, bundle_file, make_engine
 from tests.releases import make_repo
 
@@ -35,32 +37,56 @@ def _published(repo: ReleaseRepository) -> dict[str, int]:
     return {"targets": versions["targets"], "releases": versions["releases"]}
 
 
-class _KillAtTheSwitch:
-    """The real file bootloader, with the power cut just before or just after it records the
-    switch to the new slot (an I/O boundary's twin: the save itself is the real one)."""
+class _AroundTheSwitch:
+    """The real file bootloader, with something done around its saving the switch to slot B
+    (an I/O boundary's twin: the save itself is the real one)."""
 
-    def __init__(self, real: object, after: bool) -> None:
-        self._real = real
-        self._after = after
-        self.name = real.name  # type: ignore[attr-defined]
+    def __init__(self, state: Path) -> None:
+        self._real = make_bootloader("file", state, ("A", "B"), None)
+        self.name = self._real.name
 
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._real, name)
+    def load(self) -> BootEnv:
+        return self._real.load()
+
+    def booted_slot(self) -> str | None:
+        return self._real.booted_slot()
 
     def save(self, env: BootEnv) -> None:
         switching = env.order[0] == "B" and env.slots["B"].ok
-        if switching and not self._after:
+        if switching:
+            self.before()
+        self._real.save(env)
+        if switching:
+            self.after()
+
+    def before(self) -> None:
+        """Just before the switch is saved."""
+
+    def after(self) -> None:
+        """Just after the switch is saved."""
+
+
+class _KillAtTheSwitch(_AroundTheSwitch):
+    """The power cut just before or just after the switch is saved."""
+
+    def __init__(self, state: Path, after: bool) -> None:
+        super().__init__(state)
+        self._after = after
+
+    def before(self) -> None:
+        if not self._after:
             os.kill(os.getpid(), signal.SIGKILL)
-        self._real.save(env)  # type: ignore[attr-defined]
-        if switching and self._after:
+
+    def after(self) -> None:
+        if self._after:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _install_and_die(state: str, repo_path: str, bundle: str, after: bool) -> None:
     """In a child process: install ``bundle`` and be killed at the switch."""
-    engine = make_engine(Path(state), ReleaseRepository.open(Path(repo_path)))
-    engine.bootloader = _KillAtTheSwitch(engine.bootloader, after)  # type: ignore[assignment]
-    engine.install_bundle(Path(bundle))
+    firmware = _KillAtTheSwitch(Path(state), after)
+    engine = make_engine(Path(state), ReleaseRepository.open(Path(repo_path)), boot_twin=firmware)
+    engine.install(BundleFile(Path(bundle)))
 
 
 def _killed_install(state: Path, repo: ReleaseRepository, bundle: Path, *, after: bool) -> None:
@@ -112,7 +138,7 @@ def test_the_trust_after_a_clean_install_is_committed_with_nothing_pending(
 ) -> None:
     state = tmp_path / "state"
     engine = booted_engine(state, repo)
-    engine.install_bundle(bundle_file(repo, tmp_path, "1.2.0"))
+    engine.install(BundleFile(bundle_file(repo, tmp_path, "1.2.0")))
     assert _versions(state) == {
         "targets": repo.metadata_versions()["targets"],
         "releases": repo.metadata_versions()["releases"],
@@ -138,30 +164,24 @@ def test_the_provisioned_root_is_adopted_once_and_a_new_file_setting_is_ignored(
     assert foreign_root in report.trust_warning
     assert "root rotation" in report.trust_warning
     with pytest.raises(VerificationError):
-        engine.install_bundle(bundle_file(foreign, tmp_path, "9.0.0"))
+        engine.install(BundleFile(bundle_file(foreign, tmp_path, "9.0.0")))
     assert (state / "trust" / "root.json").read_bytes() == adopted
-    assert make_engine(state, repo).status()["slots"]["B"]["version"] is None
+    assert make_engine(state, repo).status().to_json()["slots"]["B"]["version"] is None
 
 
-class _FillTheDiskAtTheSwitch:
-    """The real file bootloader; right after it records the switch, the disk fills up (another
-    process's log, say), so the trust commit that follows meets a real ENOSPC."""
+class _FillTheDiskAtTheSwitch(_AroundTheSwitch):
+    """Right after the switch is saved, the disk fills up (another process's log, say), so the
+    trust commit that follows meets a real ENOSPC."""
 
-    def __init__(self, real: object, disk: Path) -> None:
-        self._real = real
+    def __init__(self, state: Path, disk: Path) -> None:
+        super().__init__(state)
         self._disk = disk
-        self.name = real.name  # type: ignore[attr-defined]
 
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._real, name)
-
-    def save(self, env: BootEnv) -> None:
-        self._real.save(env)  # type: ignore[attr-defined]
-        if env.order[0] == "B" and env.slots["B"].ok:
-            with contextlib.suppress(OSError), (self._disk / "filler").open("ab") as out:
-                while True:
-                    out.write(b"\0" * 4096)
-                    out.flush()
+    def after(self) -> None:
+        with contextlib.suppress(OSError), (self._disk / "filler").open("ab") as out:
+            while True:
+                out.write(b"\0" * 4096)
+                out.flush()
 
 
 def test_a_commit_that_fails_after_the_switch_is_redone_at_the_next_start(
@@ -170,14 +190,15 @@ def test_a_commit_that_fails_after_the_switch_is_redone_at_the_next_start(
     """The disk is full between the switch and the trust commit: the install is done (the new
     slot boots next), and the next start keeps its trust."""
     state = small_disk / "state"
-    engine = booted_engine(state, repo)
-    engine.bootloader = _FillTheDiskAtTheSwitch(engine.bootloader, small_disk)  # type: ignore[assignment]
+    booted_engine(state, repo)
+    firmware = _FillTheDiskAtTheSwitch(state, small_disk)
+    engine = make_engine(state, repo, boot_twin=firmware)
     lines: list[str] = []
     bundle = bundle_file(repo, tmp_path, "1.2.0")
     # The bookkeeping after the switch cannot be written either, so the call fails; what matters
     # is the next start.
     with contextlib.suppress(OSError):
-        engine.install_bundle(bundle, log=lines.append)
+        engine.install(BundleFile(bundle), log=lines.append)
     assert any("kept at the next start" in line for line in lines), lines
     assert (state / "trust" / "pending.json").exists()
     assert _versions(state) is None
@@ -187,4 +208,4 @@ def test_a_commit_that_fails_after_the_switch_is_redone_at_the_next_start(
     assert (report.slot, report.version) == ("B", "1.2.0")
     assert _versions(state) == _published(repo)
     assert not (state / "trust" / "pending.json").exists()
-    assert make_engine(state, repo).status()["last_result"]["result"] == "installed"
+    assert make_engine(state, repo).status().to_json()["last_result"]["result"] == "installed"

@@ -56,7 +56,7 @@ def _untouched(service: Service) -> None:
     assert snapshot_tree(service.config.state_dir / "slots" / "A") == {
         "running-system": b"factory\n"
     }
-    status = service.engine().status()
+    status = service.engine().status().to_json()
     assert status["next_boot"] == "A"
     assert status["booted"] == "A"
 

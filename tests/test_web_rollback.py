@@ -7,6 +7,7 @@ from pathlib import Path
 from playwright.async_api import Page, expect
 
 from sysupd.api.service import Service
+from sysupd.sources.bundlefile import BundleFile
 from tests.conftest import ADMIN
 from tests.engines import make_engine
 from tests.releases import PRODUCT, make_repo
@@ -26,7 +27,7 @@ async def rolled_back(tmp_path: Path, services: ServiceFactory) -> Service:
     engine = make_engine(state, repo)
     engine.start()
     engine.confirm(True, "")
-    engine.install_bundle(bundle)
+    engine.install(BundleFile(bundle))
     settings = {
         "product": PRODUCT,
         "trust_root": str(repo.path / "metadata" / "1.root.json"),

@@ -5,10 +5,12 @@ The package is laid out by architecture, a small core free of I/O with thin edge
 - ``core``: the I/O-free rules — envelope, argument schemas, sessions and lockout, the settings
   registry, versions, bundle framing, the release manifest, the trust chain, chunk
   verification, job states, boot-environment rules, origins, connection limits.
-- ``engine``: the update engine — install, switch, boot trial, trust store, state file, lock.
+- ``engine``: the update engine, composed once of its collaborators — ``install(source)``, the
+  switch, the boot trial, the status record, trust store, state file, lock.
 - ``slots``: slot writers (directory trees through an allow-list extractor, raw images).
 - ``boot``: bootloader adapters (file, grub) and their in-memory twin.
-- ``sources``: where update bytes come from (a file on the LAN, the online TUF channel).
+- ``sources``: where updates come from, behind one ``Source`` protocol — a bundle file, a LAN
+  URL, the update server's TUF channel — and their in-memory twin.
 - ``release``: the release tool (a TUF repository, payloads, bundles, key rotation).
 - ``store``: the SQLite state, the identity file and the audit record.
 - ``api``: the WebSocket/HTTP edge — service, connection guard, sessions, calls, uploads.

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from sysupd.api.calls import Call, CallContext
-from sysupd.core.job import JobState
 from sysupd.core.manifest import Manifest
 from sysupd.core.units import human_size
-from sysupd.core.versions import Version, parse_version
-from sysupd.engine.engine import Engine, Release
-from sysupd.errors import AcquireError, SysupdError
+from sysupd.core.versions import parse_version
+from sysupd.engine.engine import Engine
+from sysupd.errors import SysupdError
 from sysupd.sources.online import OnlineChannel, Survey
+from sysupd.sources.server import ServerSource
 from sysupd.sources.tuf_fetcher import FetcherLimits
 
 if TYPE_CHECKING:
@@ -146,52 +144,15 @@ class UpdateChecker:
             else:
                 await asyncio.sleep(60)
 
-    def online_install(self, server: str) -> Callable[..., object]:
-        """The job that installs the newest release from the update server."""
-        limits = self.limits()
-        installed = parse_version(self.installed())
-        cache_lock = self._cache_lock
-
-        def install(
-            engine: Engine,
-            progress: Callable[[JobState, int, int], None],
-            log: Callable[[str], None],
-        ) -> object:
-            with cache_lock:
-                channel = OnlineChannel(
-                    server, engine.state_dir / "online", engine.trust.load(), limits
-                )
-                try:
-                    return _install_newest(channel, engine, installed, server, progress, log)
-                finally:
-                    channel.close()
-
-        return install
-
-
-def _install_newest(
-    channel: OnlineChannel,
-    engine: Engine,
-    installed: Version,
-    server: str,
-    progress: Callable[[JobState, int, int], None],
-    log: Callable[[str], None],
-) -> object:
-    candidate = channel.newest(engine.policy(), installed).candidate
-    if candidate is None:
-        raise AcquireError("no newer release is available any more")
-    manifest = candidate.manifest
-    log(
-        f"release {manifest.version} from {urlsplit(server).netloc}: "
-        f"{manifest.length} bytes, metadata verified"
-    )
-    chunks = channel.chunk_list(candidate)
-    url, stream = channel.open_payload(candidate)
-
-    trust = engine.trust.update_online(*channel.trusted_versions())
-    with stream:
-        return engine.install_release(
-            Release(manifest, chunks, trust), stream, url, progress=progress, log=log
+    def source(self, server: str, version: str) -> ServerSource:
+        """The newest release on ``server`` as an update's source (``version``: what the check
+        found, for people; the source picks again when the job opens it)."""
+        return ServerSource(
+            server,
+            self._service.config.state_dir / "online",
+            self._cache_lock,
+            self.limits(),
+            version,
         )
 
 

@@ -44,8 +44,8 @@ from sysupd.core.noise import LineBudget
 from sysupd.core.origins import normalize_name
 from sysupd.core.sessions import LoginThrottle, TokenTable
 from sysupd.core.settings import Settings, apply_changes, refuse_device_settings, settings_to_wire
-from sysupd.engine.engine import BootReport, Engine
-from sysupd.engine.state import BootStatus, Outcome
+from sysupd.engine.engine import BootReport, Engine, engine_settings
+from sysupd.engine.state import BootStatus
 from sysupd.engine.trust import TrustStore
 from sysupd.errors import (
     ApiError,
@@ -158,6 +158,8 @@ class Service:
         self._serving = False
         self.boot: BootReport | None = None
         self.boot_status = BootStatus.STARTING
+        self._engine: Engine | None = None
+        self._engine_key: tuple[object, ...] = ()
         self.boot_error = ""
         """Why the boot trial could not run, with ``BootStatus.ERROR``."""
         self.boot_settled = asyncio.Event()
@@ -304,8 +306,12 @@ class Service:
     # -- what the calls use ----------------------------------------------------------------
 
     def engine(self) -> Engine:
-        """The update engine under the current settings."""
-        return Engine(self.config.state_dir, self.settings, self.clock)
+        """The update engine, composed once and again only when a setting it reads changes."""
+        key = engine_settings(self.settings)
+        if self._engine is None or self._engine_key != key:
+            self._engine = Engine.from_settings(self.config.state_dir, self.settings, self.clock)
+            self._engine_key = key
+        return self._engine
 
     def system_info(self) -> dict[str, Any]:
         """``sys/info``'s reply: the booted slot's version, and (ext) which slot and how it is."""
@@ -454,25 +460,18 @@ class Service:
     async def _run_boot_trial(self) -> None:
         ok, detail = await run_health_check(self.settings.health_check_command)
         try:
-            result = await asyncio.to_thread(self.engine().confirm, ok, detail)
+            verdict = await asyncio.to_thread(self.engine().settle_boot, ok, detail)
         except SysupdError as exc:
             self.boot_status, self.boot_error = BootStatus.ERROR, str(exc)
             self.log.error(f"boot trial: {exc}")
             return
-        state = (await asyncio.to_thread(self.engine().status))["last_result"]
-        rolled_back = state is not None and state["result"] == "rolled back"
-        if result is None or result.result is not Outcome.ROLLED_BACK:
-            self.boot_status = (
-                BootStatus.ROLLED_BACK
-                if rolled_back
-                else (BootStatus.GOOD if ok else BootStatus.UNHEALTHY)
-            )
-            if result is not None:  # a new slot confirmed: its line says how
-                self.log.info(f"boot trial: {result.detail}")
+        self.boot_status = verdict.status
+        if not verdict.reboot:
+            if verdict.settled is not None:  # a new slot confirmed: its line says how
+                self.log.info(f"boot trial: {verdict.settled.detail}")
             else:
                 (self.log.info if ok else self.log.warning)(f"boot trial: {detail}")
             return
-        self.boot_status = BootStatus.FAILED
         self.log.error(
             f"boot trial: {detail}; slot {self.boot.slot if self.boot else '?'} "
             "is abandoned and the previous slot boots next"

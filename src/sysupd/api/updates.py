@@ -23,9 +23,7 @@ import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from sysupd.api.calls import Call, CallContext
 from sysupd.core.job import JobState
@@ -33,16 +31,20 @@ from sysupd.core.schema import Arg, Schema
 from sysupd.core.units import human_duration, human_rate, human_size
 from sysupd.engine.engine import Engine
 from sysupd.engine.lock import UpdateLock
+from sysupd.engine.state import LastResult, Outcome
+from sysupd.engine.status import EngineStatus
 from sysupd.errors import InvalidURL, SysupdError, UpdateBusy
 from sysupd.fsutil import atomic_write, read_capped
-from sysupd.sources.bridge import LoopReader
-from sysupd.sources.lan import FetchLimits, LanDownload, PinnedTarget, check_url
+from sysupd.sources.base import Source
+from sysupd.sources.bundlefile import BundleFile
+from sysupd.sources.lan import FetchLimits, check_url
+from sysupd.sources.url import UrlSource
 from sysupd.system.reboot import RebootKind
 
 if TYPE_CHECKING:
     from sysupd.api.service import Service
 
-__all__ = ["UPDATE_CALLS", "JobRun", "UpdateManager", "bundle_path", "fetched"]
+__all__ = ["UPDATE_CALLS", "JobRun", "UpdateManager"]
 
 _PHASES = {
     JobState.ACQUIRING: "download",
@@ -97,10 +99,6 @@ class JobRun:
         return line
 
 
-Install = Callable[[Engine, Callable[[JobState, int, int], None], Callable[[str], None]], object]
-"""Runs the engine's install (in a worker thread) with a progress and a log callback."""
-
-
 class UpdateManager:
     """Runs update jobs for the service and answers for them."""
 
@@ -110,7 +108,7 @@ class UpdateManager:
         self.job: JobRun | None = self._load_last()
         self._soon: asyncio.TimerHandle | None = None
 
-    def engine_status(self) -> dict[str, Any] | None:
+    def engine_status(self) -> EngineStatus | None:
         """The engine's status, ``None`` when it cannot be read; it reads files and may run the
         bootloader's tool (grub-editenv), so the event loop calls it in a worker thread."""
         try:
@@ -127,40 +125,31 @@ class UpdateManager:
         """``sys/update_status``'s reply (reading the engine where it is called)."""
         return self.reply(self.engine_status())
 
-    def reply(self, engine: dict[str, Any] | None) -> dict[str, Any]:
+    def reply(self, engine: EngineStatus | None) -> dict[str, Any]:
         """``sys/update_status``'s reply from the engine's status ``engine``; (ext)
         ``last_result``: how the engine's last install or boot trial ended (``result``,
         ``detail``, ``at``, ``version``), or ``None``."""
-        last = engine["last_result"] if engine else None
+        last = engine.last_result if engine else None
         text = self.job.log_text() if self.job is not None else ""
         news, at = _news(last)
         if news and (self.job is None or (not self.job.running and at >= self.job.ended_at)):
             text = f"{text}<br>{news}" if text else news
         return {
-            "reboot_required": _reboot_required(engine),
+            "reboot_required": engine is not None and engine.reboot_required,
             "update_running": self.running,
             "update_status": text,
-            "last_result": last,
+            "last_result": engine.to_json()["last_result"] if engine else None,
         }
 
-    def start(
-        self,
-        source: str,
-        install: Install,
-        cleanup: Callable[[], None],
-        *,
-        by: str,
-        local: bool = False,
-    ) -> None:
-        """Begin a job for user ``by``; the caller has checked that none runs. ``local``: the
-        bytes are on this machine already, so the job verifies instead of downloading first."""
-        self.job = JobRun(source, local=local, phase="verify" if local else "download")
-        self._service.audit.change("update started", by=by, details=source)
-        self._service.spawn(self._run(self.job, install, cleanup, by))
+    def start(self, source: Source, cleanup: Callable[[], None], *, by: str) -> None:
+        """Begin a job from ``source`` for user ``by``; the caller has checked that none runs.
+        A local source's bytes are here already, so the job verifies instead of downloading."""
+        local = source.local
+        self.job = JobRun(source.label, local=local, phase="verify" if local else "download")
+        self._service.audit.change("update started", by=by, details=source.label)
+        self._service.spawn(self._run(self.job, source, cleanup, by))
 
-    async def _run(
-        self, job: JobRun, install: Install, cleanup: Callable[[], None], by: str
-    ) -> None:
+    async def _run(self, job: JobRun, source: Source, cleanup: Callable[[], None], by: str) -> None:
         service = self._service
         loop = asyncio.get_running_loop()
         self._say(job, f"update started from {job.source}")
@@ -185,7 +174,7 @@ class UpdateManager:
         def run() -> object:
             with contextlib.suppress(SysupdError):
                 job.slot = engine.target_slot()  # for people only: the engine decides again
-            return install(engine, progress, log)
+            return engine.install(source, progress=progress, log=log)
 
         started = loop.time()
         try:
@@ -314,10 +303,10 @@ class UpdateManager:
             return None
         if was_running:  # the service stopped while it ran: what did the engine get to?
             try:
-                last = self._service.engine().status()["last_result"]
+                last = self._service.engine().status().last_result
             except SysupdError:
                 last = None
-            if last is not None and last["result"] == "installed":
+            if last is not None and last.result is Outcome.INSTALLED:
                 job.lines.append("the service stopped at the end of this update; it installed")
                 job.result = "success"
             else:
@@ -326,63 +315,21 @@ class UpdateManager:
         return job
 
 
-def _reboot_required(engine: dict[str, Any] | None) -> bool:
-    """From a successful install until the reboot into the new slot."""
-    return (
-        engine is not None and engine["trial"] is not None and engine["trial"] != engine["booted"]
-    )
-
-
-def _news(last: dict[str, Any] | None) -> tuple[str, str]:
+def _news(last: LastResult | None) -> tuple[str, str]:
     """What the engine recorded after the job, and when, to be said plainly even after the job
     that led to it: the new slot confirmed, a rollback, or an interrupted install."""
-    prefix = _NEWS.get(last["result"]) if last is not None else None
+    prefix = _NEWS.get(last.result) if last is not None else None
     if last is None or prefix is None:
         return "", ""
-    return html.escape(prefix + last["detail"], quote=False), str(last["at"])
+    return html.escape(prefix + last.detail, quote=False), last.at
 
 
 _NEWS = {
-    "success": "after the reboot: ",
-    "rolled back": "rolled back: ",
-    "interrupted": "",
+    Outcome.SUCCESS: "after the reboot: ",
+    Outcome.ROLLED_BACK: "rolled back: ",
+    Outcome.INTERRUPTED: "",
 }
 """Engine results that ``sys/update_status`` tells after the job's own log, with their lead-in."""
-
-
-def fetched(
-    target: PinnedTarget,
-    networks: tuple[str, ...],
-    limits: FetchLimits,
-    loop: asyncio.AbstractEventLoop,
-) -> Install:
-    """An install streamed from a LAN URL: download, verify and write in one pass."""
-
-    def install(
-        engine: Engine, progress: Callable[[JobState, int, int], None], log: Callable[[str], None]
-    ) -> object:
-        download = LanDownload(target, networks, limits)
-        asyncio.run_coroutine_threadsafe(download.__aenter__(), loop).result()
-        try:
-            size = human_size(download.size) if download.size is not None else "size unknown"
-            log(f"downloading from {target.host} ({target.address}), {size}")
-            reader = LoopReader(download.read, loop)
-            return engine.install_stream(reader, target.url, progress=progress, log=log)
-        finally:
-            asyncio.run_coroutine_threadsafe(download.aclose(), loop).result()
-
-    return install
-
-
-def bundle_path(path: Path) -> Install:
-    """An install of a bundle file."""
-
-    def install(
-        engine: Engine, progress: Callable[[JobState, int, int], None], log: Callable[[str], None]
-    ) -> object:
-        return engine.install_bundle(path, progress=progress, log=log)
-
-    return install
 
 
 _BUSY = {"result": "failure", "error": "Update procedure already running"}
@@ -427,11 +374,9 @@ async def update_now(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         taken = path.with_name(f".job-{secrets.token_hex(8)}")
         os.replace(path, taken)
         manager.start(
-            f"the uploaded file {name} ({human_size(size)})",
-            bundle_path(taken),
+            BundleFile(taken, f"the uploaded file {name} ({human_size(size)})"),
             lambda: taken.unlink(missing_ok=True),
             by=_who(ctx),
-            local=True,
         )
         return {"result": "success", "updates": "starting"}
     if "fetch_url" in args:
@@ -447,12 +392,8 @@ async def update_now(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
             min_rate_window_s=service.config.fetch_stall_s,
         )
         networks = service.settings.fetch_networks
-        manager.start(
-            f"{target.host} (fetch_url)",
-            fetched(target, networks, limits, asyncio.get_running_loop()),
-            lambda: None,
-            by=_who(ctx),
-        )
+        source = UrlSource(target, networks, limits, asyncio.get_running_loop())
+        manager.start(source, lambda: None, by=_who(ctx))
         return {"result": "success", "updates": "starting"}
     server = service.settings.update_server
     if not server:
@@ -465,10 +406,7 @@ async def update_now(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     if manager.running:  # another update_now won the race while the check ran
         return _BUSY
     manager.start(
-        f"the update server {urlsplit(server).netloc} (release {checked.candidate.version})",
-        service.checks.online_install(server),
-        lambda: None,
-        by=_who(ctx),
+        service.checks.source(server, str(checked.candidate.version)), lambda: None, by=_who(ctx)
     )
     return {"result": "success", "updates": "starting"}
 

@@ -79,6 +79,6 @@ def device_engine(
                 settings = SettingsStore(db).load(config.settings)[0]
             finally:
                 db.close()
-        return Engine(config.state_dir, settings, SystemClock())
+        return Engine.from_settings(config.state_dir, settings, SystemClock())
     except SysupdError as exc:
         fail(str(exc))

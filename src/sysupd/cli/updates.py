@@ -14,8 +14,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 
 from sysupd.cli.options import config_options, device_engine, fail
 from sysupd.core.job import JobState
-from sysupd.engine.state import Outcome
 from sysupd.errors import SysupdError
+from sysupd.sources.bundlefile import BundleFile
 from sysupd.system.health import run_health_check
 from sysupd.system.reboot import RebootKind, run_reboot_action
 
@@ -44,7 +44,7 @@ def install(bundle: Path, config_file: Path | None, state_dir: Path | None) -> N
             bar.update(task, description=stage.value, completed=done, total=total)
 
         try:
-            manifest = engine.install_bundle(bundle, progress=progress, log=click.echo)
+            manifest = engine.install(BundleFile(bundle), progress=progress, log=click.echo)
         except SysupdError as exc:
             fail(str(exc))
     click.echo(f"installed {manifest.product} {manifest.version}; reboot to boot it (on trial)")
@@ -54,7 +54,7 @@ def show_local_status(config_file: Path | None, state_dir: Path | None, as_json:
     """``sysupd status --local``: the slots, what boots next, the trial and the last result, from
     the state directory."""
     try:
-        report = device_engine(config_file, state_dir).status()
+        report = device_engine(config_file, state_dir).status().to_json()
     except SysupdError as exc:
         fail(str(exc))
     if as_json:
@@ -98,13 +98,13 @@ def boot(reboot_now: bool, config_file: Path | None, state_dir: Path | None) -> 
         if report.rolled_back:
             click.echo(f"rolled back: {report.rolled_back}")
         ok, detail = asyncio.run(run_health_check(engine.settings.health_check_command))
-        result = engine.confirm(ok, detail)
+        verdict = engine.settle_boot(ok, detail)
     except SysupdError as exc:
         fail(str(exc))
     click.echo(f"booted slot {report.slot} ({report.version}): {detail}")
-    if result is not None:
-        click.echo(f"{result.result}: {result.detail}")
-    if result is not None and result.result is Outcome.ROLLED_BACK:
+    if verdict.settled is not None:
+        click.echo(f"{verdict.settled.result}: {verdict.settled.detail}")
+    if verdict.reboot:
         if reboot_now:
             settings = engine.settings
             outcome = asyncio.run(

@@ -1,1 +1,3 @@
-"""Where update bytes come from: uploaded files, LAN URLs, the update server."""
+"""Where updates come from, behind one ``Source`` protocol (``base``): a bundle file
+(``bundlefile``), a LAN URL (``url``), the update server (``server``), and the in-memory twin
+(``memory``)."""

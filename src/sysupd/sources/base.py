@@ -1,0 +1,95 @@
+"""The seam between where update bytes come from and the engine that verifies and installs them.
+
+A ``Source`` is one update's origin: an uploaded bundle file, a bundle at a LAN URL, or the newest
+release on the update server. The engine opens it under its update lock and gets an
+``Acquired``: a blocking byte stream and, when the source's own channel verified the release's
+metadata already (the update server, through python-tuf), that ``SignedRelease``. A bundle's
+metadata travels in its stream, and the engine verifies it there.
+
+Invariants: a source does no verification the engine relies on except through
+``SignedRelease`` (metadata verified against the device's trust, which ``DeviceView`` hands it);
+payload bytes are always unverified, checked chunk by chunk by the engine. Every failure to get
+bytes is an ``AcquireError``; metadata that does not verify is a ``VerificationError``. Sources
+run in the engine's worker thread and may block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+from sysupd.core.manifest import Manifest
+from sysupd.core.trustchain import ReleasePolicy, TrustState
+from sysupd.core.versions import Version
+
+__all__ = ["Acquired", "ByteSource", "DeviceView", "Log", "SignedRelease", "Source"]
+
+Log = Callable[[str], None]
+"""A line for people, for the update's log."""
+
+
+class ByteSource(Protocol):
+    """Where payload bytes come from: anything with a blocking ``read(n)``."""
+
+    def read(self, size: int, /) -> bytes:
+        """Up to ``size`` bytes; ``b""`` only at the end."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    """What a source may know of the device: its trust, to verify its channel's metadata; its
+    release policy and the booted slot's version, to choose a release."""
+
+    trust: TrustState
+    policy: ReleasePolicy
+    installed: Version
+
+
+@dataclass(frozen=True, slots=True)
+class SignedRelease:
+    """A release whose metadata the source's channel verified against the device's trust."""
+
+    manifest: Manifest
+    chunk_list: bytes
+    """The payload's chunk hashes, verified against their signed target entry."""
+    root: bytes
+    """The newest root the channel verified, to keep once the release is installed."""
+    targets_version: int
+    releases_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Acquired:
+    """An opened source: its bytes and, when verified already, the release they are."""
+
+    stream: ByteSource
+    origin: str
+    """Where the bytes come from (a path or URL), recorded with the slot."""
+    release: SignedRelease | None = None
+    """``None``: the stream is a bundle, whose metadata the engine verifies."""
+
+
+class Source(Protocol):
+    """Where one update comes from."""
+
+    @property
+    def label(self) -> str:
+        """For people: "the uploaded file x.bundle (1.0 MiB)", "nas.lan (fetch_url)"."""
+        ...
+
+    @property
+    def local(self) -> bool:
+        """The bytes are on this machine already, so nothing is downloaded."""
+        ...
+
+    def open(self, device: DeviceView, log: Log) -> AbstractContextManager[Acquired]:
+        """Open the source for reading (in the engine's worker thread, under its lock).
+
+        Raises:
+            AcquireError: the bytes cannot be had.
+            VerificationError: the channel's metadata is not trusted.
+        """
+        ...

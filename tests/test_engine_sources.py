@@ -1,0 +1,110 @@
+"""The engine's one install entry point, ``install(source)``, through the source twin: a source
+that fails mid-stream is an acquire error and installs nothing; an ``OSError`` from the source's
+stream is the source's fault, not the slot's; the service composes its engine once."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sysupd.api.service import Service
+from sysupd.engine.engine import Engine
+from sysupd.errors import AcquireError
+from sysupd.release.repository import ReleaseRepository
+from sysupd.sources.base import Acquired, DeviceView, Log
+from sysupd.sources.memory import MemorySource
+from tests.engines import bundle_file, running_device, snapshot_tree
+from tests.releases import make_repo
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> ReleaseRepository:
+    return make_repo(tmp_path, "1.1.0")
+
+
+@pytest.fixture
+def device(tmp_path: Path, repo: ReleaseRepository) -> Engine:
+    return running_device(tmp_path, repo)
+
+
+def _assert_nothing_installed(engine: Engine, running: dict[str, bytes], match: str) -> None:
+    assert snapshot_tree(engine.state_dir / "slots" / "A") == running
+    status = engine.status()
+    assert (status.booted, status.next_boot, status.trial, status.job) == ("A", "A", None, None)
+    assert status.slots["B"].version is None
+    assert status.last_result is not None
+    assert status.last_result.result == "failed"
+    assert match in status.last_result.detail
+
+
+def test_a_source_that_breaks_off_mid_payload_installs_nothing(
+    device: Engine, repo: ReleaseRepository, tmp_path: Path
+) -> None:
+    data = bundle_file(repo, tmp_path, "1.1.0").read_bytes()
+    source = MemorySource(data, fail_at=len(data) - 1000, label="the twin")
+    running = snapshot_tree(device.state_dir / "slots" / "A")
+    lines: list[str] = []
+    with pytest.raises(AcquireError, match="the twin broke off at byte"):
+        device.install(source, log=lines.append)
+    _assert_nothing_installed(device, running, "broke off")
+    assert source.closed == len(source.opened) == 1, "opened once and closed again"
+    assert str(source.opened[0].installed) == device.settings.factory_version
+    assert any("installing into slot B" in line for line in lines), "it got as far as the slot"
+    # The next update from a whole source succeeds.
+    assert str(device.install(MemorySource(data)).version) == "1.1.0"
+
+
+def test_a_source_that_breaks_off_in_the_header_leaves_the_slot_untouched(
+    device: Engine, repo: ReleaseRepository, tmp_path: Path
+) -> None:
+    data = bundle_file(repo, tmp_path, "1.1.0").read_bytes()
+    running = snapshot_tree(device.state_dir / "slots" / "A")
+    boot = device.bootloader.load()
+    with pytest.raises(AcquireError, match="broke off at byte 40"):
+        device.install(MemorySource(data, fail_at=40))
+    _assert_nothing_installed(device, running, "broke off")
+    assert device.bootloader.load() == boot, "the boot record was not touched"
+
+
+class _FailingDisk:
+    """A source on a disk that fails (EIO) after its first bytes: the source's fault."""
+
+    label = "a failing disk"
+    local = True
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    @contextlib.contextmanager
+    def open(self, device: DeviceView, log: Log) -> Iterator[Acquired]:
+        yield Acquired(self, "/dev/failing")
+
+    def read(self, size: int, /) -> bytes:
+        if not self._data:
+            raise OSError(errno.EIO, "Input/output error")
+        data, self._data = self._data[:size], self._data[size:]
+        return data
+
+
+def test_an_os_error_reading_the_source_is_an_acquire_error(
+    device: Engine, repo: ReleaseRepository, tmp_path: Path
+) -> None:
+    data = bundle_file(repo, tmp_path, "1.1.0").read_bytes()
+    running = snapshot_tree(device.state_dir / "slots" / "A")
+    with pytest.raises(AcquireError, match="reading the update failed: Input/output error"):
+        device.install(_FailingDisk(data[: len(data) // 2]))
+    _assert_nothing_installed(device, running, "Input/output error")
+
+
+async def test_the_service_composes_its_engine_once(service: Service) -> None:
+    engine = service.engine()
+    assert service.engine() is engine
+    service.change_settings({"event_interval_s": 2}, by="test")
+    assert service.engine() is engine, "a setting the engine does not read keeps it"
+    service.change_settings({"allow_downgrade": True}, by="test")
+    rebuilt = service.engine()
+    assert rebuilt is not engine and rebuilt.settings.allow_downgrade
