@@ -82,7 +82,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_no_runtime_import_cycle_between_packages() -> None:
     graph = _graph()
-    assert "engine" in graph and "sources" in graph["engine"], "the graph was read"
+    assert "sources" in graph.get("engine", set()), "the graph was read"
     cycle = _cycle(graph)
     assert cycle is None, "runtime import cycle: " + " -> ".join(cycle or [])
 
