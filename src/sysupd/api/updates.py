@@ -56,15 +56,18 @@ _EVENT = "sys/update_now"
 _LINE_EVENT_DELAY_S = 0.05
 
 
+_RESULTS = {JobState.DONE: "success", JobState.FAILED: "failure"}
+"""The wire's ``result`` of an ended job."""
+
+
 @dataclass(slots=True)
 class JobRun:
     """One update job's public state."""
 
     source: str
     lines: list[str] = field(default_factory=list)
-    running: bool = True
-    result: str | None = None
-    phase: str = "download"
+    state: JobState = JobState.ACQUIRING
+    """The engine's stage while it runs (as its progress reports it), then ``DONE``/``FAILED``."""
     bytes_done: int = 0
     bytes_total: int = 0
     ended_at: str = ""
@@ -74,6 +77,24 @@ class JobRun:
     """The slot it installs into, once known."""
     installing_since: float | None = None
     """When the payload started to flow (monotonic), for the rate and the time left."""
+
+    @property
+    def running(self) -> bool:
+        """Until the job's final event."""
+        return self.state.running
+
+    @property
+    def result(self) -> str | None:
+        """The wire's word for how it ended ("success", "failure"); ``None`` while it runs."""
+        return _RESULTS.get(self.state)
+
+    @property
+    def phase(self) -> str:
+        """The contract's phase of a running job: download, verify, install or switch (an
+        upload's bytes are here already: its first phase is verify)."""
+        if self.local and self.state is JobState.ACQUIRING:
+            return "verify"
+        return _PHASES.get(self.state, "switch")
 
     def log_text(self) -> str:
         """The whole log as clients get it: HTML-escaped lines joined by ``<br>``."""
@@ -145,7 +166,7 @@ class UpdateManager:
         """Begin a job from ``source`` for user ``by``; the caller has checked that none runs.
         A local source's bytes are here already, so the job verifies instead of downloading."""
         local = source.local
-        self.job = JobRun(source.label, local=local, phase="verify" if local else "download")
+        self.job = JobRun(source.label, local=local)
         self._service.audit.change("update started", by=by, details=source.label)
         self._service.spawn(self._run(self.job, source, cleanup, by))
 
@@ -160,12 +181,10 @@ class UpdateManager:
 
         def progress(stage: JobState, done: int, total: int) -> None:
             # Called from the worker thread: plain assignments, read by the ticker.
-            phase = _PHASES.get(stage, job.phase)
-            if phase == "download" and job.local:
-                phase = "verify"
-            if phase == "install" and job.installing_since is None:
+            if stage is JobState.INSTALLING and job.installing_since is None:
                 job.installing_since = service.clock.monotonic()
-            job.phase = phase
+            if stage.running:
+                job.state = stage
             job.bytes_done, job.bytes_total = done, total
 
         def log(line: str) -> None:
@@ -182,15 +201,15 @@ class UpdateManager:
         except SysupdError as exc:
             await asyncio.sleep(0)  # let log lines queued by the worker land first
             self._say(job, f"update failed: {exc}")
-            job.result = "failure"
+            job.state = JobState.FAILED
         except Exception as exc:  # noqa: BLE001 - a bug ends the job, not the service
             self._say(job, "update failed: an internal error; see sys/middleware_log")
             service.log_bug(f"the update job from {job.source}", exc)
-            job.result = "failure"
+            job.state = JobState.FAILED
         else:
             await asyncio.sleep(0)
             self._say(job, f"update installed in {loop.time() - started:.1f} s; reboot to start it")
-            job.result = "success"
+            job.state = JobState.DONE
         finally:
             ticker.cancel()
             self._cancel_soon()
@@ -201,12 +220,11 @@ class UpdateManager:
     def _end(self, job: JobRun, by: str) -> None:
         """A job is over: kept, recorded, told to everyone, and a reboot scheduled if due."""
         service = self._service
-        job.running = False
         job.ended_at = service.clock.utcnow().strftime("%Y-%m-%dT%H:%M:%SZ")
         self._persist(job)
         last = job.lines[-1] if job.lines else ""
         service.audit.change("update ended", by=by, details=f"{job.result}: {last}")
-        success = job.result == "success"
+        success = job.state is JobState.DONE
         service.events.publish(
             _EVENT,
             {
@@ -288,14 +306,14 @@ class UpdateManager:
     def _load_last(self) -> JobRun | None:
         try:
             record = json.loads(read_capped(self._path, 4 * 1024 * 1024))
+            ended = {word: state for state, word in _RESULTS.items()}.get(record["result"])
             job = JobRun(
                 str(record["source"]),
                 [str(x) for x in record["lines"]],
-                False,
-                record["result"],
+                ended or JobState.FAILED,
                 ended_at=str(record.get("ended_at", "")),
             )
-            was_running = bool(record["running"])
+            was_running = bool(record["running"]) or ended is None
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -308,10 +326,10 @@ class UpdateManager:
                 last = None
             if last is not None and last.result is Outcome.INSTALLED:
                 job.lines.append("the service stopped at the end of this update; it installed")
-                job.result = "success"
+                job.state = JobState.DONE
             else:
                 job.lines.append("the service stopped while this update ran; it did not complete")
-                job.result = "failure"
+                job.state = JobState.FAILED
         return job
 
 
