@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from sysupd.api.calls import Call, CallContext
 from sysupd.core.manifest import Manifest
 from sysupd.core.units import human_size
-from sysupd.core.versions import parse_version
 from sysupd.engine.engine import Engine
 from sysupd.errors import SysupdError
 from sysupd.sources.online import OnlineChannel, Survey
@@ -91,12 +90,13 @@ class UpdateChecker:
             return result
 
     def _newest(self, server: str, engine: Engine) -> Survey:
+        device = engine.device_view()
         with self._cache_lock:
             channel = OnlineChannel(
-                server, engine.state_dir / "online", engine.trust.load(), self.limits()
+                server, engine.state_dir / "online", device.trust, self.limits()
             )
             try:
-                return channel.newest(engine.policy(), parse_version(self.installed()))
+                return channel.newest(device.policy, device.installed)
             finally:
                 channel.close()
 
@@ -135,7 +135,9 @@ class UpdateChecker:
         }
 
     async def run_periodically(self) -> None:
-        """Check at start and every ``update_check_interval_s`` (0: never)."""
+        """Check at start (once the booted slot is known) and every ``update_check_interval_s``
+        (0: never)."""
+        await self._service.boot_settled.wait()
         while True:
             interval = self._service.settings.update_check_interval_s
             if interval > 0 and self._service.settings.update_server:

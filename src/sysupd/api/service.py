@@ -223,6 +223,7 @@ class Service:
         http_app.router.add_get("/websocket", handle_websocket)
         http_app.router.add_get("/", handle_page)
         http_app.router.add_get("/static/{name}", handle_asset)
+        learned = await self._learn_boot()
         ws_runner, http_runner = await self._runner(ws_app), await self._runner(http_app)
         plain = self.config.plain_host
         self.ws_port = await self._listen(ws_runner, plain, self.config.ws_port, None)
@@ -233,7 +234,7 @@ class Service:
             self.wss_port = await self._listen(ws_runner, host, self.config.wss_port, context)
             self.https_port = await self._listen(http_runner, host, self.config.https_port, context)
         self.spawn(self._sweep_loop())
-        self._start_boot_trial()
+        self.spawn(self._boot_trial(learned))
         self.spawn(self.checks.run_periodically())
         tls = (
             f", wss on {self.config.host}:{self.wss_port}, https on "
@@ -432,15 +433,23 @@ class Service:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _start_boot_trial(self) -> None:
-        """Learn the booted slot, then confirm it with the health check in the background."""
+    async def _boot_trial(self, learned: bool) -> None:
+        """Confirm the booted slot with the health check, once it is known."""
         try:
-            self.boot = self.engine().start()
+            if learned:
+                await self._run_boot_trial()
+        finally:
+            self.boot_settled.set()
+
+    async def _learn_boot(self) -> bool:
+        """Learn the booted slot (before the listeners open, so every answer knows it); in a
+        worker thread, as the bootloader's tool may run."""
+        try:
+            self.boot = await asyncio.to_thread(self.engine().start)
         except SysupdError as exc:
             self.boot_status, self.boot_error = BootStatus.ERROR, str(exc)
             self.log.error(f"boot: {exc}")
-            self.boot_settled.set()
-            return
+            return False
         self.log.info(f"booted slot {self.boot.slot}, version {self.boot.version}")
         if self.boot.interrupted:
             self.log.warning(f"boot: {self.boot.interrupted}; the booted slot is unchanged")
@@ -449,13 +458,7 @@ class Service:
         if self.boot.trust_warning:
             self.log.warning(f"trust: {self.boot.trust_warning}")
         self.boot_status = BootStatus.TRIAL
-        self.spawn(self._boot_trial())
-
-    async def _boot_trial(self) -> None:
-        try:
-            await self._run_boot_trial()
-        finally:
-            self.boot_settled.set()
+        return True
 
     async def _run_boot_trial(self) -> None:
         ok, detail = await run_health_check(self.settings.health_check_command)

@@ -202,7 +202,7 @@ class Engine:
                 job.advance(JobState.ACQUIRING)
                 report(JobState.ACQUIRING, 0, 0)
                 state = self.state_file.load()
-                with source.open(self._device(state), say) as acquired:
+                with source.open(self.device_view(state), say) as acquired:
                     stream = _Acquiring(acquired.stream)
                     release = self._verify(job, state, acquired, stream, report, say)
                     return self._write(job, state, release, stream, acquired.origin, report, say)
@@ -217,10 +217,17 @@ class Engine:
                     raise InstallError(f"the install failed: {exc}") from exc
                 raise
 
-    def _device(self, state: EngineState) -> DeviceView:
+    def device_view(self, state: EngineState | None = None) -> DeviceView:
+        """What a source may know of the device: its trust, policy and installed version.
+
+        Raises:
+            BootError: the bootloader's record is unusable.
+            ConfigError, StateError: the trust cannot be read.
+        """
+        state = state or self.state_file.load()
         env = self.bootloader.load()
         installed = self._version(state, self._booted(state, env))
-        return DeviceView(self.trust.load(), self.policy(state), parse_version(installed))
+        return DeviceView(self.trust.load, self.policy(state), parse_version(installed))
 
     def _verify(
         self,

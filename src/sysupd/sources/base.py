@@ -43,9 +43,20 @@ class DeviceView:
     """What a source may know of the device: its trust, to verify its channel's metadata; its
     release policy and the booted slot's version, to choose a release."""
 
-    trust: TrustState
+    load_trust: Callable[[], TrustState]
+    """Read only by a source that verifies (a bundle's trust is checked after its header)."""
     policy: ReleasePolicy
     installed: Version
+
+    @property
+    def trust(self) -> TrustState:
+        """The device's trust, read now.
+
+        Raises:
+            ConfigError: no trust root is configured, or it cannot be read.
+            StateError: the persisted trust is unreadable.
+        """
+        return self.load_trust()
 
 
 @dataclass(frozen=True, slots=True)
