@@ -147,30 +147,17 @@ def plan_payload(
 
 
 def add_release(
-    md: RepositoryMetadata,
-    product: str,
-    version: str,
-    *,
-    tree: Path | None,
-    image: Path | None,
-    compress: str,
-    notes: str | None,
-    chunk_size: int,
+    md: RepositoryMetadata, product: str, parsed: Version, plan: PayloadPlan, notes: str | None
 ) -> ReleaseInfo:
-    """Add ``version`` of ``product`` from a file tree (a tar payload) or an image (a raw
-    payload): write the payload and its chunk list as target files, list both in ``releases``,
-    then re-sign releases (and root or targets if close to expiry), snapshot and timestamp.
+    """Add version ``parsed`` of ``product`` with the payload ``plan`` describes: write the
+    payload and its chunk list as target files, list both in ``releases``, then re-sign releases
+    (and root or targets if close to expiry), snapshot and timestamp.
 
     Raises:
-        ConfigError: invalid version, already released, bad inputs (see ``plan_payload``), a tree
-            that holds anything but regular files and directories, or a signing key that is
-            missing.
+        ConfigError: ``parsed`` is already released, the tree holds anything but regular files
+            and directories, or a signing key that is missing.
         StateError: the repository could not be read or written.
     """
-    parsed = parse_release_version(version)
-    if notes is not None and not isinstance(notes, str):
-        raise ConfigError("release notes must be text")
-    plan = plan_payload(tree=tree, image=image, compress=compress, chunk_size=chunk_size)
     with md.locked():
         md.load()
         released = list_releases(md.releases.signed.targets)

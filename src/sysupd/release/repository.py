@@ -36,6 +36,8 @@ from sysupd.release._releases import (
     ReleaseInfo,
     find_release,
     list_releases,
+    parse_release_version,
+    plan_payload,
 )
 from sysupd.system.clock import Clock, SystemClock
 
@@ -155,16 +157,11 @@ class ReleaseRepository:
                 image, a chunk size out of range, or a signing key that is missing.
             StateError: the repository could not be read or written.
         """
-        return _releases.add_release(
-            self._md,
-            self._product,
-            version,
-            tree=tree,
-            image=image,
-            compress=compress,
-            notes=notes,
-            chunk_size=chunk_size,
-        )
+        parsed = parse_release_version(version)
+        if notes is not None and not isinstance(notes, str):
+            raise ConfigError("release notes must be text")
+        plan = plan_payload(tree=tree, image=image, compress=compress, chunk_size=chunk_size)
+        return _releases.add_release(self._md, self._product, parsed, plan, notes)
 
     def publish(self) -> dict[str, int]:
         """Re-sign snapshot and timestamp with fresh versions and expiry; return all versions.
