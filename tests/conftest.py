@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import shutil
 import subprocess
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -42,6 +45,35 @@ test_config_values.__test__ = False  # type: ignore[attr-defined]
 
 ServiceFactory = Callable[..., Awaitable[Service]]
 ClientFactory = Callable[..., Awaitable[WsClient]]
+
+_POLL_S = 0.02
+
+
+async def wait_until(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
+    """Poll ``predicate`` (a plain or an async function) until it is true; after ``timeout_s``
+    seconds fail, saying ``what`` was waited for. For conditions that raise no event of their
+    own (a log line, a file, a process's state); never a statement about elapsed time."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting until {what}")
+        await asyncio.sleep(_POLL_S)
+
+
+async def boot_settled(service: Service, timeout_s: float = 30) -> str:
+    """The service's boot status once its boot trial has settled (and logged how)."""
+    try:
+        await asyncio.wait_for(service.boot_settled.wait(), timeout_s)
+    except TimeoutError:
+        raise AssertionError(
+            f"the boot trial did not settle within {timeout_s:g} s: {service.boot_status}"
+        ) from None
+    return str(service.boot_status)
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ from tests.programs import find, need
 
 __all__ = ["nginx_serving"]
 
+_START_S = 10.0
+
 _CONFIG = """
 daemon off;
 master_process on;
@@ -60,13 +62,16 @@ def nginx_serving(root: Path, work: Path, extra: str = "") -> Iterator[str]:
         stderr=subprocess.PIPE,
     )
     try:
-        for _ in range(200):
-            if (work / "nginx.pid").exists():
-                break
+        # nginx writes its pid file once it listens. A plain poll: this context manager is
+        # synchronous (conftest.wait_until is for the event loop).
+        deadline = time.monotonic() + _START_S
+        while not (work / "nginx.pid").exists():
             if proc.poll() is not None:
                 raise RuntimeError(
                     f"nginx failed: {proc.stderr.read().decode() if proc.stderr else ''}"
                 )
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nginx did not write its pid file within {_START_S:g} s")
             time.sleep(0.02)
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from sysupd.api.service import Service
 from sysupd.release.repository import ReleaseRepository
 from tests.client import WsClient
+from tests.conftest import wait_until
 from tests.nginx import nginx_serving
 from tests.releases import PRODUCT
 
@@ -65,10 +63,5 @@ async def checked(client: WsClient, service: Service) -> dict[str, Any]:
         "result": "success",
         "status": "starting check for updates",
     }
-    for _ in range(400):
-        if service.checks.last is not before:
-            break
-        await asyncio.sleep(0.02)
-    else:
-        pytest.fail("the update check did not end within 8 s")
+    await wait_until(lambda: service.checks.last is not before, 8, "the update check ends")
     return await client.call("sys", "updates_available")

@@ -265,6 +265,7 @@ def test_missing_grub_editenv_says_what_to_install(tmp_path: Path) -> None:
 
 def test_hanging_grub_editenv_times_out(tmp_path: Path) -> None:
     slow = tmp_path / "slow-editenv"
+    # An editenv that hangs (sleeps far past the timeout): the point of the test.
     slow.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(30)\n")
     slow.chmod(0o755)
     path = tmp_path / "grubenv"

@@ -6,20 +6,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from sysupd.api.service import Service
 from sysupd.release.repository import ReleaseRepository
 from sysupd.sources.bundlefile import BundleFile
-from tests.conftest import ADMIN, USER, ClientFactory, ServiceFactory
+from tests.conftest import ADMIN, USER, ClientFactory, ServiceFactory, boot_settled
 from tests.engines import make_engine
 from tests.releases import PRODUCT, make_repo
-
-
-async def _settled(service: Service) -> str:
-    for _ in range(200):
-        if service.boot_status not in ("starting", "trial"):
-            return service.boot_status
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"boot trial did not settle: {service.boot_status}")
 
 
 def _installed(tmp_path: Path) -> tuple[ReleaseRepository, Path]:
@@ -41,7 +32,7 @@ async def test_new_slot_boots_and_is_confirmed(
     service = await start_service(
         state_dir=state, product=PRODUCT, trust_root=str(repo.path / "metadata" / "1.root.json")
     )
-    assert await _settled(service) == "good"
+    assert await boot_settled(service) == "good"
     info = await (await connect(service, login=USER)).call("sys", "info")
     assert (info["system_version"], info["slot"], info["boot_status"]) == ("1.1.0", "B", "good")
     assert any("is confirmed" in line for line in service.log.lines())
@@ -59,14 +50,14 @@ async def test_failed_health_check_reboots_into_the_previous_slot(
         "reboot_action": "exit",
     }
     service = await start_service(state_dir=state, **settings)
-    assert await _settled(service) == "failed"
+    assert await boot_settled(service) == "failed"
     await asyncio.wait_for(service.wait_exit_requested(), 5)  # the reboot it scheduled
     log = "\n".join(service.log.lines())
     assert "exited with status 3: database unreachable" in log
     await service.stop()
 
     after = await start_service(state_dir=state, **{**settings, "health_check_command": ""})
-    assert await _settled(after) == "rolled back"
+    assert await boot_settled(after) == "rolled back"
     admin = await connect(after, login=ADMIN)
     info = await admin.call("sys", "info")
     assert (info["system_version"], info["slot"], info["boot_status"]) == (
@@ -87,7 +78,7 @@ async def test_a_boot_trial_that_cannot_run_says_why_in_sys_info(
     grubenv = tmp_path / "grubenv"
     grubenv.write_bytes(b"this is not a grubenv\n")
     service = await start_service(bootloader="grub", grubenv=str(grubenv))
-    status = await _settled(service)
+    status = await boot_settled(service)
     assert status == "error"
     info = await (await connect(service, login=USER)).call("sys", "info")
     assert info["boot_status"].startswith("error: ")

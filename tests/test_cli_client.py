@@ -14,7 +14,7 @@ import pytest
 from sysupd.api.service import Service
 from sysupd.client import parse_server
 from tests.cli import Cli
-from tests.conftest import ADMIN, USER, ServiceFactory
+from tests.conftest import ADMIN, USER, ServiceFactory, wait_until
 from tests.procs import free_port, run_cli
 
 
@@ -308,10 +308,11 @@ async def test_events_print_json_lines_and_survive_other_commands(
     )
     assert proc.stdout is not None
     try:
-        for _ in range(200):  # until its session is logged in
-            if any(s.wants_events() for s in device.sessions):
-                break
-            await asyncio.sleep(0.05)
+        await wait_until(
+            lambda: any(s.wants_events() for s in device.sessions),
+            10,
+            "the events command's session is logged in",
+        )
         # Other commands meanwhile spend the kept token; the events session must go on.
         await cli.ok("status")
         await cli.ok("reboot", "--in", "700")

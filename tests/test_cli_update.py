@@ -13,7 +13,7 @@ from aiohttp import web
 from sysupd.api.service import Service
 from sysupd.release.repository import ReleaseRepository
 from tests.cli import Cli
-from tests.conftest import ADMIN, USER, ServiceFactory
+from tests.conftest import ADMIN, USER, ServiceFactory, wait_until
 from tests.offline import device_overrides, file_route, lan_server
 from tests.procs import ServeProcess, write_config
 from tests.releases import PRODUCT, make_repo
@@ -187,10 +187,7 @@ async def test_a_second_update_while_one_runs_is_refused(
 
     async with lan_server([web.get("/held", held)]) as (base, _):
         first = asyncio.create_task(cli.run("update", "--url", f"{base}/held"))
-        for _ in range(200):
-            if service.updates.running:
-                break
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: service.updates.running, 10, "the first update runs")
         code, _, err = await cli.run("update", "--file", str(bundle))
         assert code == 1
         assert "error: Update procedure already running" in err

@@ -147,16 +147,20 @@ async def test_follow_survives_a_restart_of_the_service(
     await client.login(*ADMIN)
     stream = client.follow(retry_for_s=30)
     restarted: list[Service] = []
+    disconnected = asyncio.Event()
 
     async def restart() -> None:
         await first.stop()
-        await asyncio.sleep(0.3)
+        # Back only once the client has seen the service go: it must reconnect, not carry on.
+        await asyncio.wait_for(disconnected.wait(), 10)
         restarted.append(await start_service(http_port=port))
 
     task = asyncio.create_task(restart())
     items = []
     async for item in stream:
         items.append(item)
+        if isinstance(item, Disconnected):
+            disconnected.set()
         if isinstance(item, Reconnected):
             break
     await task

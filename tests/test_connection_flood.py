@@ -127,7 +127,7 @@ async def test_slow_headers_are_cut_off_however_steadily_they_come(device: Plain
                 for _, writer in slow:
                     with contextlib.suppress(OSError):
                         writer.write(f"X-Slow-{n}: 1\r\n".encode())
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.5)  # slow clients must be slow: the point of the test
 
         dribbling = asyncio.ensure_future(dribble())
         closed = await asyncio.gather(*(_closed_by_the_server(r, IDLE_S + 5) for r, _ in slow))

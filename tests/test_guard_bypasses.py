@@ -100,7 +100,7 @@ async def test_slow_bodies_from_clients_that_never_log_in_lock_nobody_out(
                 for _, writer in slow:
                     with contextlib.suppress(OSError):
                         writer.write(b" ")
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.5)  # slow bodies must be slow: the point of the test
 
         dribbling = asyncio.ensure_future(dribble())
         try:
@@ -140,6 +140,9 @@ async def test_a_client_gone_before_its_body_is_complete_is_no_bug(tmp_path: Pat
             "Content-Length: 1000\r\n\r\n{".encode()
         )
         await writer.drain()
+        # The service's side of this connection cannot be seen from here (a child process that
+        # logs nothing for a 400 no one receives): the client waits a little, as a client that
+        # gives up does, and then the service is given time to fail if it would.
         await asyncio.sleep(0.3)
         writer.transport.abort()
         await asyncio.sleep(0.5)

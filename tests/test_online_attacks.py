@@ -10,7 +10,6 @@ the device's trust store (``state_dir/trust``) did not move forward.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import re
@@ -31,7 +30,7 @@ from sysupd.release import keys
 from sysupd.release.repository import ReleaseRepository
 from sysupd.system.clock import ManualClock
 from tests.client import WsClient
-from tests.conftest import ADMIN, ClientFactory, ServiceFactory
+from tests.conftest import ADMIN, ClientFactory, ServiceFactory, boot_settled
 from tests.nginx import nginx_serving
 from tests.offline import upload, wait_final
 from tests.online import checked, copy_published, online_overrides, serve_repo
@@ -329,10 +328,8 @@ async def test_release_below_the_floor_is_not_offered_and_says_why(
 ) -> None:
     with serve_repo(repo, tmp_path / "server") as url:
         service = await start_service(**online_overrides(repo, url, factory_version="2.0.0"))
-        for _ in range(250):  # the boot trial confirms slot A, and 2.0.0 becomes the floor
-            if service.boot_status == "good":
-                break
-            await asyncio.sleep(0.02)
+        # The boot trial confirms slot A, and 2.0.0 becomes the floor.
+        assert await boot_settled(service) == "good"
         assert service.engine().status().to_json()["floor"] == "2.0.0"
         admin = await connect(service, login=ADMIN)
         available = await checked(admin, service)

@@ -10,7 +10,7 @@ from sysupd.api.service import Service
 from sysupd.system.clock import ManualClock
 from sysupd.system.reboot import ProcessExit
 from tests.client import ApiError
-from tests.conftest import ADMIN, USER, ClientFactory, ServiceFactory
+from tests.conftest import ADMIN, USER, ClientFactory, ServiceFactory, wait_until
 
 
 async def test_schedule_query_and_cancel(
@@ -85,10 +85,11 @@ async def test_command_action_runs_the_command(
     service = await start_service(reboot_action="command", reboot_command=f"touch {marker}")
     admin = await connect(service, login=ADMIN)
     await admin.call("sys", "reboot", {"delay_seconds": 0})
-    for _ in range(100):
-        if any("exited with status 0" in line for line in service.log.lines()):
-            break
-        await asyncio.sleep(0.05)
+    await wait_until(
+        lambda: any("exited with status 0" in line for line in service.log.lines()),
+        5,
+        "the log says the reboot command exited with status 0",
+    )
     assert marker.exists()
     assert any(f"reboot command 'touch {marker}'" in line for line in service.log.lines())
 
@@ -101,11 +102,11 @@ async def test_failing_command_is_logged_and_service_keeps_running(
     )
     admin = await connect(service, login=ADMIN)
     await admin.call("sys", "reboot", {"delay_seconds": 0})
-    for _ in range(100):
-        if any("could not start" in line for line in service.log.lines()):
-            break
-        await asyncio.sleep(0.05)
-    assert any("could not start" in line for line in service.log.lines())
+    await wait_until(
+        lambda: any("could not start" in line for line in service.log.lines()),
+        5,
+        "the log says the reboot command could not start",
+    )
     assert (await admin.call("sys", "info"))["system_id"] == service.system_id
 
 

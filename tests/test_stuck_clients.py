@@ -6,16 +6,7 @@ import asyncio
 import json
 
 from sysupd.api.service import Service
-from tests.conftest import ADMIN, USER, ClientFactory, ServiceFactory
-
-
-async def _until(condition: object, seconds: float = 10) -> None:
-    assert callable(condition)
-    for _ in range(int(seconds / 0.05)):
-        if condition():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
+from tests.conftest import ADMIN, USER, ClientFactory, ServiceFactory, wait_until
 
 
 async def test_pipelining_client_that_never_reads_is_removed(
@@ -38,8 +29,8 @@ async def test_pipelining_client_that_never_reads_is_removed(
         except ConnectionError:
             break  # the server cut it off
         service.events.publish("test/ping", {})
-        await asyncio.sleep(0)
-    await _until(lambda: len(service.sessions) == 1)
+        await asyncio.sleep(0)  # a yield, not a wait: the service sends between our frames
+    await wait_until(lambda: len(service.sessions) == 1, 10, "the stuck session is removed")
     assert (await healthy.call("sys", "info"))["system_id"] == service.system_id
 
 
@@ -57,7 +48,7 @@ async def test_unauthenticated_flooder_is_gone_after_the_login_deadline(
             await flooder.ws.send_str(junk)
         except ConnectionError:
             break
-    await _until(lambda: not service.sessions, seconds=15)
+    await wait_until(lambda: not service.sessions, 15, "the flooder's session is removed")
     assert any("no login in time" in line for line in service.log.lines())
 
 

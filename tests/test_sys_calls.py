@@ -8,7 +8,7 @@ from sysupd import __version__
 from sysupd.api.service import Service
 from sysupd.servicelog import GENERATIONS, ServiceLog
 from sysupd.system.clock import SystemClock
-from tests.conftest import ADMIN, USER, ClientFactory, ServiceFactory
+from tests.conftest import ADMIN, USER, ClientFactory, ServiceFactory, boot_settled
 
 
 async def test_info_identity_is_stable_across_restarts(
@@ -36,7 +36,7 @@ async def test_websocket_answers_on_root_path_too(service: Service, connect: Cli
 async def test_middleware_log_records_sockets_and_logins(
     service: Service, connect: ClientFactory
 ) -> None:
-    await service.boot_settled.wait()  # the boot trial's lines come before ours
+    await boot_settled(service)  # the boot trial's lines come before ours
     watcher = await connect(service, login=USER)
     await watcher.close()
     admin = await connect(service, login=ADMIN)
@@ -64,7 +64,7 @@ async def test_middleware_log_is_capped(
     start_service: ServiceFactory, connect: ClientFactory
 ) -> None:
     service = await start_service(log_max_bytes=4096)
-    await service.boot_settled.wait()  # the boot trial's lines come before ours
+    await boot_settled(service)  # the boot trial's lines come before ours
     for n in range(500):
         service.log.info(f"filler line {n:04d} " + "y" * 40)
     admin = await connect(service, login=ADMIN)

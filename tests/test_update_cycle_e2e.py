@@ -6,22 +6,19 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 from tests.client import WsClient
+from tests.conftest import wait_until
 from tests.offline import upload, wait_final
 from tests.procs import ServeProcess, write_config
 
 
 async def _login(http: aiohttp.ClientSession, serve: ServeProcess, password: str) -> WsClient:
-    for _ in range(100):
-        try:
-            ws = await http.ws_connect(f"http://127.0.0.1:{serve.ws_port}/websocket")
-            break
-        except aiohttp.ClientConnectionError:
-            await asyncio.sleep(0.1)
-    client = WsClient(ws)
+    """Log in; the caller has read "sysupd listening", which the service prints once it listens."""
+    client = WsClient(await http.ws_connect(f"http://127.0.0.1:{serve.ws_port}/websocket"))
     await client.login("admin", password)
     return client
 
@@ -55,12 +52,18 @@ async def test_demo_update_cycle(tmp_path: Path, http: aiohttp.ClientSession) ->
 
         await serve.wait_for_line("sysupd listening")
         again = await _login(http, serve, password)
-        for _ in range(100):
-            info = await again.call("sys", "info")
-            if info["boot_status"] != "trial":
-                break
-            await asyncio.sleep(0.05)
-        assert (info["system_version"], info["slot"], info["boot_status"]) == ("1.1.0", "B", "good")
+        latest: dict[str, Any] = {}
+
+        async def trial_over() -> bool:
+            latest.update(await again.call("sys", "info"))
+            return bool(latest["boot_status"] != "trial")
+
+        await wait_until(trial_over, 10, "the new slot's boot trial is over")
+        assert (latest["system_version"], latest["slot"], latest["boot_status"]) == (
+            "1.1.0",
+            "B",
+            "good",
+        )
         status = await again.call("sys", "update_status")
         assert status["reboot_required"] is False
         assert "update installed" in status["update_status"]

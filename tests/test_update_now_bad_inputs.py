@@ -174,7 +174,7 @@ async def test_server_that_stalls(device: Service, admin: WsClient, bundle: Path
         response.content_length = len(data)
         await response.prepare(request)
         await response.write(data[:2000])
-        await asyncio.sleep(30)
+        await asyncio.sleep(30)  # the stall is the point: far past fetch_stall_s (0.5 s)
         return response
 
     async with lan_server([web.get("/stall", stall)]) as (base, _):

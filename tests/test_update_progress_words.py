@@ -63,7 +63,7 @@ def _trickle(data: bytes) -> web.RouteDef:
         await response.prepare(request)
         for start in range(0, len(data), 8192):
             await response.write(data[start : start + 8192])
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # a slow server is the point: progress to be watched
         return response
 
     return web.get("/u.bundle", handler)

@@ -9,7 +9,7 @@ import aiohttp
 from aiohttp import web
 
 from sysupd.release.repository import ReleaseRepository
-from tests.conftest import ADMIN, ClientFactory, ServiceFactory
+from tests.conftest import ADMIN, ClientFactory, ServiceFactory, wait_until
 from tests.offline import device_overrides, lan_server, upload, wait_final
 from tests.releases import make_repo
 
@@ -37,10 +37,13 @@ async def test_a_due_reboot_waits_for_the_running_update(
     async with lan_server([web.get("/slow", slow)]) as (base, _):
         await admin.call("sys", "update_now", {"fetch_url": f"{base}/slow"})
         await admin.call("sys", "reboot", {"delay_seconds": 0})
-        await asyncio.sleep(0.3)
+        await wait_until(
+            lambda: any("deferred: an update is running" in ln for ln in service.log.lines()),
+            10,
+            "the due reboot is deferred",
+        )
         assert service.updates.running
         assert not service._exit.done()  # type: ignore[union-attr]
-        assert any("deferred: an update is running" in line for line in service.log.lines())
         gate.set()
         _, final = await wait_final(admin)
         assert final["result"] == "success"

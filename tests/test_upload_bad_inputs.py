@@ -437,13 +437,12 @@ async def test_client_gone_mid_upload_leaves_nothing(
     ],
 )
 async def test_broken_chunked_body_leaves_nothing(
-    service: Service,
+    start_service: ServiceFactory,
     http: aiohttp.ClientSession,
-    monkeypatch: pytest.MonkeyPatch,
     tail: bytes,
     reply_status: int | None,
 ) -> None:
-    monkeypatch.setattr("sysupd.api.uploads._READ_IDLE_S", 0.5)
+    service = await start_service(upload_idle_s=0.5)
     kept = await keep_one(http, service)
     credentials = await issue(http, service)
     head = request_head(service, credentials, target=f"/upload?filename={kept.name}").replace(

@@ -24,7 +24,7 @@ import pytest
 
 from sysupd.api.service import Service
 from sysupd.system.clock import ManualClock
-from tests.conftest import ADMIN, USER, ClientFactory, ServiceFactory, api_url
+from tests.conftest import ADMIN, USER, ClientFactory, ServiceFactory, api_url, wait_until
 
 MiB = 1024 * 1024
 Credentials = dict[str, Any]
@@ -164,14 +164,18 @@ def entries(service: Service) -> list[str]:
 
 
 async def wait_for_entries(service: Service, check: Any, timeout: float = 10) -> list[str]:
-    """Poll the uploads directory until ``check(entries)`` holds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        found = entries(service)
-        if check(found):
-            return found
-        assert asyncio.get_running_loop().time() < deadline, found
-        await asyncio.sleep(0.02)
+    """Poll the uploads directory until ``check(entries)`` holds; returns the entries then."""
+    found: list[str] = []
+
+    def holds() -> bool:
+        found[:] = entries(service)
+        return bool(check(found))
+
+    try:
+        await wait_until(holds, timeout, "the uploads directory holds what is expected")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; it holds {found}") from None
+    return found
 
 
 def assert_error(status: int, reply: dict[str, Any], code: str, *words: str) -> str:
@@ -225,7 +229,7 @@ async def chunks_of(data: bytes, size: int = 64 * 1024) -> AsyncIterator[bytes]:
     """``data`` as a chunked request body."""
     for start in range(0, len(data), size):
         yield data[start : start + size]
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # a yield, not a wait: each chunk goes out on its own
 
 
 # -- sys/upload_file -------------------------------------------------------------------------

@@ -10,8 +10,8 @@ from aiohttp import WSCloseCode
 from playwright.async_api import Page, expect
 
 from sysupd.system.clock import ManualClock
-from tests.conftest import ADMIN, USER
-from tests.web import WEB, ServiceFactory, log_in, open_page, settled, snap
+from tests.conftest import ADMIN, USER, boot_settled
+from tests.web import WEB, ServiceFactory, log_in, open_page, snap
 
 pytest_plugins = ["tests.web"]
 pytestmark = WEB
@@ -23,7 +23,7 @@ async def test_login_shows_the_servers_message_then_the_system(
     page: Page, services: ServiceFactory
 ) -> None:
     service = await services()
-    await settled(service)
+    await boot_settled(service)
     await open_page(page, service.http_port)
     await snap(page, "login.png")
 

@@ -8,10 +8,10 @@ from playwright.async_api import Page, expect
 
 from sysupd.api.service import Service
 from sysupd.sources.bundlefile import BundleFile
-from tests.conftest import ADMIN
+from tests.conftest import ADMIN, boot_settled
 from tests.engines import make_engine
 from tests.releases import PRODUCT, make_repo
-from tests.web import WEB, ServiceFactory, log_in, open_page, settled, snap
+from tests.web import WEB, ServiceFactory, log_in, open_page, snap
 
 pytest_plugins = ["tests.web"]
 pytestmark = WEB
@@ -36,11 +36,11 @@ async def rolled_back(tmp_path: Path, services: ServiceFactory) -> Service:
         "reboot_action": "exit",
     }
     trial = await services(state_dir=state, **settings)
-    assert await settled(trial) == "failed"
+    assert await boot_settled(trial) == "failed"
     await trial.wait_exit_requested()  # the reboot it scheduled
     await trial.stop()
     after = await services(state_dir=state, **{**settings, "health_check_command": ""})
-    assert await settled(after) == "rolled back"
+    assert await boot_settled(after) == "rolled back"
     return after
 
 

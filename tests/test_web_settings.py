@@ -7,8 +7,8 @@ import dataclasses
 
 from playwright.async_api import Page, expect
 
-from tests.conftest import ADMIN
-from tests.web import WEB, ServiceFactory, log_in, open_page, snap, wait_until
+from tests.conftest import ADMIN, wait_until
+from tests.web import WEB, ServiceFactory, log_in, open_page, snap
 
 pytest_plugins = ["tests.web"]
 pytestmark = WEB
@@ -35,7 +35,7 @@ async def test_settings_are_saved_and_a_bad_value_changes_nothing(
     await field.fill("3600")
     await page.click("#settings-save")
     await expect(page.locator("#settings-message")).to_have_text("Saved: update_check_interval_s.")
-    await wait_until(lambda: service.settings.update_check_interval_s == 3600, "it is saved")
+    await wait_until(lambda: service.settings.update_check_interval_s == 3600, 30, "it is saved")
     assert any(
         line.endswith("settings changed by root: update_check_interval_s")
         for line in service.log.lines()

@@ -17,7 +17,7 @@ from playwright.async_api import Browser, Page, expect
 
 from sysupd.api.service import Service
 from sysupd.release.repository import ReleaseRepository
-from tests.conftest import ADMIN
+from tests.conftest import ADMIN, wait_until
 from tests.offline import device_overrides, lan_server
 from tests.releases import make_repo
 from tests.web import (
@@ -31,7 +31,6 @@ from tests.web import (
     recorded,
     snap,
     throttle_uploads,
-    wait_until,
 )
 
 pytest_plugins = ["tests.web"]
@@ -115,7 +114,7 @@ async def test_upload_install_and_cancel_the_automatic_reboot(
     assert service.reboots.plan is not None
     await page.click("#reboot-cancel")
     await expect(page.locator("#reboot-banner")).to_be_hidden()
-    await wait_until(lambda: service.reboots.plan is None, "the reboot is cancelled")
+    await wait_until(lambda: service.reboots.plan is None, 30, "the reboot is cancelled")
     assert "scheduled reboot cancelled by root" in "\n".join(service.log.lines())
 
 
@@ -134,10 +133,10 @@ async def test_a_tab_closed_mid_upload_leaves_no_file(
     await page.set_input_files("#upload-file", str(big))
     await page.click("#upload-submit")
     await page_until(page, "() => document.getElementById('upload-progress').value > 0", "moved")
-    await wait_until(lambda: any(uploads.iterdir()), "the upload's temp file is there")
+    await wait_until(lambda: any(uploads.iterdir()), 30, "the upload's temp file is there")
     assert not service.uploads.names(), "nothing is an upload before it completed"
     await page.close()
-    await wait_until(lambda: not any(uploads.iterdir()), "the uploads directory is empty", 60)
+    await wait_until(lambda: not any(uploads.iterdir()), 60, "the uploads directory is empty")
 
 
 async def test_the_page_says_why_an_update_failed(

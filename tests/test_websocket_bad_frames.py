@@ -23,7 +23,7 @@ from aiohttp import WSCloseCode, WSMsgType
 
 from sysupd.api.service import Service
 from tests.client import WsClient
-from tests.conftest import ADMIN, USER, ClientFactory
+from tests.conftest import ADMIN, USER, ClientFactory, wait_until
 
 MiB = 1024 * 1024
 FRAME_LIMIT = MiB  # the contract's default size limit
@@ -117,11 +117,11 @@ class Harness:
 
     async def wait_for_log(self, text: str, count: int) -> None:
         """Until at least ``count`` service log lines contain ``text``."""
-        for _ in range(int(REPLY_TIMEOUT / 0.01)):
-            if len(self.log_lines_containing(text)) >= count:
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError(f"the service log never showed {count} lines with {text!r}")
+        await wait_until(
+            lambda: len(self.log_lines_containing(text)) >= count,
+            REPLY_TIMEOUT,
+            f"the service log shows {count} lines with {text!r}",
+        )
 
 
 @pytest.fixture

@@ -11,9 +11,7 @@ serves them all; each test gets a fresh browser context (no cookies, no sessionS
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from sysupd.api.service import Service
 from sysupd.release.repository import ReleaseRepository
 from tests.client import WsClient
-from tests.conftest import started_services
+from tests.conftest import started_services, wait_until
 from tests.releases import PRODUCT, make_tree
 
 __all__ = [
@@ -45,10 +43,8 @@ __all__ = [
     "record",
     "recorded",
     "services",
-    "settled",
     "snap",
     "throttle_uploads",
-    "wait_until",
 ]
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -212,26 +208,7 @@ async def recorded(page: Page, selector: str) -> list[Any]:
 async def page_until(page: Page, function: str, what: str, timeout_s: float = 30) -> None:
     """Poll a JavaScript function of no arguments until it returns true (``wait_for_function``
     would need eval, which the page's CSP forbids)."""
-    deadline = time.monotonic() + timeout_s
-    while not await page.evaluate(function):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        await asyncio.sleep(0.05)
-
-
-async def wait_until(check: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
-    """Poll a condition on the service's side (never a statement about elapsed time)."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        await asyncio.sleep(0.05)
-
-
-async def settled(service: Service) -> str:
-    """The boot status once the boot trial has settled."""
-    await wait_until(lambda: service.boot_status not in ("starting", "trial"), "the boot settles")
-    return service.boot_status
+    await wait_until(lambda: page.evaluate(function), timeout_s, what)
 
 
 async def throttle_uploads(page: Page, bytes_per_s: int) -> None:

@@ -67,6 +67,9 @@ class ServiceConfig:
     """Longest a fetch_url download may take in all."""
     fetch_stall_s: float = 30.0
     """A fetch_url download that gets (almost) nothing for this long has stalled."""
+    upload_idle_s: float = 60.0
+    """A ``POST /upload`` body that sends nothing for this long is dropped like one that broke
+    off (its temp file removed, its credentials handed back for a retry)."""
     log_max_bytes: int = 1 * MiB
     kdf_time_cost: int = 3
     kdf_memory_kib: int = 65536
