@@ -35,8 +35,7 @@ from sysupd.engine.engine import Engine
 from sysupd.engine.lock import UpdateLock
 from sysupd.errors import InvalidURL, SysupdError, UpdateBusy
 from sysupd.fsutil import atomic_write, read_capped
-from sysupd.sources.bridge import LoopReader
-from sysupd.sources.lan import FetchLimits, LanDownload, PinnedTarget, check_url
+from sysupd.sources.lan import FetchLimits, PinnedTarget, check_url, open_download
 from sysupd.system.reboot import RebootKind
 
 if TYPE_CHECKING:
@@ -354,22 +353,16 @@ def fetched(
     target: PinnedTarget,
     networks: tuple[str, ...],
     limits: FetchLimits,
-    loop: asyncio.AbstractEventLoop,
 ) -> Install:
     """An install streamed from a LAN URL: download, verify and write in one pass."""
 
     def install(
         engine: Engine, progress: Callable[[JobState, int, int], None], log: Callable[[str], None]
     ) -> object:
-        download = LanDownload(target, networks, limits)
-        asyncio.run_coroutine_threadsafe(download.__aenter__(), loop).result()
-        try:
+        with open_download(target, networks, limits) as download:
             size = human_size(download.size) if download.size is not None else "size unknown"
-            log(f"downloading from {target.host} ({target.address}), {size}")
-            reader = LoopReader(download.read, loop)
-            return engine.install_stream(reader, target.url, progress=progress, log=log)
-        finally:
-            asyncio.run_coroutine_threadsafe(download.aclose(), loop).result()
+            log(f"downloading from {download.host} ({download.address}), {size}")
+            return engine.install_stream(download, target.url, progress=progress, log=log)
 
     return install
 
@@ -449,7 +442,7 @@ async def update_now(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         networks = service.settings.fetch_networks
         manager.start(
             f"{target.host} (fetch_url)",
-            fetched(target, networks, limits, asyncio.get_running_loop()),
+            fetched(target, networks, limits),
             lambda: None,
             by=_who(ctx),
         )
