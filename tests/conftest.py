@@ -19,6 +19,7 @@ from sysupd.api.service import Service
 from sysupd.config import build_config
 from sysupd.system.clock import Clock, ManualClock
 from tests.client import WsClient
+from tests.fetching import Serve, app_servers
 
 ADMIN = ("root", "admin-secret-1")
 USER = ("alice", "user-secret-1")
@@ -144,6 +145,13 @@ async def connect(http: aiohttp.ClientSession) -> AsyncIterator[ClientFactory]:
     yield open_client
     for client in clients:
         await client.close()
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    """Start aiohttp apps on 127.0.0.0/8 (TLS if given a context); returns the port."""
+    async with app_servers() as start:
+        yield start
 
 
 def _tmpfs(mount_point: Path, size_mib: int) -> Iterator[Path]:

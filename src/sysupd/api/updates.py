@@ -410,7 +410,7 @@ async def update_now(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
             min_rate_window_s=service.config.fetch_stall_s,
         )
         networks = service.settings.fetch_networks
-        source = UrlSource(target, networks, limits, asyncio.get_running_loop())
+        source = UrlSource(target, networks, limits)
         manager.start(source, lambda: None, by=_who(ctx))
         return {"result": "success", "updates": "starting"}
     server = service.settings.update_server

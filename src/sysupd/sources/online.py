@@ -28,7 +28,7 @@ from sysupd.core.trustchain import ReleasePolicy, TrustState, check_policy
 from sysupd.core.versions import Version
 from sysupd.errors import AcquireError, VerificationError
 from sysupd.fsutil import read_capped
-from sysupd.sources.tuf_fetcher import FetcherLimits, OriginFetcher, StreamReader
+from sysupd.sources.tuf_fetcher import Download, FetcherLimits, OriginFetcher
 
 __all__ = ["Candidate", "OnlineChannel", "Survey"]
 
@@ -145,7 +145,7 @@ class OnlineChannel:
                 raise VerificationError(f"the chunk list is not the signed one: {exc}") from exc
             return read_capped(path, _MAX_CHUNK_LIST)
 
-    def open_payload(self, candidate: Candidate) -> tuple[str, StreamReader]:
+    def open_payload(self, candidate: Candidate) -> tuple[str, Download]:
         """The payload's URL and an open stream of it (unverified bytes: feed the verifier)."""
         directory, _, name = candidate.payload.path.rpartition("/")
         url = f"{self._targets_url}{directory}/{candidate.manifest.sha256}.{name}"

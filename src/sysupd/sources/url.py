@@ -6,15 +6,13 @@ download goes to that checked address only, within the allowed networks and the 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from sysupd.core.units import human_size
 from sysupd.sources.base import Acquired, DeviceView, Log
-from sysupd.sources.bridge import LoopReader
-from sysupd.sources.lan import FetchLimits, LanDownload, PinnedTarget
+from sysupd.sources.lan import FetchLimits, PinnedTarget, open_download
 
 __all__ = ["UrlSource"]
 
@@ -26,7 +24,6 @@ class UrlSource:
     target: PinnedTarget
     networks: tuple[str, ...]
     limits: FetchLimits
-    loop: asyncio.AbstractEventLoop
 
     @property
     def label(self) -> str:
@@ -45,11 +42,7 @@ class UrlSource:
         Raises:
             AcquireError: the request failed or was refused (redirects, status, size).
         """
-        download = LanDownload(self.target, self.networks, self.limits)
-        asyncio.run_coroutine_threadsafe(download.__aenter__(), self.loop).result()
-        try:
+        with open_download(self.target, self.networks, self.limits) as download:
             size = human_size(download.size) if download.size is not None else "size unknown"
-            log(f"downloading from {self.target.host} ({self.target.address}), {size}")
-            yield Acquired(LoopReader(download.read, self.loop), self.target.url)
-        finally:
-            asyncio.run_coroutine_threadsafe(download.aclose(), self.loop).result()
+            log(f"downloading from {download.host} ({download.address}), {size}")
+            yield Acquired(download, self.target.url)
