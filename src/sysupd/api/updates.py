@@ -22,13 +22,13 @@ import json
 import os
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sysupd.api.calls import Call, CallContext
+from sysupd.api.jobrun import JobRun, ended_state
 from sysupd.core.job import JobState
 from sysupd.core.schema import Arg, Schema
-from sysupd.core.units import human_duration, human_rate, human_size
+from sysupd.core.units import human_size
 from sysupd.engine.engine import Engine
 from sysupd.engine.lock import UpdateLock
 from sysupd.engine.state import LastResult, Outcome
@@ -44,80 +44,10 @@ from sysupd.system.reboot import RebootKind
 if TYPE_CHECKING:
     from sysupd.api.service import Service
 
-__all__ = ["UPDATE_CALLS", "JobRun", "UpdateManager"]
+__all__ = ["UPDATE_CALLS", "UpdateManager"]
 
-_PHASES = {
-    JobState.ACQUIRING: "download",
-    JobState.VERIFYING: "verify",
-    JobState.INSTALLING: "install",
-    JobState.SWITCHING: "switch",
-}
 _EVENT = "sys/update_now"
 _LINE_EVENT_DELAY_S = 0.05
-
-
-_RESULTS = {JobState.DONE: "success", JobState.FAILED: "failure"}
-"""The wire's ``result`` of an ended job."""
-
-
-@dataclass(slots=True)
-class JobRun:
-    """One update job's public state."""
-
-    source: str
-    lines: list[str] = field(default_factory=list)
-    state: JobState = JobState.ACQUIRING
-    """The engine's stage while it runs (as its progress reports it), then ``DONE``/``FAILED``."""
-    bytes_done: int = 0
-    bytes_total: int = 0
-    ended_at: str = ""
-    local: bool = False
-    """The bytes are on this machine already (an upload): nothing is downloaded."""
-    slot: str = ""
-    """The slot it installs into, once known."""
-    installing_since: float | None = None
-    """When the payload started to flow (monotonic), for the rate and the time left."""
-
-    @property
-    def running(self) -> bool:
-        """Until the job's final event."""
-        return self.state.running
-
-    @property
-    def result(self) -> str | None:
-        """The wire's word for how it ended ("success", "failure"); ``None`` while it runs."""
-        return _RESULTS.get(self.state)
-
-    @property
-    def phase(self) -> str:
-        """The contract's phase of a running job: download, verify, install or switch (an
-        upload's bytes are here already: its first phase is verify)."""
-        if self.local and self.state is JobState.ACQUIRING:
-            return "verify"
-        return _PHASES.get(self.state, "switch")
-
-    def log_text(self) -> str:
-        """The whole log as clients get it: HTML-escaped lines joined by ``<br>``."""
-        return "<br>".join(html.escape(line, quote=False) for line in self.lines)
-
-    def rate(self, now: float) -> float | None:
-        """Bytes a second since the payload started to flow, once there is a rate to tell."""
-        if self.installing_since is None or now <= self.installing_since or not self.bytes_done:
-            return None
-        return self.bytes_done / (now - self.installing_since)
-
-    def progress_line(self, now: float) -> str | None:
-        """ "installing into slot B: 512.0 MiB of 1.0 GiB, 210 MiB/s, 3 s left" while the payload
-        flows; ``None`` in the other phases (their log line says what happens)."""
-        if self.phase != "install" or not self.bytes_total or self.bytes_done >= self.bytes_total:
-            return None
-        where = f"installing into slot {self.slot}" if self.slot else "installing"
-        line = f"{where}: {human_size(self.bytes_done)} of {human_size(self.bytes_total)}"
-        rate = self.rate(now)
-        if rate:
-            left = (self.bytes_total - self.bytes_done) / rate
-            line += f", {human_rate(rate)}, {human_duration(left)} left"
-        return line
 
 
 class UpdateManager:
@@ -306,7 +236,7 @@ class UpdateManager:
     def _load_last(self) -> JobRun | None:
         try:
             record = json.loads(read_capped(self._path, 4 * 1024 * 1024))
-            ended = {word: state for state, word in _RESULTS.items()}.get(record["result"])
+            ended = ended_state(record["result"])
             job = JobRun(
                 str(record["source"]),
                 [str(x) for x in record["lines"]],
