@@ -16,16 +16,18 @@ Invariants:
   otherwise claimed, so the running system's filesystem cannot be overwritten by a wrong setting.
   A regular file is opened with ``O_NOFOLLOW`` and never created: a missing path is an error,
   so a mistyped device name cannot turn into a file on ``/dev``.
-- Memory is three reusable 1 MiB buffers (one to write from, two to read back into); the image
-  is streamed through them, never held whole.
+- Memory is three reusable 1 MiB buffers (one to write from, two to read back into), and one
+  more chunk buffer in a payload stream that verifies ahead (``ReadAhead``); the image is
+  streamed through them, never held whole.
 - ``install`` returns only after the whole image was fsynced and read back from the slot with the
   signed SHA-256. Every byte is read back only after an fsync that covered it returned, with its
   cached pages dropped first where the kernel allows (``POSIX_FADV_DONTNEED``), so the read comes
   from the storage. Once writing started, any failure wipes the slot before the error propagates.
 - One pass: the read-back runs on a worker thread a stretch (``_READBACK_BYTES``) behind the
   writer: fsync, drop the stretch's pages, read it, hash it (on a second thread, so the next read
-  overlaps the hashing). So writing, the payload's chunk checks and the read-back overlap on two
-  cores instead of being passes in a row. Writeback of each stretch is started as soon as it is
+  overlaps the hashing). The payload stream is asked to verify a chunk ahead, on a thread of its
+  own. So writing, the payload's chunk checks and the read-back overlap on two cores instead of
+  being passes in a row. Writeback of each stretch is started as soon as it is
   written, so the disk works all along instead of only in the final fsync; the last stretch is
   read back after the final fsync. (What this gives up against reading everything back after
   the final fsync: a stretch already read back is not read again, so storage that corrupted it
@@ -50,12 +52,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 from sysupd.errors import InstallError, SysupdError, VerificationError
-from sysupd.slots.base import PROGRESS_STEP_BYTES, PayloadSpec, expect_end
+from sysupd.slots._durability import advise_dontneed
+from sysupd.slots.base import PROGRESS_STEP_BYTES, PayloadSpec, ask_read_ahead, expect_end
 
 __all__ = ["WIPE_BYTES", "RawSlot"]
 
 WIPE_BYTES = 1 << 20  # zeroed at the start of a block device by wipe()
-_BUFFER_BYTES = 1 << 20  # one reusable copy buffer, and one to read back into
+_BUFFER_BYTES = 1 << 20  # one reusable copy buffer, and two to read back into
+_READ_AHEAD_CHUNKS = 1  # chunk hashing beside writing: one more chunk buffer
 _READBACK_BYTES = 8 << 20  # written stretch after which it is made durable and read back
 
 _FILE_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -202,6 +206,7 @@ class RawSlot:
         Each ``_READBACK_BYTES`` written, their writeback is started and the read-back worker is
         told; after the final fsync it is told the rest is durable.
         """
+        ask_read_ahead(payload, _READ_AHEAD_CHUNKS)
         buffer = memoryview(bytearray(_BUFFER_BYTES))
         readinto = (
             payload.readinto if isinstance(payload, io.RawIOBase | io.BufferedIOBase) else None
@@ -221,7 +226,7 @@ class RawSlot:
                 _write_all(fd, buffer[:count])
                 written += count
                 if written - posted >= _READBACK_BYTES:
-                    _start_writeback(fd, posted, written - posted)
+                    advise_dontneed(fd, posted, written - posted)  # start its writeback
                     readback.written(written)
                     posted = written
                 if progress is not None and written - reported >= PROGRESS_STEP_BYTES:
@@ -388,8 +393,7 @@ class _ReadBack:
     def _read_back(self, digester: _Digester, end: int) -> bool:
         """Drop the cached pages of ``[read, end)`` and read them from the slot; False if short."""
         # Only the stronger check is lost if the kernel keeps the pages; the hash still runs.
-        with suppress(OSError):
-            os.posix_fadvise(self._fd, self._read, end - self._read, os.POSIX_FADV_DONTNEED)
+        advise_dontneed(self._fd, self._read, end - self._read)
         while self._read < end:
             buffer = digester.free.get()
             want = min(len(buffer), end - self._read)
@@ -404,16 +408,6 @@ class _ReadBack:
             digester.hash(buffer[:count])
             self._read += count
         return True
-
-
-def _start_writeback(fd: int, offset: int, length: int) -> None:
-    """Have the kernel start writing a range out now, without waiting for it.
-
-    On Linux, ``POSIX_FADV_DONTNEED`` starts writeback of the range's dirty pages (and drops only
-    pages already clean). Best effort: durability comes from the fsyncs alone.
-    """
-    with suppress(OSError):
-        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
 
 
 def _read(
