@@ -37,7 +37,7 @@ from sysupd.errors import InstallError, SysupdError
 from sysupd.slots._durability import BatchSyncer, advise_dontneed
 from sysupd.slots._tarstream import refused
 
-__all__ = ["DATA_BYTES", "Entry", "ThreadedTreeWriter", "open_empty_directory"]
+__all__ = ["DATA_BYTES", "Entry", "ThreadedTreeWriter", "install_error", "open_empty_directory"]
 
 DATA_BYTES = 1 << 20  # one buffer of file data
 _QUEUED_BUFFERS = 3  # buffers of file data in flight to the writer thread
@@ -65,7 +65,8 @@ class Entry:
         return "/".join(self.parts)
 
 
-def _install_error(exc: OSError, path: str) -> InstallError:
+def install_error(exc: OSError, path: str) -> InstallError:
+    """The error for a tree that could not be written at ``path`` ("files": a batch's fsync)."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return InstallError(f"no space left in the slot while writing {path!r}")
     if exc.errno == errno.EIO:
@@ -153,7 +154,7 @@ class _TreeWriter:
         except FileExistsError as exc:
             raise self._clash(parent_fd, entry.parts, entry) from exc
         except OSError as exc:
-            raise _install_error(exc, entry.path) from exc
+            raise install_error(exc, entry.path) from exc
         self._unsynced.append(fd)
         self._file, self._copied, self._started = entry, 0, 0
 
@@ -164,7 +165,7 @@ class _TreeWriter:
         try:
             _write_all(fd, data)
         except OSError as exc:
-            raise _install_error(exc, self._file.path) from exc
+            raise install_error(exc, self._file.path) from exc
         self._copied += len(data)
         if self._copied - self._started >= _WRITEBACK_BYTES:
             advise_dontneed(fd, self._started, self._copied - self._started)
@@ -179,7 +180,7 @@ class _TreeWriter:
             if entry.mtime_ns is not None:
                 os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
         except OSError as exc:
-            raise _install_error(exc, entry.path) from exc
+            raise install_error(exc, entry.path) from exc
         if self._copied > self._started:
             advise_dontneed(fd, self._started, self._copied - self._started)
         self._file = None
@@ -194,13 +195,13 @@ class _TreeWriter:
         try:
             self._syncer.finish()
         except OSError as exc:
-            raise _install_error(exc, "files") from exc
+            raise install_error(exc, "files") from exc
         while self._chain_fds:
             self._leave_directory()
         try:
             os.fsync(self._root_fd)
         except OSError as exc:
-            raise _install_error(exc, ".") from exc
+            raise install_error(exc, ".") from exc
 
     def close(self) -> None:
         """Close every descriptor still open, without syncing (after an error)."""
@@ -241,20 +242,20 @@ class _TreeWriter:
         except FileExistsError:
             created = False
         except OSError as exc:
-            raise _install_error(exc, path) from exc
+            raise install_error(exc, path) from exc
         try:
             fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
         except OSError as exc:
             if exc.errno in (errno.ENOTDIR, errno.ELOOP):
                 raise self._clash(parent_fd, parts, entry) from exc
-            raise _install_error(exc, path) from exc
+            raise install_error(exc, path) from exc
         self._chain_names.append(name)
         self._chain_fds.append(fd)
         if created:
             try:
                 os.fchmod(fd, _DIR_MODE)  # the umask must not decide
             except OSError as exc:
-                raise _install_error(exc, path) from exc
+                raise install_error(exc, path) from exc
             self.directories += 1
             if not listed:
                 self._implicit.add(parts)
@@ -269,7 +270,7 @@ class _TreeWriter:
         try:
             found = os.stat(parts[-1], dir_fd=parent_fd, follow_symlinks=False).st_mode
         except OSError as exc:
-            return _install_error(exc, path)
+            return install_error(exc, path)
         if parts != entry.parts:
             if stat.S_ISREG(found):
                 return refused(entry.member, f"it lies under {path!r}, which is a file")
@@ -287,7 +288,7 @@ class _TreeWriter:
         try:
             os.fsync(fd)
         except OSError as exc:
-            raise _install_error(exc, "a directory") from exc
+            raise install_error(exc, "a directory") from exc
         finally:
             os.close(fd)
 
@@ -298,7 +299,7 @@ class _TreeWriter:
         try:
             self._syncer.submit(self._unsynced)
         except OSError as exc:
-            raise _install_error(exc, "files") from exc
+            raise install_error(exc, "files") from exc
         self._unsynced, self._unsynced_bytes = [], 0  # the syncer closes them now
 
 
