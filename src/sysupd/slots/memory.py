@@ -34,6 +34,8 @@ __all__ = ["InstallCall", "MemorySlot"]
 
 _READ_BYTES = 64 << 10
 
+Progress = Callable[[int], None] | None  # as SlotWriter.install's ``progress``
+
 
 @dataclass(frozen=True, slots=True)
 class InstallCall:
@@ -73,12 +75,7 @@ class MemorySlot:
     def __repr__(self) -> str:
         return f"MemorySlot({self.name!r})"
 
-    def install(
-        self,
-        payload: BinaryIO,
-        spec: PayloadSpec,
-        progress: Callable[[int], None] | None = None,
-    ) -> None:
+    def install(self, payload: BinaryIO, spec: PayloadSpec, progress: Progress = None) -> None:
         """Empty the slot and take the payload into memory, read to its end.
 
         Raises:
