@@ -41,8 +41,8 @@ def _runtime_imports(tree: ast.Module) -> list[str]:
         elif isinstance(node, ast.ImportFrom):
             assert node.level == 0, "slots/ uses absolute imports"
             found.append(node.module or "")
-        for child in ast.iter_child_nodes(node):
-            visit(child)
+        for inner in ast.iter_child_nodes(node):
+            visit(inner)
 
     visit(tree)
     return found
