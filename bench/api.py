@@ -40,15 +40,14 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-HOST = "127.0.0.1"
-KDF = {"kdf_time_cost": 1, "kdf_memory_kib": 8192, "kdf_parallelism": 1}
-ADMIN = ("bench-admin", "bench-admin-password")
+from _harness import CHILDREN, HOST, BenchError, run_main
+from _service import ADMIN, KDF
+
 USER = ("bench-user", "bench-user-password")
 THROUGHPUT_RATIO_TARGET = 0.50
 FANOUT_P99_TARGET_MS = 100.0
@@ -61,10 +60,6 @@ _EVENT_PREFIX = b'{"namespace":"event"'
 _CONNECT_TIMEOUT_S = 20.0
 _CALL_TIMEOUT_S = 20.0
 _SATURATED = 0.9
-
-
-class BenchError(Exception):
-    """The benchmark cannot go on."""
 
 
 # -- a lean WebSocket client -------------------------------------------------------------------
@@ -320,38 +315,6 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
-class Children:
-    """Every child process, so that all are ended on exit, whatever happens."""
-
-    def __init__(self) -> None:
-        self.popens: list[subprocess.Popen[bytes]] = []
-        self.procs: list[BaseProcess] = []
-
-    def end_all(self) -> None:
-        """Terminate, wait a little, then kill what is left."""
-        for popen in self.popens:
-            if popen.poll() is None:
-                popen.terminate()
-        for proc in self.procs:
-            if proc.is_alive():
-                proc.terminate()
-        deadline = time.monotonic() + 10
-        for popen in self.popens:
-            try:
-                popen.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                popen.kill()
-                popen.wait(5)
-        for proc in self.procs:
-            proc.join(max(0.1, deadline - time.monotonic()))
-            if proc.is_alive():
-                proc.kill()
-                proc.join(5)
-        self.popens.clear()
-        self.procs.clear()
-
-
-CHILDREN = Children()
 _MP = multiprocessing.get_context("spawn")
 
 
@@ -434,7 +397,7 @@ def _spawn(
 ) -> subprocess.Popen[bytes]:
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
         popen = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
-    CHILDREN.popens.append(popen)
+    CHILDREN.add(popen)
     _pin(popen.pid, cpus)
     return popen
 
@@ -490,7 +453,7 @@ async def start_echo(cpus: set[int] | None) -> tuple[BaseProcess, int]:
     parent, child = _MP.Pipe()
     proc = _MP.Process(target=echo_server_process, args=(child, cpus), daemon=True)
     proc.start()
-    CHILDREN.procs.append(proc)
+    CHILDREN.add_process(proc)
     port = int(await _recv(parent, 30))
     return proc, port
 
@@ -701,7 +664,7 @@ async def run_fanout(
         args = (child, port, share, cpus, nofile)
         proc = _MP.Process(target=fanout_worker_process, args=args, daemon=True)
         proc.start()
-        CHILDREN.procs.append(proc)
+        CHILDREN.add_process(proc)
         pipes.append(parent)
     setup_s = 0.0
     for pipe in pipes:
@@ -983,22 +946,7 @@ def _time_limit(options: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; 0 whatever the verdicts, 1 if it could not run."""
     options = _options(argv)
-
-    def give_up(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(f"bench/api.py: stopped by signal {signal.Signals(signum).name}")
-
-    signal.signal(signal.SIGTERM, give_up)
-    signal.signal(signal.SIGALRM, give_up)
-    signal.alarm(_time_limit(options))
-    try:
-        asyncio.run(bench(options))
-    except BenchError as exc:
-        print(f"bench/api.py: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        signal.alarm(0)
-        CHILDREN.end_all()
-    return 0
+    return run_main("bench/api.py", _time_limit(options), lambda: asyncio.run(bench(options)))
 
 
 if __name__ == "__main__":

@@ -40,10 +40,11 @@ from base64 import b64encode
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _harness import BenchError
-from offline import ADMIN, CHILDREN, HOST, KDF, Serve, machine, revision, run_main, table
-from offline import start_serve as offline_serve
-from offline import workdir as make_workdir
+from _harness import CHILDREN, HOST, BenchError, run_main
+from _harness import workdir as make_workdir
+from _report import machine, revision, table
+from _service import ADMIN, KDF, Serve
+from _service import start_serve as start_service
 
 CALLERS = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
 DESCRIPTOR_LIMIT = 1024
@@ -74,7 +75,7 @@ async def start_serve(work: Path) -> Serve:
     config = work / "sysupd.toml"
     values = {**KDF, "update_check_interval_s": 0, "auto_reboot": False}
     config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
-    return await offline_serve(
+    return await start_service(
         config, work / "state", work, "flood", descriptor_limit=DESCRIPTOR_LIMIT
     )
 

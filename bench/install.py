@@ -42,162 +42,59 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import os
-import platform
-import re
 import shlex
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 
 from _harness import (
+    MIB,
     BenchError,
-    kill_group,
+    Sample,
     preallocate,
     remove,
+    run_main,
+    run_timed,
+    sha256_file,
     sysupd_command,
     warm,
+    workdir,
     write_random,
 )
+from _releases import (
+    PRODUCT,
+    add_release,
+    bundle_release,
+    device_config,
+    init_repo,
+    physical_pipeline,
+    random_tree,
+)
+from _report import machine, mbs, revision, table, verdict
 
-MIB = 1 << 20
 DEFAULT_MIB = 1024
 RSS_2G_MIB = 2048
 RATIO_TARGET = 1.15
 RSS_TARGET_MIB = 100.0
-PRODUCT = "bench"
-PEERS_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "bench-peers"
-"""``../shared/bench-peers`` beside the checkout, where the project's shared folder lives."""
+PEERS_DIR = next(
+    (
+        up / "shared" / "bench-peers"
+        for up in Path(__file__).resolve().parents[1:]
+        if (up / "shared" / "bench-peers").is_dir()
+    ),
+    Path(__file__).resolve().parents[2] / "shared" / "bench-peers",
+)
+"""``shared/bench-peers`` beside the checkout (or beside a folder holding it, for a worktree)."""
 DEFAULT_PEERS = "physical rauc swupdate"
 PY_PIPELINE = PEERS_DIR / "py_pipeline.py"
 
-_COPY_BYTES = MIB
-_TAIL_LINES = 15
-_BUILD_TIMEOUT_S = 1800.0
 _PEER_TIMEOUT_S = 3600.0
-
-
-# -- subprocesses ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One timed subprocess (or a sequence of them)."""
-
-    wall_s: float
-    rss_kib: int
-
-
-def _tail(path: Path) -> str:
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return ""
-    return "\n".join("    " + line for line in lines[-_TAIL_LINES:])
-
-
-def run_timed(
-    cmd: Sequence[str],
-    log: Path,
-    *,
-    timeout: float,
-    env: dict[str, str] | None = None,
-    sync_first: bool = True,
-) -> Sample:
-    """Run ``cmd`` (output appended to ``log``); its wall time and peak RSS.
-
-    The child runs in a session of its own, so a timeout (or an interrupt) kills it and
-    everything it started.
-
-    Raises:
-        BenchError: the command failed or ran out of time.
-    """
-    if sync_first:
-        os.sync()
-    with log.open("ab") as out:
-        out.write(f"$ {shlex.join(cmd)}\n".encode())
-        out.flush()
-        timed_out = threading.Event()
-        start = time.perf_counter()
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-
-        def expire() -> None:
-            timed_out.set()
-            kill_group(proc.pid)
-
-        timer = threading.Timer(timeout, expire)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        except BaseException:
-            kill_group(proc.pid)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(proc.pid, 0)
-            proc.returncode = -1
-            raise
-        finally:
-            timer.cancel()
-        wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-    if timed_out.is_set():
-        raise BenchError(f"{shlex.join(cmd)} ran out of its {timeout:g} s; see {log}")
-    if proc.returncode != 0:
-        raise BenchError(
-            f"{shlex.join(cmd)} exited with {proc.returncode}; end of {log}:\n{_tail(log)}"
-        )
-    return Sample(wall, usage.ru_maxrss)
-
-
-def run_quiet(cmd: Sequence[str], log: Path, *, timeout: float = _BUILD_TIMEOUT_S) -> str:
-    """Run an untimed set-up command; its output (also appended to ``log``).
-
-    Raises:
-        BenchError: the command failed or ran out of time.
-    """
-    try:
-        done = subprocess.run(
-            cmd, capture_output=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise BenchError(f"{shlex.join(cmd)} ran out of its {timeout:g} s") from exc
-    text = (done.stdout + done.stderr).decode(errors="replace")
-    with log.open("a") as out:
-        out.write(f"$ {shlex.join(cmd)}\n{text}")
-    if done.returncode != 0:
-        raise BenchError(f"{shlex.join(cmd)} exited with {done.returncode}:\n{text[-2000:]}")
-    return text
-
-
-# -- files -------------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path) -> str:
-    """The file's SHA-256, hex; also leaves it in the page cache."""
-    digest = hashlib.sha256()
-    buffer = bytearray(_COPY_BYTES)
-    view = memoryview(buffer)
-    with path.open("rb", buffering=0) as source:
-        while count := source.readinto(buffer):
-            digest.update(view[:count])
-    return digest.hexdigest()
 
 
 # -- the cases ---------------------------------------------------------------------------------
@@ -260,45 +157,14 @@ class Bench:
     # building
 
     def init_repo(self) -> None:
-        run_quiet(
-            [*self.sysupd, "release", "init", "--repo", str(self.repo), "--product", PRODUCT],
-            self.build_log,
-        )
+        init_repo(self.repo, self.build_log)
 
-    def _add_and_bundle(self, case: Case, add_args: Sequence[str]) -> None:
+    def _add_and_bundle(self, case: Case, content: Sequence[str]) -> None:
         start = time.perf_counter()
-        text = run_quiet(
-            [
-                *self.sysupd,
-                "release",
-                "add",
-                "--repo",
-                str(self.repo),
-                "--version",
-                case.version,
-                *add_args,
-            ],
-            self.build_log,
-        )
-        found = re.search(r"\((\d+) bytes, .*sha256 ([0-9a-f]{64})\)", text)
-        if found is None:
-            raise BenchError(f"cannot read the release's length and hash from: {text.strip()}")
-        case.payload_bytes, case.payload_sha256 = int(found.group(1)), found.group(2)
+        release = add_release(self.repo, case.version, content, self.build_log)
+        case.payload_bytes, case.payload_sha256 = release.payload_bytes, release.payload_sha256
         case.bundle = self.work / "bundles" / f"{case.label}.bundle"
-        run_quiet(
-            [
-                *self.sysupd,
-                "release",
-                "bundle",
-                "--repo",
-                str(self.repo),
-                "--version",
-                case.version,
-                "--output",
-                str(case.bundle),
-            ],
-            self.build_log,
-        )
+        bundle_release(self.repo, case.version, case.bundle, self.build_log)
         case.build_s = time.perf_counter() - start
         case.bundle_sha256 = sha256_file(case.bundle)
 
@@ -310,30 +176,19 @@ class Bench:
         slot_a = self.work / "slots" / f"{case.label}-A.img"
         case.slot_b = self.work / "slots" / f"{case.label}-B.img"
         preallocate(slot_a, case.mib * MIB)
-        case.config = self._config(case, [f"A:raw:{slot_a}", f"B:raw:{case.slot_b}"])
+        case.config = self._config(case, [slot_a, case.slot_b])
 
     def make_tree(self, mib: int) -> tuple[Path, tuple[str, str]]:
         tree = self.work / "src" / "tree"
-        remove(tree)
-        tree.mkdir()
-        for index in range(mib):
-            write_random(tree / f"file-{index:05d}.bin", MIB)
-        name = f"file-{mib // 2:05d}.bin"
-        return tree, (name, sha256_file(tree / name))
+        return tree, random_tree(tree, mib)
 
     def build_tree(self, case: Case, tree: Path, check: tuple[str, str], compress: str) -> None:
         self._add_and_bundle(case, ["--tree", str(tree), "--compress", compress])
         case.tree_check = check
         case.config = self._config(case, None)
 
-    def _config(self, case: Case, slots: list[str] | None) -> Path:
-        root = (self.repo / "metadata" / "1.root.json").resolve()
-        lines = [f'product = "{PRODUCT}"', f'trust_root = "{root}"']
-        if slots is not None:
-            lines.append("slots = [" + ", ".join(f'"{s}"' for s in slots) + "]")
-        path = self.work / "configs" / f"{case.label}.toml"
-        path.write_text("\n".join(lines) + "\n")
-        return path
+    def _config(self, case: Case, slots: list[Path] | None) -> Path:
+        return device_config(self.work / "configs" / f"{case.label}.toml", self.repo, slots)
 
     # measuring
 
@@ -366,23 +221,16 @@ class Bench:
         remove(target)
 
     def _pipeline(self, case: Case, run: int, target: Path) -> None:
-        preallocate(target, case.bundle.stat().st_size)
-        log = self.logs / f"{case.label}-openssl-{run}.log"
-        case.openssl.append(
-            run_timed(["openssl", "dgst", "-sha256", str(case.bundle)], log, timeout=self.timeout)
+        openssl, dd = physical_pipeline(
+            case.bundle,
+            case.bundle_sha256,
+            target,
+            self.logs,
+            f"{case.label}-{run}",
+            timeout=self.timeout,
         )
-        if case.bundle_sha256 not in log.read_text():
-            raise BenchError(f"openssl printed another digest than the bundle's; see {log}")
-        case.dd.append(
-            run_timed(
-                ["dd", f"if={case.bundle}", f"of={target}", "bs=1M", "conv=fsync", "status=none"],
-                self.logs / f"{case.label}-dd-{run}.log",
-                timeout=self.timeout,
-                sync_first=False,  # timed together with openssl, which dirtied nothing
-            )
-        )
-        if target.stat().st_size != case.bundle.stat().st_size:
-            raise BenchError(f"dd wrote {target.stat().st_size} bytes, not the bundle's")
+        case.openssl.append(openssl)
+        case.dd.append(dd)
 
     def _pycopy(self, case: Case, run: int, target: Path) -> None:
         preallocate(target, case.bundle.stat().st_size)
@@ -520,26 +368,6 @@ def run_peer(peer: str, mib: int, runs: int, work: Path, keep: bool) -> PeerOutc
 # -- printing ----------------------------------------------------------------------------------
 
 
-def _verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
-def _table(rows: list[tuple[str, ...]], left: int = 1) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for i, row in enumerate(rows):
-        cells = [
-            c.ljust(w) if j < left else c.rjust(w)
-            for j, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        print("  ".join(cells).rstrip())
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
-
-
-def _mbs(size: int, seconds: float) -> str:
-    return f"{size / 1e6 / seconds:,.0f}" if seconds > 0 else "-"
-
-
 def print_summary(cases: list[Case], startup: list[Sample]) -> None:
     start_s = median_s(startup)
     print()
@@ -571,18 +399,18 @@ def print_summary(cases: list[Case], startup: list[Sample]) -> None:
                 f"{case.mib}",
                 f"{len(case.sysupd)}",
                 f"{install:.2f}",
-                _mbs(case.payload_bytes, install),
+                mbs(case.payload_bytes, install),
                 f"{pipeline:.2f}",
-                _mbs(case.payload_bytes, pipeline),
+                mbs(case.payload_bytes, pipeline),
                 f"{ratio:.2f}",
-                _verdict(ratio <= RATIO_TARGET),
+                verdict(ratio <= RATIO_TARGET),
                 f"{(install - start_s) / pipeline:.2f}",
                 f"{median_s(case.pycopy):.2f}",
                 f"{rss:.1f}",
-                _verdict(rss <= RSS_TARGET_MIB),
+                verdict(rss <= RSS_TARGET_MIB),
             )
         )
-    _table(rows)
+    table(rows, indent="")
     print(
         f"  sysupd CLI start-up alone (`sysupd install --help`, median of {len(startup)}):"
         f" {start_s:.2f} s, peak RSS {peak_mib(startup):.1f} MiB; it is inside every sysupd"
@@ -627,7 +455,7 @@ def print_peers(outcomes: list[PeerOutcome], raw: Case) -> None:
             f"{len(raw.sysupd)}",
             f"{install:.2f}",
             f"{min(s.wall_s for s in raw.sysupd):.2f}-{max(s.wall_s for s in raw.sysupd):.2f}",
-            _mbs(raw.payload_bytes, install),
+            mbs(raw.payload_bytes, install),
             f"{install / pipeline:.2f}",
             f"{peak_mib(raw.sysupd):.1f}",
         )
@@ -639,7 +467,7 @@ def print_peers(outcomes: list[PeerOutcome], raw: Case) -> None:
             f"{len(raw.pipeline)}",
             f"{pipeline:.2f}",
             f"{min(s.wall_s for s in raw.pipeline):.2f}-{max(s.wall_s for s in raw.pipeline):.2f}",
-            _mbs(raw.payload_bytes, pipeline),
+            mbs(raw.payload_bytes, pipeline),
             "1.00",
             f"{peak_mib(raw.pipeline):.1f}",
         )
@@ -664,12 +492,12 @@ def print_peers(outcomes: list[PeerOutcome], raw: Case) -> None:
                     f"{len(row.walls)}",
                     f"{wall:.2f}",
                     f"{min(row.walls):.2f}-{max(row.walls):.2f}",
-                    _mbs(row.mib * MIB, wall),
+                    mbs(row.mib * MIB, wall),
                     f"{wall / pipeline:.2f}",
                     f"{row.rss_kib / 1024:.1f}",
                 )
             )
-    _table(rows)
+    table(rows, indent="")
     for outcome in outcomes:
         if not outcome.ok:
             print(f"  peer {outcome.peer} FAILED: {outcome.detail}")
@@ -738,61 +566,10 @@ def _time_limit(options: argparse.Namespace) -> int:
     return int(limit)
 
 
-def _revision() -> str:
-    """The commit of the sysupd being measured, and whether src/ differs from it."""
-    here = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--", "src"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown revision"
-    return f"commit {head}" + (" with src/ modified" if dirty else "")
-
-
-def _machine() -> str:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
-    return (
-        f"{os.cpu_count()} CPUs ({model}), {ram:.0f} GiB RAM, Linux {platform.release()},"
-        f" Python {platform.python_version()}"
-    )
-
-
-@contextlib.contextmanager
-def _workdir(options: argparse.Namespace) -> Iterator[Path]:
-    parent = options.workdir or Path("/tmp")  # noqa: S108 - a private mkdtemp below it
-    parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="sysupd-bench-install-", dir=parent))
-    try:
-        yield work
-    finally:
-        if options.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-
-
 def bench(options: argparse.Namespace, work: Path) -> None:
     """Every phase, in order; prints as it goes."""
-    print(f"bench/install.py, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {_machine()}")
-    print(f"  sysupd {_revision()}")
+    print(f"bench/install.py, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine()}")
+    print(f"  sysupd {revision()}")
     print(
         f"  work directory {work} ({shutil.disk_usage(work).free / (1 << 30):.0f} GiB free);"
         " page cache warm (each bundle read once before every round); sync before every timed"
@@ -851,21 +628,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; 0 whatever the verdicts, 1 if it could not run."""
     options = _options(argv)
 
-    def give_up(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(f"bench/install.py: stopped by signal {signal.Signals(signum).name}")
-
-    signal.signal(signal.SIGTERM, give_up)
-    signal.signal(signal.SIGALRM, give_up)
-    signal.alarm(_time_limit(options))
-    try:
-        with _workdir(options) as work:
+    def body() -> None:
+        with workdir(options.workdir, "sysupd-bench-install-", options.keep) as work:
             bench(options, work)
-    except BenchError as exc:
-        print(f"bench/install.py: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        signal.alarm(0)
-    return 0
+
+    return run_main("bench/install.py", _time_limit(options), body)
 
 
 if __name__ == "__main__":

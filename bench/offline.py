@@ -35,782 +35,63 @@ every timed step, so none pays for another's dirty pages. Only 127.0.0.1 is used
 large lives in the work directory and is deleted at the end unless ``--keep``; every child
 process is ended on exit; every step is bounded in time.
 
-``bench/online.py`` imports the helpers below (WebSocket client, nginx, service processes).
+The helpers (processes, releases, the pipeline, nginx, the service, the WebSocket client) are
+``bench/_harness.py``, ``_releases.py``, ``_service.py`` and ``_wsapi.py``, shared with the other
+benchmarks.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import hashlib
-import html
-import itertools
 import json
 import os
-import platform
-import re
-import resource
 import shlex
 import shutil
-import signal
-import socket
-import statistics
 import subprocess
 import sys
-import tempfile
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-import aiohttp
-
 from _harness import (
+    HOST,
+    MIB,
     BenchError,
+    Sample,
     kill_group,
     preallocate,
     remove,
+    run_main,
+    run_timed,
+    sha256_file,
     sysupd_command,
+    tail,
     warm,
-    write_random,
+    workdir,
 )
+from _releases import Release, add_raw_release, bundle_release, init_repo, physical_pipeline
+from _report import machine, mbs, median, revision, span, table, verdict
+from _service import (
+    KDF,
+    Serve,
+    hot_spots,
+    nginx_serving,
+    sampled,
+    service_config,
+    start_serve,
+    stop_serve,
+)
+from _wsapi import WsApi, check_final, job_lines
 
-MIB = 1 << 20
 DEFAULT_MIB = 1024
 RSS_2G_MIB = 2048
 RATIO_TARGET = 1.3
 RSS_TARGET_MIB = 100.0
-PRODUCT = "bench"
-HOST = "127.0.0.1"
-KDF = {"kdf_time_cost": 1, "kdf_memory_kib": 8192, "kdf_parallelism": 1}
-ADMIN = ("bench-admin", "bench-admin-password")
 UPLOAD_NAME = "bench.bundle"
-
-_COPY_BYTES = MIB
-_TAIL_CHARS = 2000
-_BUILD_TIMEOUT_S = 1800.0
-_START_TIMEOUT_S = 60.0
-_CALL_TIMEOUT_S = 60.0
-
-
-# -- child processes ---------------------------------------------------------------------------
-
-
-class Children:
-    """Every long-lived child process (services, nginx), so that all are ended on exit."""
-
-    def __init__(self) -> None:
-        self.popens: list[subprocess.Popen[bytes]] = []
-
-    def add(self, popen: subprocess.Popen[bytes]) -> None:
-        self.popens.append(popen)
-
-    def end(self, popen: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int | None:
-        """Signal one child (its own process group), wait, kill the group if it lingers."""
-        if popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                popen.send_signal(sig)
-            try:
-                popen.wait(15)
-            except subprocess.TimeoutExpired:
-                kill_group(popen.pid)
-                popen.wait(5)
-        with contextlib.suppress(ValueError):
-            self.popens.remove(popen)
-        return popen.returncode
-
-    def end_all(self) -> None:
-        for popen in list(self.popens):
-            self.end(popen)
-
-
-CHILDREN = Children()
-
-
-def _tail(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")[-_TAIL_CHARS:]
-    except OSError:
-        return ""
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One timed subprocess."""
-
-    wall_s: float
-    rss_kib: int
-
-
-def run_timed(cmd: Sequence[str], log: Path, *, timeout: float, sync_first: bool = True) -> Sample:
-    """Run ``cmd`` (output appended to ``log``); its wall time (fork to reaping) and peak RSS.
-
-    Raises:
-        BenchError: the command failed or ran out of time.
-    """
-    if sync_first:
-        os.sync()
-    with log.open("ab") as out:
-        out.write(f"$ {shlex.join(cmd)}\n".encode())
-        out.flush()
-        timed_out = threading.Event()
-        start = time.perf_counter()
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-        def expire() -> None:
-            timed_out.set()
-            kill_group(proc.pid)
-
-        timer = threading.Timer(timeout, expire)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        except BaseException:
-            kill_group(proc.pid)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(proc.pid, 0)
-            proc.returncode = -1
-            raise
-        finally:
-            timer.cancel()
-        wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-    if timed_out.is_set():
-        raise BenchError(f"{shlex.join(cmd)} ran out of its {timeout:g} s; see {log}")
-    if proc.returncode != 0:
-        raise BenchError(
-            f"{shlex.join(cmd)} exited with {proc.returncode}; end of {log}:\n{_tail(log)}"
-        )
-    return Sample(wall, usage.ru_maxrss)
-
-
-def run_quiet(
-    cmd: Sequence[str], log: Path, *, stdin: str | None = None, timeout: float = _BUILD_TIMEOUT_S
-) -> str:
-    """Run an untimed set-up command; its output (also appended to ``log``).
-
-    Raises:
-        BenchError: the command failed or ran out of time.
-    """
-    try:
-        done = subprocess.run(
-            cmd,
-            input=stdin.encode() if stdin is not None else None,
-            stdin=subprocess.DEVNULL if stdin is None else None,
-            capture_output=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise BenchError(f"{shlex.join(cmd)} ran out of its {timeout:g} s") from exc
-    text = (done.stdout + done.stderr).decode(errors="replace")
-    with log.open("a") as out:
-        out.write(f"$ {shlex.join(cmd)}\n{text}")
-    if done.returncode != 0:
-        raise BenchError(f"{shlex.join(cmd)} exited with {done.returncode}:\n{text[-2000:]}")
-    return text
-
-
-def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def proc_status_kib(pid: int, key: str) -> int:
-    """A ``kB`` field (``VmHWM``, ``VmRSS``) of /proc/PID/status; 0 if it cannot be read."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-# -- files -------------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path, limit: int | None = None) -> str:
-    """The SHA-256 of the file (of its first ``limit`` bytes), hex; also caches its pages."""
-    digest = hashlib.sha256()
-    buffer = bytearray(_COPY_BYTES)
-    view = memoryview(buffer)
-    left = limit
-    with path.open("rb", buffering=0) as source:
-        while count := source.readinto(buffer):
-            if left is not None:
-                count = min(count, left)
-                left -= count
-            digest.update(view[:count])
-            if left == 0:
-                break
-    return digest.hexdigest()
-
-
-# -- releases ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Release:
-    """A raw release in the bench repository."""
-
-    version: str
-    payload_bytes: int
-    payload_sha256: str
-
-
-def init_repo(repo: Path, log: Path) -> None:
-    """``sysupd release init`` for the product ``bench``."""
-    run_quiet(
-        [*sysupd_command(), "release", "init", "--repo", str(repo), "--product", PRODUCT], log
-    )
-
-
-def add_raw_release(repo: Path, version: str, mib: int, scratch: Path, log: Path) -> Release:
-    """``sysupd release add --image`` of a fresh random image of ``mib`` MiB."""
-    image = scratch / f"image-{version}.img"
-    write_random(image, mib * MIB)
-    try:
-        text = run_quiet(
-            [
-                *sysupd_command(),
-                "release",
-                "add",
-                "--repo",
-                str(repo),
-                "--version",
-                version,
-                "--image",
-                str(image),
-            ],
-            log,
-        )
-    finally:
-        remove(image)
-    found = re.search(r"\((\d+) bytes, .*sha256 ([0-9a-f]{64})\)", text)
-    if found is None:
-        raise BenchError(f"cannot read the release's length and hash from: {text.strip()}")
-    return Release(version, int(found.group(1)), found.group(2))
-
-
-def device_config(path: Path, repo: Path, slots: Sequence[Path], **extra: object) -> Path:
-    """The service's TOML: the product, the trusted root, raw file slots, quick events."""
-    values: dict[str, object] = {
-        "product": PRODUCT,
-        "trust_root": str((repo / "metadata" / "1.root.json").resolve()),
-        "slots": [f"{name}:raw:{slot}" for name, slot in zip("AB", slots, strict=True)],
-        "auto_reboot": False,
-        "event_interval_s": 1,
-        **KDF,
-        **extra,
-    }
-    # JSON's scalars and arrays are valid TOML values (strings with JSON escapes included).
-    path.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items()))
-    return path
-
-
-# -- nginx -------------------------------------------------------------------------------------
-
-_NGINX_CONFIG = """\
-daemon off;
-master_process on;
-worker_processes 1;
-{user}
-pid {work}/nginx.pid;
-error_log {work}/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-    access_log {work}/access.log;
-    sendfile on;
-    tcp_nopush on;
-    client_body_temp_path {work}/body;
-    proxy_temp_path {work}/proxy;
-    fastcgi_temp_path {work}/fastcgi;
-    uwsgi_temp_path {work}/uwsgi;
-    scgi_temp_path {work}/scgi;
-    types {{ application/json json; }}
-    default_type application/octet-stream;
-    server {{
-        listen {host}:{port};
-        root {root};
-    }}
-}}
-"""
-
-
-def nginx_binary() -> str:
-    """nginx's path.
-
-    Raises:
-        BenchError: it is not installed.
-    """
-    found = shutil.which("nginx") or (
-        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
-    )
-    if found is None:
-        raise BenchError("nginx is not installed (Debian package nginx)")
-    return found
-
-
-@contextlib.contextmanager
-def nginx_serving(root: Path, work: Path) -> Iterator[str]:
-    """A real nginx (sendfile on) serving ``root`` on 127.0.0.1; yields its base URL."""
-    work.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    config = work / "nginx.conf"
-    user = "user root;" if os.geteuid() == 0 else ""  # workers must read a 0700 work directory
-    config.write_text(
-        _NGINX_CONFIG.format(user=user, work=work, host=HOST, port=port, root=root.resolve())
-    )
-    out = work / "nginx.out"
-    with out.open("wb") as sink:
-        popen = subprocess.Popen(
-            [nginx_binary(), "-c", str(config), "-p", str(work)],
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    CHILDREN.add(popen)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            if popen.poll() is not None:
-                raise BenchError(f"nginx exited at start: {_tail(out)} {_tail(work / 'error.log')}")
-            with contextlib.suppress(OSError), socket.create_connection((HOST, port), 1):
-                break
-            if time.monotonic() > deadline:
-                raise BenchError("nginx did not start listening within 20 s")
-            time.sleep(0.02)
-        yield f"http://{HOST}:{port}"
-    finally:
-        CHILDREN.end(popen, signal.SIGQUIT)
-
-
-# -- the service -------------------------------------------------------------------------------
-
-
-@dataclass
-class Serve:
-    """A running ``sysupd serve``."""
-
-    popen: subprocess.Popen[bytes]
-    ws_port: int
-    http_port: int
-    state_dir: Path
-    out: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def hwm_kib(self) -> int:
-        """Its peak resident set so far (``VmHWM``)."""
-        return proc_status_kib(self.popen.pid, "VmHWM")
-
-
-_LISTENING = re.compile(r"sysupd listening: ws://[^ ]*:(\d+)/websocket\s+https?://[^ ]*:(\d+)/")
-
-
-def add_admin(config: Path, state_dir: Path, log: Path) -> None:
-    """``sysupd user add ADMIN --admin --password-stdin`` into ``state_dir``."""
-    run_quiet(
-        [
-            *sysupd_command(),
-            "user",
-            "add",
-            ADMIN[0],
-            "--admin",
-            "--password-stdin",
-            "--config",
-            str(config),
-            "--state-dir",
-            str(state_dir),
-        ],
-        log,
-        stdin=ADMIN[1] + "\n",
-        timeout=60,
-    )
-
-
-async def start_serve(
-    config: Path, state_dir: Path, logs: Path, name: str, *, descriptor_limit: int = 0
-) -> Serve:
-    """A fresh state directory with the administrator, then ``sysupd serve`` on 127.0.0.1 with
-    kernel-chosen ports (its own process and session); waits until it listens.
-    ``descriptor_limit``, when not 0, is the child's RLIMIT_NOFILE."""
-
-    def limit() -> None:
-        if descriptor_limit:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (descriptor_limit, descriptor_limit))
-
-    remove(state_dir)
-    add_admin(config, state_dir, logs / "setup.log")
-    out = logs / f"serve-{name}.log"
-    command = [
-        *sysupd_command(),
-        "serve",
-        "--config",
-        str(config),
-        "--state-dir",
-        str(state_dir),
-        "--host",
-        HOST,
-    ]
-    command += ["--ws-port", "0", "--http-port", "0", "--no-tls"]
-    with out.open("wb") as sink:
-        popen = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=limit,  # noqa: PLW1509 - the benchmarks start no threads
-        )
-    CHILDREN.add(popen)
-    deadline = time.monotonic() + _START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        found = _LISTENING.search(out.read_text(errors="replace"))
-        if found is not None:
-            return Serve(popen, int(found.group(1)), int(found.group(2)), state_dir, out)
-        if popen.poll() is not None:
-            break
-        await asyncio.sleep(0.02)
-    CHILDREN.end(popen)
-    raise BenchError(f"sysupd serve did not start; end of {out}:\n{_tail(out)}")
-
-
-def stop_serve(serve: Serve) -> None:
-    """SIGTERM (a clean stop), then SIGKILL if it lingers.
-
-    Raises:
-        BenchError: it did not exit cleanly.
-    """
-    code = CHILDREN.end(serve.popen)
-    if code not in (0, -signal.SIGTERM):
-        raise BenchError(
-            f"sysupd serve exited with {code}; end of {serve.out}:\n{_tail(serve.out)}"
-        )
-
-
-@contextlib.asynccontextmanager
-async def sampled(py_spy: str | None, pid: int, out: Path) -> AsyncIterator[None]:
-    """While the body runs, ``py-spy record`` of process ``pid`` (every thread, non-blocking,
-    100 samples/s, idle frames left out) into ``out`` as collapsed stacks; nothing if ``py_spy``
-    is None."""
-    if py_spy is None:
-        yield
-        return
-    log = out.with_suffix(".log")
-    command = [py_spy, "record", "--pid", str(pid), "--threads", "--nonblocking"]
-    command += ["--rate", "100", "--format", "raw", "--output", str(out)]
-    with log.open("wb") as sink:
-        popen = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    CHILDREN.add(popen)
-    try:
-        deadline = time.monotonic() + 20
-        while "Sampling process" not in log.read_text(errors="replace"):
-            if popen.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"py-spy did not start sampling: {_tail(log)}")
-            await asyncio.sleep(0.05)
-        yield
-    finally:
-        CHILDREN.end(popen, signal.SIGINT)
-
-
-def hot_spots(collapsed: Path, top: int = 10) -> list[str]:
-    """What py-spy's collapsed stacks say: busy time per thread, the lines with the most samples
-    of their own, and the sysupd functions with the most samples within them."""
-    own: dict[str, int] = {}
-    within: dict[str, int] = {}
-    threads: dict[str, int] = {}
-    total = 0
-    with contextlib.suppress(OSError):
-        for line in collapsed.read_text(errors="replace").splitlines():
-            stack, _, count_text = line.rpartition(" ")
-            if not stack or not count_text.isdigit():
-                continue
-            count = int(count_text)
-            frames = stack.split(";")
-            total += count
-            thread = next((f for f in frames if f.startswith("thread ")), "?")
-            threads[thread] = threads.get(thread, 0) + count
-            calls = [f for f in frames if not f.startswith(("process ", "thread "))]
-            if calls:
-                own[calls[-1]] = own.get(calls[-1], 0) + count
-            for function in {_function(f) for f in calls if "sysupd/" in f}:
-                within[function] = within.get(function, 0) + count
-    if not total:
-        return ["no samples"]
-    lines = [f"{total} samples = {total / 100:.2f} s busy, over all threads:"]
-    lines += [f"  {n / 100:6.2f} s  {name}" for name, n in _biggest(threads, 6)]
-    lines.append("lines with the most samples of their own:")
-    lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in _biggest(own, top)]
-    lines.append("sysupd functions with the most samples within them:")
-    lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in _biggest(within, top)]
-    return lines
-
-
-def _function(frame: str) -> str:
-    """``name (path:line)`` without the line."""
-    return re.sub(r":\d+\)$", ")", frame)
-
-
-def _biggest(counts: dict[str, int], top: int) -> list[tuple[str, int]]:
-    return sorted(counts.items(), key=lambda item: -item[1])[:top]
-
-
-class WsApi:
-    """One logged-in WebSocket session: calls matched by id, events in a queue."""
-
-    def __init__(self, session: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self._session = session
-        self._ws = ws
-        self._ids = itertools.count(1)
-        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._reader = asyncio.get_running_loop().create_task(self._read())
-
-    @classmethod
-    async def open(cls, port: int, user: tuple[str, str] = ADMIN) -> WsApi:
-        """Connect to ``ws://127.0.0.1:PORT/websocket`` and log in as ``user``."""
-        session = aiohttp.ClientSession()
-        try:
-            async with asyncio.timeout(_CALL_TIMEOUT_S):
-                ws = await session.ws_connect(
-                    f"ws://{HOST}:{port}/websocket", max_msg_size=64 * MIB, autoping=True
-                )
-        except BaseException:
-            await session.close()
-            raise
-        api = cls(session, ws)
-        try:
-            await api.call("rpc", "auth", {"username": user[0], "password": user[1]})
-        except BaseException:
-            await api.close()
-            raise
-        return api
-
-    async def _read(self) -> None:
-        try:
-            async for msg in self._ws:
-                if msg.type is not aiohttp.WSMsgType.TEXT:
-                    continue
-                frame = json.loads(msg.data)
-                if frame.get("namespace") == "event":
-                    self.events.put_nowait(frame)
-                    continue
-                future = self._pending.pop(str(frame.get("id")), None)
-                if future is not None and not future.done():
-                    future.set_result(frame)
-        finally:
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(BenchError("the WebSocket closed"))
-            self._pending.clear()
-            self.events.put_nowait({"namespace": "closed", "name": "", "args": {}})
-
-    async def call(
-        self,
-        namespace: str,
-        name: str,
-        args: dict[str, Any] | None = None,
-        timeout: float = _CALL_TIMEOUT_S,
-    ) -> Any:
-        """Send a call; its reply's ``args``.
-
-        Raises:
-            BenchError: an error reply, or none in time.
-        """
-        call_id = f"b{next(self._ids)}"
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[call_id] = future
-        frame = {"namespace": namespace, "name": name, "id": call_id, "args": args or {}}
-        await self._ws.send_str(json.dumps(frame))
-        try:
-            async with asyncio.timeout(timeout):
-                reply = await future
-        except TimeoutError as exc:
-            self._pending.pop(call_id, None)
-            raise BenchError(f"{namespace}/{name}: no reply within {timeout:g} s") from exc
-        if reply.get("namespace") != "response":
-            raise BenchError(f"{namespace}/{name} failed: {json.dumps(reply.get('args'))}")
-        return reply["args"]
-
-    async def next_event(self, name: str, timeout: float) -> dict[str, Any]:
-        """The next event called ``name`` (others are skipped): its ``args``.
-
-        Raises:
-            BenchError: none in time, or the socket closed.
-        """
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    event = await self.events.get()
-                    if event["namespace"] == "closed":
-                        raise BenchError(f"the WebSocket closed while waiting for {name}")
-                    if event.get("name") == name:
-                        args: dict[str, Any] = event["args"]
-                        return args
-        except TimeoutError as exc:
-            raise BenchError(f"no {name} event within {timeout:g} s") from exc
-
-    async def wait_final(self, timeout: float) -> tuple[int, dict[str, Any]]:
-        """How many running ``sys/update_now`` events came, then the final one's ``args``."""
-        deadline = time.monotonic() + timeout
-        running = 0
-        while True:
-            event = await self.next_event("sys/update_now", max(0.1, deadline - time.monotonic()))
-            if event.get("update_running"):
-                running += 1
-            else:
-                return running, event
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._ws.close()
-        self._reader.cancel()
-        with contextlib.suppress(BaseException):
-            await self._reader
-        await self._session.close()
-
-
-def job_lines(final: dict[str, Any]) -> list[str]:
-    """The update job's log from its final event (HTML-escaped lines joined by ``<br>``)."""
-    return [html.unescape(line) for line in str(final.get("details", "")).split("<br>")]
-
-
-def check_final(final: dict[str, Any], what: str) -> None:
-    """Raises BenchError unless the update succeeded."""
-    if final.get("result") != "success":
-        raise BenchError(f"{what} failed:\n  " + "\n  ".join(job_lines(final)))
-
-
-# -- printing ----------------------------------------------------------------------------------
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
-def table(rows: Sequence[Sequence[str]], left: int = 1) -> None:
-    """Print ``rows`` (the first is the heading) as aligned columns."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for i, row in enumerate(rows):
-        cells = [
-            c.ljust(w) if j < left else c.rjust(w)
-            for j, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        print("  " + "  ".join(cells).rstrip())
-        if i == 0:
-            print("  " + "  ".join("-" * w for w in widths))
-
-
-def mbs(size: int, seconds: float) -> str:
-    """MB/s (10^6 bytes per second)."""
-    return f"{size / 1e6 / seconds:,.0f}" if seconds > 0 else "-"
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-def span(values: Sequence[float]) -> str:
-    return f"{min(values):.2f}-{max(values):.2f}" if values else "-"
-
-
-def revision() -> str:
-    """The commit of the sysupd being measured, and whether src/ differs from it."""
-    here = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--", "src"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown revision"
-    return f"commit {head}" + (" with src/ modified" if dirty else "")
-
-
-def machine() -> str:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
-    return (
-        f"{os.cpu_count()} CPUs ({model}), {ram:.0f} GiB RAM, Linux {platform.release()},"
-        f" Python {platform.python_version()}"
-    )
-
-
-@contextlib.contextmanager
-def workdir(parent: Path | None, prefix: str, keep: bool) -> Iterator[Path]:
-    """A private work directory, deleted at the end unless ``keep``."""
-    base = parent or Path("/tmp")  # noqa: S108 - a private mkdtemp below it
-    base.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
-    try:
-        yield work
-    finally:
-        if keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-
-
-def run_main(
-    name: str,
-    time_limit: int,
-    body: Callable[[], Any],
-) -> int:
-    """Run ``body`` under an alarm; 0 whatever the verdicts, 1 if it could not run. Every child
-    process is ended on the way out."""
-
-    def give_up(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(f"{name}: stopped by signal {signal.Signals(signum).name}")
-
-    signal.signal(signal.SIGTERM, give_up)
-    signal.signal(signal.SIGALRM, give_up)
-    signal.alarm(time_limit)
-    try:
-        body()
-    except BenchError as exc:
-        print(f"{name}: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        signal.alarm(0)
-        CHILDREN.end_all()
-    return 0
 
 
 # -- the offline benchmark ---------------------------------------------------------------------
@@ -889,27 +170,14 @@ class OfflineBench:
         start = time.perf_counter()
         release = add_raw_release(self.repo, version, mib, self.work / "scratch", self.build_log)
         bundle = self.work / "bundles" / f"{label}.bundle"
-        run_quiet(
-            [
-                *sysupd_command(),
-                "release",
-                "bundle",
-                "--repo",
-                str(self.repo),
-                "--version",
-                version,
-                "--output",
-                str(bundle),
-            ],
-            self.build_log,
-        )
+        bundle_release(self.repo, version, bundle, self.build_log)
         case = Case(label, mib, runs, release, bundle)
         case.bundle_bytes = bundle.stat().st_size
         case.bundle_sha256 = sha256_file(bundle)
         slot_a = self.work / "slots" / f"{label}-A.img"
         case.slot_b = self.work / "slots" / f"{label}-B.img"
         preallocate(slot_a, mib * MIB)
-        case.config = device_config(
+        case.config = service_config(
             self.work / "configs" / f"{label}.toml", self.repo, [slot_a, case.slot_b]
         )
         print(
@@ -946,18 +214,13 @@ class OfflineBench:
             )
         remove(out)
         target = self.work / "scratch" / "pipeline-target.img"
-        preallocate(target, case.bundle_bytes)
-        log = self.logs / f"{case.label}-openssl-{kind}-{run}.log"
-        openssl = run_timed(
-            ["openssl", "dgst", "-sha256", str(case.bundle)], log, timeout=self.timeout
-        )
-        if case.bundle_sha256 not in log.read_text():
-            raise BenchError(f"openssl printed another digest than the bundle's; see {log}")
-        dd = run_timed(
-            ["dd", f"if={case.bundle}", f"of={target}", "bs=1M", "conv=fsync", "status=none"],
-            self.logs / f"{case.label}-dd-{kind}-{run}.log",
+        openssl, dd = physical_pipeline(
+            case.bundle,
+            case.bundle_sha256,
+            target,
+            self.logs,
+            f"{case.label}-{kind}-{run}",
             timeout=self.timeout,
-            sync_first=False,  # timed together with openssl, which dirtied nothing
         )
         remove(target)
         result = Baseline(curl, openssl, dd, flush)
@@ -1031,7 +294,7 @@ class OfflineBench:
                 raise
         uploaded = time.perf_counter()
         if curl.returncode != 0:
-            raise BenchError(f"the upload failed ({curl.returncode}): {out[-500:]!r} {_tail(log)}")
+            raise BenchError(f"the upload failed ({curl.returncode}): {out[-500:]!r} {tail(log)}")
         stored = json.loads(out)
         if stored.get("sha256") != case.bundle_sha256:
             raise BenchError(f"the service stored other bytes than the bundle: {stored}")

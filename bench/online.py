@@ -25,11 +25,11 @@ Run: ``.venv/bin/python bench/online.py [--mib N] [--runs R] [--checks K] [--kee
    nginx's access log gives the requests each check made.
 5. Target: the update at most 1.3 times its baseline.
 
-How it measures: as ``bench/offline.py`` (whose helpers this imports): wall time in this process
-for the service, fork to reaping for the baseline commands; warm page cache (the target file is
-read before every round), ``sync`` before every timed step; peak RSS is the serve process's
-``VmHWM`` after the final event. Everything large is deleted at the end unless ``--keep``; every
-child process is ended on exit; every step is bounded in time.
+How it measures: as ``bench/offline.py`` (with the same helpers, ``bench/_*.py``): wall time
+in this process for the service, fork to reaping for the baseline commands; warm page cache (the
+target file is read before every round), ``sync`` before every timed step; peak RSS is the serve
+process's ``VmHWM`` after the final event. Everything large is deleted at the end unless
+``--keep``; every child process is ended on exit; every step is bounded in time.
 """
 
 from __future__ import annotations
@@ -47,42 +47,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from _harness import (
+    MIB,
     BenchError,
+    Sample,
     preallocate,
     remove,
-    sysupd_command,
-    warm,
-)
-from offline import (
-    DEFAULT_MIB,
-    MIB,
-    RATIO_TARGET,
-    Release,
-    Sample,
-    WsApi,
-    add_raw_release,
-    check_final,
-    device_config,
-    hot_spots,
-    init_repo,
-    job_lines,
-    machine,
-    mbs,
-    median,
-    nginx_serving,
-    revision,
     run_main,
     run_quiet,
     run_timed,
-    sampled,
     sha256_file,
-    span,
-    start_serve,
-    stop_serve,
-    table,
-    verdict,
+    sysupd_command,
+    warm,
     workdir,
 )
+from _releases import Release, add_raw_release, init_repo, physical_pipeline
+from _report import machine, mbs, median, revision, span, table, verdict
+from _service import hot_spots, nginx_serving, sampled, service_config, start_serve, stop_serve
+from _wsapi import WsApi, check_final, job_lines
+from offline import DEFAULT_MIB, RATIO_TARGET
 
 VERSION = "1.0.0"
 POLL_S = 0.005
@@ -180,7 +162,7 @@ class OnlineBench:
         )
 
     def config(self, name: str, **extra: object) -> Path:
-        return device_config(
+        return service_config(
             self.work / "configs" / f"{name}.toml",
             self.repo,
             [self.slot_a, self.slot_b],
@@ -199,18 +181,13 @@ class OnlineBench:
             timeout=self.timeout,
         )
         out = self.work / "scratch" / "pipeline-target.img"
-        preallocate(out, self.release.payload_bytes)
-        log = self.logs / f"openssl-{run}.log"
-        openssl = run_timed(
-            ["openssl", "dgst", "-sha256", str(self.target)], log, timeout=self.timeout
-        )
-        if self.release.payload_sha256 not in log.read_text():
-            raise BenchError(f"openssl printed another digest than the payload's; see {log}")
-        dd = run_timed(
-            ["dd", f"if={self.target}", f"of={out}", "bs=1M", "conv=fsync", "status=none"],
-            self.logs / f"dd-{run}.log",
+        openssl, dd = physical_pipeline(
+            self.target,
+            self.release.payload_sha256,
+            out,
+            self.logs,
+            f"pipeline-{run}",
             timeout=self.timeout,
-            sync_first=False,  # timed together with openssl, which dirtied nothing
         )
         remove(out)
         result = Baseline(curl, openssl, dd)

@@ -38,19 +38,10 @@ from typing import Any
 from aiohttp import web
 from playwright.async_api import Browser, Page, async_playwright
 
-from offline import (
-    ADMIN,
-    HOST,
-    KDF,
-    WsApi,
-    machine,
-    revision,
-    run_main,
-    start_serve,
-    stop_serve,
-    table,
-    workdir,
-)
+from _harness import HOST, run_main, workdir
+from _report import machine, revision, table
+from _service import ADMIN, KDF, start_serve, stop_serve
+from _wsapi import WsApi
 from sysupd.web.assets import PageAssets
 
 CHROMIUM = "/usr/bin/chromium"

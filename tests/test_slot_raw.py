@@ -75,7 +75,8 @@ def test_memory_stays_flat(tmp_path: Path, slot_file: Path) -> None:
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < 8 * MiB  # one 4 MiB chunk buffer and a 1 MiB copy buffer, not the image
+    # Two 4 MiB chunk buffers (one verified ahead) and three 1 MiB copy buffers, not the image.
+    assert peak < 12 * MiB
     assert slot_file.stat().st_size == len(image)
 
 

@@ -182,3 +182,29 @@ def test_one_stretch_reads_everything_back_after_the_final_fsync(
     monkeypatch.undo()
     assert recorder.events[0] == ("fsync", len(image), 0)
     assert [event[0] for event in recorder.events[1:]] == ["preadv"] * (len(recorder.events) - 1)
+
+
+def test_each_stretch_is_uncached_before_and_after_its_read_back(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, slot_file: Path
+) -> None:
+    """Before: so the read comes from the storage; after: so the page cache stays bounded."""
+    image = os.urandom(2 * MiB)
+    recorder = Recorder(monkeypatch, slot_file)
+    real_advise = os.posix_fadvise
+
+    def advise(fd: int, offset: int, length: int, advice: int) -> None:
+        real_advise(fd, offset, length, advice)
+        if recorder._ours(fd) and advice == os.POSIX_FADV_DONTNEED:
+            with recorder._lock:
+                recorder.events.append(("drop", offset, length))
+
+    monkeypatch.setattr(os, "posix_fadvise", advise)
+    install_from_file(RawSlot("B", slot_file), tmp_path, image)
+    monkeypatch.undo()
+    reads = [(offset, length) for what, offset, length in recorder.events if what == "preadv"]
+    for offset, length in reads:
+        at = recorder.events.index(("preadv", offset, length))
+        before, after = recorder.events[:at], recorder.events[at + 1 :]
+        assert any(w == "drop" and o <= offset and offset + length <= o + n for w, o, n in before)
+        assert any(w == "drop" and o <= offset and offset + length <= o + n for w, o, n in after)
+    assert sum(length for _, length in reads) == len(image)

@@ -5,9 +5,11 @@ Archives are built with tarfile, or crafted block by block where tarfile would n
 
 from __future__ import annotations
 
+import errno
 import gc
 import io
 import os
+import stat
 import tarfile
 import threading
 import tracemalloc
@@ -18,6 +20,7 @@ import pytest
 from sysupd.core.chunks import ChunkVerifier, chunk_digests
 from sysupd.engine.stream import VerifiedReader
 from sysupd.errors import InstallError, VerificationError
+from sysupd.slots import _treewriter
 from sysupd.slots.base import PayloadSpec
 from sysupd.slots.directory import DirectorySlot
 from sysupd.slots.extract import extract_tree
@@ -167,7 +170,8 @@ def test_directory_slot_verifies_ahead_and_leaves_no_thread(
 
 
 def writer_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "sysupd-tree-writer"]
+    names = ("sysupd-tree-writer", "sysupd-tree-sync")
+    return [t for t in threading.enumerate() if t.name in names]
 
 
 def test_a_source_error_mid_file_stops_the_writer(dest: Path) -> None:
@@ -215,3 +219,51 @@ def test_file_data_in_flight_is_bounded(dest: Path) -> None:
     finally:
         tracemalloc.stop()
     assert peak < 4 * MiB + 512 * 1024  # three 1 MiB buffers in flight, not the 16 MiB of files
+
+
+@pytest.mark.parametrize("failing", [1, 3], ids=["first batch", "a later batch"])
+def test_a_failing_file_fsync_is_an_install_error_and_closes_everything(
+    monkeypatch: pytest.MonkeyPatch, dest: Path, failing: int
+) -> None:
+    """Files are fsynced in batches on the syncer thread; its error comes back to the install."""
+    real_fsync = os.fsync
+    batches: list[int] = []
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            batches.append(fd)
+            if len(batches) == failing * _treewriter._FSYNC_BATCH_FILES:
+                raise OSError(errno.EIO, "the disk went away")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    members = [file_member(f"f{index}", b"x") for index in range(5 * 64)]
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(InstallError, match="I/O error in the slot while writing 'files'"):
+        extract_tree(one_way(tar_bytes(members)), dest, LIMITS)
+    assert writer_threads() == []
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_file_pages_are_dropped_once_durable(monkeypatch: pytest.MonkeyPatch, dest: Path) -> None:
+    """After a batch's fsync its whole range is let go, so the page cache stays bounded."""
+    events: list[tuple[str, int]] = []
+    real_fsync, real_advise = os.fsync, os.posix_fadvise
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        events.append(("fsync", os.fstat(fd).st_ino))
+
+    def advise(fd: int, offset: int, length: int, advice: int) -> None:
+        real_advise(fd, offset, length, advice)
+        if (offset, length) == (0, 0):
+            events.append(("drop", os.fstat(fd).st_ino))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "posix_fadvise", advise)
+    names = [f"f{index}" for index in range(100)]
+    extract_tree(one_way(tar_bytes([file_member(n, n.encode()) for n in names])), dest, LIMITS)
+    monkeypatch.undo()
+    for name in names:
+        inode = (dest / name).stat().st_ino
+        assert events.index(("fsync", inode)) < events.index(("drop", inode))

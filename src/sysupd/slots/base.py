@@ -1,8 +1,10 @@
 """What every slot writer is: the interface, the payload description it installs, shared checks.
 
 Responsibility: the seam between the update engine and the storage of the inactive slot. The
-engine hands a slot writer a payload stream (a ``sysupd.engine.stream.VerifiedReader``, which
-releases only chunk-verified bytes) and the ``PayloadSpec`` taken from the signed target entry.
+engine hands a slot writer a payload stream (its ``VerifiedReader``, which releases only
+chunk-verified bytes) and the ``PayloadSpec`` taken from the signed target entry. What a writer
+may ask of that stream beyond a binary file is the ``ReadAhead`` protocol here, so slot writers
+depend on this module, never on the engine.
 
 Invariants every writer keeps:
 
@@ -20,15 +22,24 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO, Literal, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Literal, Protocol, runtime_checkable
 
 from sysupd.errors import VerificationError
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
-__all__ = ["PROGRESS_STEP_BYTES", "PayloadSpec", "ProgressStream", "SlotWriter", "expect_end"]
+__all__ = [
+    "PROGRESS_STEP_BYTES",
+    "PayloadSpec",
+    "ProgressStream",
+    "ReadAhead",
+    "SlotWriter",
+    "ask_read_ahead",
+    "expect_end",
+]
 
 PROGRESS_STEP_BYTES = 1 << 20  # progress callbacks at most once per this many payload bytes
 
@@ -104,6 +115,30 @@ class SlotWriter(Protocol):
             InstallError: the slot could not be emptied.
         """
         ...
+
+
+@runtime_checkable
+class ReadAhead(Protocol):
+    """A payload stream that can verify the next chunks on a worker thread (``VerifiedReader``).
+
+    It still hands out only verified bytes; asking costs it ``chunks`` more chunk buffers, and
+    pays when the writer has work of its own per chunk (parsing, writing) to do meanwhile.
+    """
+
+    def read_ahead(self, chunks: int = 1) -> None:
+        """Verify up to ``chunks`` chunks ahead of the reads; called before the first read.
+
+        Raises:
+            ValueError: ``chunks`` is out of the stream's range, or reading already started.
+        """
+        ...
+
+
+def ask_read_ahead(payload: BinaryIO, chunks: int) -> None:
+    """Have ``payload`` verify ``chunks`` ahead if it can; one already being read goes on as is."""
+    if isinstance(payload, ReadAhead):
+        with suppress(ValueError):
+            payload.read_ahead(chunks)
 
 
 def expect_end(payload: BinaryIO, what: str) -> None:

@@ -13,8 +13,9 @@ Invariants:
 - A payload refused for its description (not a tree) changes nothing.
 - The signed limits cap what is written: no more members than ``spec.entries``, no more file
   bytes than ``spec.installed_size``; the first member or byte beyond them is refused.
-- A ``VerifiedReader`` payload is asked to verify one chunk ahead on its worker thread (one more
-  chunk buffer), so hashing overlaps parsing and writing; it still hands out only checked bytes.
+- A payload that can (``ReadAhead``, the engine's ``VerifiedReader``) is asked to verify one
+  chunk ahead on its worker thread (one more chunk buffer), so hashing overlaps parsing and
+  writing; it still hands out only checked bytes.
 """
 
 from __future__ import annotations
@@ -28,9 +29,8 @@ from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO
 
-from sysupd.engine.stream import VerifiedReader
 from sysupd.errors import InstallError, SysupdError, VerificationError
-from sysupd.slots.base import PayloadSpec, ProgressStream, expect_end
+from sysupd.slots.base import PayloadSpec, ProgressStream, ask_read_ahead, expect_end
 from sysupd.slots.extract import MAX_MEMBERS, ExtractLimits, extract_tree
 
 __all__ = ["DirectorySlot"]
@@ -74,9 +74,7 @@ class DirectorySlot:
                 f"{MAX_MEMBERS} a slot of this device takes"
             )
         self.wipe()
-        if isinstance(payload, VerifiedReader):
-            with suppress(ValueError):  # already being read: it goes on without read-ahead
-                payload.read_ahead(_READ_AHEAD_CHUNKS)
+        ask_read_ahead(payload, _READ_AHEAD_CHUNKS)
         source = payload if progress is None else ProgressStream(payload, progress)
         try:
             extract_tree(

@@ -16,16 +16,18 @@ Invariants:
   otherwise claimed, so the running system's filesystem cannot be overwritten by a wrong setting.
   A regular file is opened with ``O_NOFOLLOW`` and never created: a missing path is an error,
   so a mistyped device name cannot turn into a file on ``/dev``.
-- Memory is three reusable 1 MiB buffers (one to write from, two to read back into); the image
-  is streamed through them, never held whole.
+- Memory is three reusable 1 MiB buffers (one to write from, two to read back into), and one
+  more chunk buffer in a payload stream that verifies ahead (``ReadAhead``); the image is
+  streamed through them, never held whole.
 - ``install`` returns only after the whole image was fsynced and read back from the slot with the
   signed SHA-256. Every byte is read back only after an fsync that covered it returned, with its
   cached pages dropped first where the kernel allows (``POSIX_FADV_DONTNEED``), so the read comes
   from the storage. Once writing started, any failure wipes the slot before the error propagates.
 - One pass: the read-back runs on a worker thread a stretch (``_READBACK_BYTES``) behind the
   writer: fsync, drop the stretch's pages, read it, hash it (on a second thread, so the next read
-  overlaps the hashing). So writing, the payload's chunk checks and the read-back overlap on two
-  cores instead of being passes in a row. Writeback of each stretch is started as soon as it is
+  overlaps the hashing). The payload stream is asked to verify a chunk ahead, on a thread of its
+  own. So writing, the payload's chunk checks and the read-back overlap on two cores instead of
+  being passes in a row. Writeback of each stretch is started as soon as it is
   written, so the disk works all along instead of only in the final fsync; the last stretch is
   read back after the final fsync. (What this gives up against reading everything back after
   the final fsync: a stretch already read back is not read again, so storage that corrupted it
@@ -37,25 +39,25 @@ Invariants:
 from __future__ import annotations
 
 import errno
-import hashlib
 import hmac
 import io
 import os
-import queue
 import stat
-import threading
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO
 
 from sysupd.errors import InstallError, SysupdError, VerificationError
-from sysupd.slots.base import PROGRESS_STEP_BYTES, PayloadSpec, expect_end
+from sysupd.slots._durability import advise_dontneed
+from sysupd.slots._readback import ReadBack
+from sysupd.slots.base import PROGRESS_STEP_BYTES, PayloadSpec, ask_read_ahead, expect_end
 
-__all__ = ["WIPE_BYTES", "RawSlot"]
+__all__ = ["WIPE_BYTES", "RawSlot", "image_error"]
 
 WIPE_BYTES = 1 << 20  # zeroed at the start of a block device by wipe()
-_BUFFER_BYTES = 1 << 20  # one reusable copy buffer, and one to read back into
+_BUFFER_BYTES = 1 << 20  # one reusable copy buffer (the read-back has two of its own)
+_READ_AHEAD_CHUNKS = 1  # chunk hashing beside writing: one more chunk buffer
 _READBACK_BYTES = 8 << 20  # written stretch after which it is made durable and read back
 
 _FILE_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -109,7 +111,7 @@ class RawSlot:
                     f"the image ({spec.installed_size} bytes) is larger than slot {self.name}"
                     f" ({capacity} bytes)"
                 )
-            readback = _ReadBack(fd, spec.installed_size)
+            readback = ReadBack(fd, spec.installed_size, _READBACK_BYTES)
             try:
                 self._write_image(fd, is_device, payload, spec, progress, readback)
                 self._check_readback(readback, spec)
@@ -195,13 +197,14 @@ class RawSlot:
         payload: BinaryIO,
         spec: PayloadSpec,
         progress: Callable[[int], None] | None,
-        readback: _ReadBack,
+        readback: ReadBack,
     ) -> None:
         """Stream the payload into the slot from offset 0 and make it durable.
 
         Each ``_READBACK_BYTES`` written, their writeback is started and the read-back worker is
         told; after the final fsync it is told the rest is durable.
         """
+        ask_read_ahead(payload, _READ_AHEAD_CHUNKS)
         buffer = memoryview(bytearray(_BUFFER_BYTES))
         readinto = (
             payload.readinto if isinstance(payload, io.RawIOBase | io.BufferedIOBase) else None
@@ -221,7 +224,7 @@ class RawSlot:
                 _write_all(fd, buffer[:count])
                 written += count
                 if written - posted >= _READBACK_BYTES:
-                    _start_writeback(fd, posted, written - posted)
+                    advise_dontneed(fd, posted, written - posted)  # start its writeback
                     readback.written(written)
                     posted = written
                 if progress is not None and written - reported >= PROGRESS_STEP_BYTES:
@@ -241,7 +244,7 @@ class RawSlot:
         if progress is not None and reported != written:
             progress(written)
 
-    def _check_readback(self, readback: _ReadBack, spec: PayloadSpec) -> None:
+    def _check_readback(self, readback: ReadBack, spec: PayloadSpec) -> None:
         """Wait for the read-back of the whole image; compare its SHA-256 with the signed one."""
         read, digest, failure = readback.finish()
         if failure is not None:
@@ -276,144 +279,16 @@ class RawSlot:
             self._wipe_open(fd, is_device)
 
     def _io_error(self, exc: OSError, doing: str) -> InstallError:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            return InstallError(f"no space left in slot {self.name} while {doing} the image")
-        if exc.errno == errno.EIO:
-            return InstallError(f"I/O error in slot {self.name} while {doing} the image")
-        return InstallError(f"slot {self.name} failed while {doing} the image: {exc}")
+        return image_error(exc, self.name, doing)
 
 
-class _Digester:
-    """A thread that hashes the buffers it is given, in order, while the next one is read.
-
-    Two buffers go round: the reader fills one while this thread hashes the other.
-    """
-
-    def __init__(self) -> None:
-        self.digest = hashlib.sha256()
-        self.free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
-        for _ in range(2):
-            self.free.put(memoryview(bytearray(_BUFFER_BYTES)))
-        self._full: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="sysupd-readback-hash", daemon=True)
-        self._thread.start()
-
-    def hash(self, data: memoryview) -> None:
-        """Hash ``data`` (a slice of a buffer from ``free``), which goes back to ``free`` after."""
-        self._full.put(data)
-
-    def finish(self) -> str:
-        """Wait for every buffer given so far to be hashed; the SHA-256 (hex)."""
-        self._full.put(None)
-        self._thread.join()
-        return self.digest.hexdigest()
-
-    def _run(self) -> None:
-        while (data := self._full.get()) is not None:
-            self.digest.update(data)
-            whole = data.obj
-            assert isinstance(whole, bytearray)
-            self.free.put(memoryview(whole))
-
-
-class _ReadBack:
-    """A worker thread that reads the slot back behind the writer, and hashes what it reads.
-
-    The writer calls ``written(n)`` as the image grows, and ``written(total, durable=True)``
-    after its final fsync. For each stretch, the worker fsyncs (unless the writer just did),
-    drops the stretch's cached pages (best effort), and reads it from the slot, handing each
-    piece to a ``_Digester`` so the next read overlaps the hashing. So no byte is read back
-    before an fsync that covered it returned.
-    """
-
-    def __init__(self, fd: int, total: int) -> None:
-        self._fd = fd
-        self._total = total
-        self._changed = threading.Condition()
-        self._written = 0  # bytes the writer has written
-        self._durable = 0  # bytes made durable by the writer's final fsync
-        self._stopped = False
-        self._read = 0  # bytes read back
-        self._digest = ""
-        self._failure: tuple[str, OSError] | None = None
-        self._thread = threading.Thread(target=self._run, name="sysupd-readback", daemon=True)
-        self._thread.start()
-
-    def written(self, upto: int, *, durable: bool = False) -> None:
-        """The image has ``upto`` bytes written (and fsynced, if ``durable``)."""
-        with self._changed:
-            self._written = upto
-            if durable:
-                self._durable = upto
-            self._changed.notify()
-
-    def finish(self) -> tuple[int, str, tuple[str, OSError] | None]:
-        """Wait for the worker: bytes read back, their SHA-256 (hex), and what failed, if any."""
-        self._thread.join()
-        return self._read, self._digest, self._failure
-
-    def stop(self) -> None:
-        """Stop at the next stretch, and wait for the worker to end."""
-        with self._changed:
-            self._stopped = True
-            self._changed.notify()
-        self._thread.join()
-
-    def _run(self) -> None:
-        digester = _Digester()
-        doing = "reading back"
-        try:
-            while self._read < self._total:
-                with self._changed:
-                    while (
-                        not self._stopped
-                        and self._durable <= self._read
-                        and (self._written - self._read < _READBACK_BYTES)
-                    ):
-                        self._changed.wait()
-                    if self._stopped:
-                        return
-                    end, durable = self._written, self._durable == self._written
-                if not durable:
-                    doing = "writing"
-                    os.fsync(self._fd)
-                    doing = "reading back"
-                if not self._read_back(digester, end):
-                    return
-        except OSError as exc:
-            self._failure = (doing, exc)
-        finally:
-            self._digest = digester.finish()
-
-    def _read_back(self, digester: _Digester, end: int) -> bool:
-        """Drop the cached pages of ``[read, end)`` and read them from the slot; False if short."""
-        # Only the stronger check is lost if the kernel keeps the pages; the hash still runs.
-        with suppress(OSError):
-            os.posix_fadvise(self._fd, self._read, end - self._read, os.POSIX_FADV_DONTNEED)
-        while self._read < end:
-            buffer = digester.free.get()
-            want = min(len(buffer), end - self._read)
-            try:
-                count = os.preadv(self._fd, [buffer[:want]], self._read)
-            except BaseException:
-                digester.free.put(buffer)
-                raise
-            if count == 0:
-                digester.free.put(buffer)
-                return False
-            digester.hash(buffer[:count])
-            self._read += count
-        return True
-
-
-def _start_writeback(fd: int, offset: int, length: int) -> None:
-    """Have the kernel start writing a range out now, without waiting for it.
-
-    On Linux, ``POSIX_FADV_DONTNEED`` starts writeback of the range's dirty pages (and drops only
-    pages already clean). Best effort: durability comes from the fsyncs alone.
-    """
-    with suppress(OSError):
-        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+def image_error(exc: OSError, slot: str, doing: str) -> InstallError:
+    """The error for an image that could not be written (``doing``: "writing", "wiping", ...)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return InstallError(f"no space left in slot {slot} while {doing} the image")
+    if exc.errno == errno.EIO:
+        return InstallError(f"I/O error in slot {slot} while {doing} the image")
+    return InstallError(f"slot {slot} failed while {doing} the image: {exc}")
 
 
 def _read(
