@@ -1,23 +1,28 @@
-"""The engine's one install entry point, ``install(source)``, through the source twin: a source
-that fails mid-stream is an acquire error and installs nothing; an ``OSError`` from the source's
-stream is the source's fault, not the slot's; the service composes its engine once."""
+"""The engine's one install entry point, ``install(source)``, through the twins of its seams: a
+source that fails mid-stream is an acquire error and installs nothing; an ``OSError`` from the
+source's stream is the source's fault, not the slot's; a slot writer that fails its write or
+fsync is an install error with the booted slot intact; the service composes its engine once."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
-from collections.abc import Iterator
+import hashlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from sysupd.api.service import Service
 from sysupd.engine.engine import Engine
-from sysupd.errors import AcquireError
+from sysupd.engine.slotset import SlotConfig
+from sysupd.errors import AcquireError, InstallError
 from sysupd.release.repository import ReleaseRepository
+from sysupd.slots.base import SlotWriter
+from sysupd.slots.memory import MemorySlot
 from sysupd.sources.base import Acquired, DeviceView, Log
 from sysupd.sources.memory import MemorySource
-from tests.engines import bundle_file, running_device, snapshot_tree
+from tests.engines import bundle_file, make_engine, running_device, snapshot_tree
 from tests.releases import make_repo
 
 
@@ -109,3 +114,58 @@ async def test_the_service_composes_its_engine_once(service: Service) -> None:
     rebuilt = service.engine()
     assert rebuilt is not engine
     assert rebuilt.settings.allow_downgrade
+
+
+def _twins(fail: MemorySlot) -> tuple[dict[str, MemorySlot], Callable[[SlotConfig], SlotWriter]]:
+    slots = {"A": MemorySlot("A"), "B": fail}
+    return slots, lambda config: slots[config.name]
+
+
+@pytest.mark.parametrize(
+    ("failing", "match"),
+    [
+        (MemorySlot("B", fail_write_at=5000), "no space left in the slot"),
+        (MemorySlot("B", fail_write_at=5000, fail_errno=errno.EIO), "I/O error in the slot"),
+        (MemorySlot("B", fail_fsync=True), "I/O error in the slot"),
+    ],
+    ids=["write-full", "write-broken", "fsync"],
+)
+def test_a_slot_that_fails_its_write_or_fsync_is_an_install_error(
+    tmp_path: Path, repo: ReleaseRepository, failing: MemorySlot, match: str
+) -> None:
+    slots, writer = _twins(failing)
+    state = tmp_path / "state"
+    engine = make_engine(state, repo, slot_writer=writer)
+    engine.start()
+    engine.confirm(True, "")
+    boot = engine.bootloader.load()
+    data = bundle_file(repo, tmp_path, "1.1.0").read_bytes()
+    with pytest.raises(InstallError, match=match):
+        engine.install(MemorySource(data))
+    assert slots["A"].installs == [], "the booted slot was never asked to write"
+    assert [call.error is not None for call in failing.installs] == [True]
+    assert failing.data == b""
+    assert failing.wiped == 1
+    status = engine.status()
+    assert (status.booted, status.next_boot, status.trial, status.job) == ("A", "A", None, None)
+    assert status.slots["B"].version is None
+    assert status.last_result is not None
+    assert status.last_result.result == "failed"
+    assert engine.bootloader.load().order == boot.order
+    assert not engine.bootloader.load().slots["B"].ok, "the failed slot stays unbootable"
+
+
+def test_the_slot_writer_twin_receives_the_verified_payload(
+    tmp_path: Path, repo: ReleaseRepository
+) -> None:
+    slots, writer = _twins(MemorySlot("B"))
+    engine = make_engine(tmp_path / "state", repo, slot_writer=writer)
+    engine.start()
+    engine.confirm(True, "")
+    bundle = bundle_file(repo, tmp_path, "1.1.0")
+    manifest = engine.install(MemorySource(bundle.read_bytes()))
+    (call,) = slots["B"].installs
+    assert call.error is None
+    assert call.spec.sha256 == manifest.sha256
+    assert hashlib.sha256(slots["B"].data).hexdigest() == manifest.sha256
+    assert engine.status().trial == "B"

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 
 from sysupd.core.chunks import ChunkVerifier
 from sysupd.errors import AcquireError, UpdateError, VerificationError
+from sysupd.sources.base import ByteSource
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -48,14 +49,6 @@ __all__ = ["MAX_CHUNK_BYTES", "MAX_READ_AHEAD", "ByteSource", "VerifiedReader", 
 MAX_CHUNK_BYTES = 64 << 20  # the largest chunk a device buffers; releases use 4 MiB
 MAX_READ_AHEAD = 2  # chunks verified ahead of the consumer, at most
 _DRAIN_BYTES = 1 << 20  # drain()'s reusable buffer
-
-
-class ByteSource(Protocol):
-    """Where payload bytes come from: anything with a blocking ``read(n)``."""
-
-    def read(self, size: int, /) -> bytes:
-        """Up to ``size`` bytes; ``b""`` only at the end."""
-        ...
 
 
 @runtime_checkable
