@@ -240,6 +240,20 @@ class Client(abc.ABC):
     """One way the service fetches a URL."""
 
     name: ClassVar[str]
+    strict: ClassVar[bool]
+    """The update server's rules: paths named in reasons, no leniency (see ``Tolerance``)."""
+
+    def of(self, path: str) -> str:
+        """ " of PATH" where this way's reasons name paths, else nothing."""
+        return f" of {path}" if self.strict else ""
+
+    def for_(self, path: str) -> str:
+        """ " for PATH" where this way's reasons name paths, else nothing."""
+        return f" for {path}" if self.strict else ""
+
+    def subject(self, path: str) -> str:
+        """The file as this way's reasons name it."""
+        return path if self.strict else "the file"
 
     async def fetch(
         self,
@@ -279,6 +293,7 @@ class LanClient(Client):
     """``sys/update_now {"fetch_url": …}``: ``check_url``, then ``open_download`` in a thread."""
 
     name = "lan"
+    strict = False
 
     async def chunks(self, url: str, ask: Ask) -> Iterator[bytes]:
         target = await check_url(url, LOOPBACK)
@@ -309,6 +324,7 @@ class OriginClient(Client):
     """The update server: ``OriginFetcher.fetch`` (ngclient's way) and ``open_stream``."""
 
     name = "origin"
+    strict = True
 
     def __init__(self) -> None:
         self._fetchers: list[OriginFetcher] = []

@@ -8,13 +8,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+import sysupd.engine
 from sysupd.api.service import Service
-from sysupd.engine.engine import Engine
+from sysupd.engine.engine import ENGINE_SETTINGS, Engine
 from sysupd.engine.slotset import SlotConfig
 from sysupd.errors import AcquireError, InstallError
 from sysupd.release.repository import ReleaseRepository
@@ -100,9 +102,28 @@ def test_an_os_error_reading_the_source_is_an_acquire_error(
 ) -> None:
     data = bundle_file(repo, tmp_path, "1.1.0").read_bytes()
     running = snapshot_tree(device.state_dir / "slots" / "A")
-    with pytest.raises(AcquireError, match="reading the update failed: Input/output error"):
-        device.install(_FailingDisk(data[: len(data) // 2]))
+    with pytest.raises(AcquireError, match="Input/output error"):
+        device.install(_FailingDisk(data[: len(data) // 2]))  # in the payload
     _assert_nothing_installed(device, running, "Input/output error")
+    with pytest.raises(AcquireError, match="the bundle could not be read: Input/output error"):
+        device.install(_FailingDisk(data[:40]))  # in the header
+    _assert_nothing_installed(device, running, "Input/output error")
+
+
+class _Unopenable(_FailingDisk):
+    """A source whose opening fails with an ``OSError`` (a vanished mount, say)."""
+
+    @contextlib.contextmanager
+    def open(self, device: DeviceView, log: Log) -> Iterator[Acquired]:
+        raise OSError(errno.ENOENT, "No such file or directory")
+        yield Acquired(self, "/dev/failing")  # never reached: a generator all the same
+
+
+def test_an_os_error_opening_the_source_is_an_acquire_error(device: Engine) -> None:
+    running = snapshot_tree(device.state_dir / "slots" / "A")
+    with pytest.raises(AcquireError, match=r"a failing disk could not be opened: .*No such file"):
+        device.install(_Unopenable(b""))
+    _assert_nothing_installed(device, running, "No such file")
 
 
 async def test_the_service_composes_its_engine_once(service: Service) -> None:
@@ -169,3 +190,16 @@ def test_the_slot_writer_twin_receives_the_verified_payload(
     assert call.spec.sha256 == manifest.sha256
     assert hashlib.sha256(slots["B"].data).hexdigest() == manifest.sha256
     assert engine.status().trial == "B"
+
+
+def test_every_setting_the_engine_reads_renews_it() -> None:
+    """A setting read anywhere in engine/ must be one whose change makes the service compose a
+    new engine, or the cached one would go on with the old value."""
+    root = Path(sysupd.engine.__file__).parent
+    read = {
+        name
+        for path in root.glob("*.py")
+        for name in re.findall(r"\bsettings\.([a-z_]+)\b", path.read_text())
+    }
+    assert "boot_attempts" in read, "the engine's reads were found"
+    assert read <= set(ENGINE_SETTINGS), f"not in ENGINE_SETTINGS: {read - set(ENGINE_SETTINGS)}"

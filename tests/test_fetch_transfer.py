@@ -99,12 +99,18 @@ async def test_proxy_variables_in_the_environment_are_ignored(
 @pytest.mark.parametrize("status", [403, 404, 500, 503])
 async def test_an_error_status_is_named(serve: Serve, client: Client, status: int) -> None:
     url = await start(serve, FileServer(status=status))
-    with client.fails(rf"^the server answered {status} [A-Z].* for /file$", DownloadHTTPError):
+    named = client.for_("/file")
+    with client.fails(rf"^the server answered {status} [A-Z][^/]*{named}$", DownloadHTTPError):
         await client.fetch(url, FAST)
 
 
-async def test_content_coding_is_refused(serve: Serve, client: Client) -> None:
+async def test_content_coding_is_never_undone(serve: Serve, client: Client) -> None:
+    """The update server's coded answer is refused; a LAN server's is handed out as sent (the
+    engine verifies the bytes, so a coded bundle fails there, named)."""
     url = await start(serve, FileServer(coding="gzip"))
+    if not client.strict:
+        assert await client.fetch(url, FAST) == DATA
+        return
     with client.fails("the server sent /file with content coding gzip"):
         await client.fetch(url, FAST)
 
@@ -115,7 +121,8 @@ async def test_an_announced_size_over_the_limit_is_refused_before_reading(
     parts: list[bytes] = []
     url = await start(serve, FileServer())
     with client.fails(
-        f"/file is {len(DATA)} bytes, more than the limit of {MIB}", DownloadLengthMismatchError
+        f"{client.subject('/file')} is {len(DATA)} bytes, more than the limit of {MIB}",
+        DownloadLengthMismatchError,
     ):
         await client.fetch(url, replace(FAST, max_bytes=MIB), parts=parts)
     assert parts == []
@@ -125,7 +132,8 @@ async def test_more_bytes_than_the_limit_are_never_handed_out(serve: Serve, clie
     parts: list[bytes] = []
     url = await start(serve, FileServer(chunked=True))
     with client.fails(
-        f"/file is longer than the limit of {MIB} bytes", DownloadLengthMismatchError
+        f"{client.subject('/file')} is longer than the limit of {MIB} bytes",
+        DownloadLengthMismatchError,
     ):
         await client.fetch(url, replace(FAST, max_bytes=MIB), parts=parts)
     assert MIB - BLOCK < len(b"".join(parts)) <= MIB
@@ -148,14 +156,14 @@ async def test_a_redirect_is_followed(serve: Serve, client: Client) -> None:
 async def test_endless_redirects_are_cut_off(serve: Serve, client: Client) -> None:
     server = FileServer()
     port = await serve(server.app)
-    with client.fails("the server redirected /loop more than 3 times"):
+    with client.fails(f"the server redirected{client.of('/loop')[3:]} more than 3 times"):
         await client.fetch(f"http://127.0.0.1:{port}/loop", FAST)
     assert len(server.requests) == 4
 
 
 async def test_a_redirect_without_a_location_is_refused(serve: Serve, client: Client) -> None:
     port = await serve(FileServer().app)
-    with client.fails("the server answered 302 Found for /nowhere without a Location"):
+    with client.fails(f"the server answered 302 Found{client.for_('/nowhere')} without a Location"):
         await client.fetch(f"http://127.0.0.1:{port}/nowhere", FAST)
 
 
@@ -179,7 +187,7 @@ async def test_a_silent_server_is_given_up(client: Client, scheme: str) -> None:
     async with server:
         port = server.sockets[0].getsockname()[1]
         with client.fails(
-            rf"127\.0\.0\.1:{port} did not answer the request for /file in time",
+            rf"127\.0\.0\.1:{port} did not answer the request{client.for_('/file')} in time",
             SlowRetrievalError,
         ):
             await client.fetch(
@@ -195,7 +203,8 @@ async def test_a_silent_server_is_given_up(client: Client, scheme: str) -> None:
 async def test_a_server_that_stops_mid_body_is_a_stall(serve: Serve, client: Client) -> None:
     url = await start(serve, FileServer(stall_after=MIB))
     with client.fails(
-        r"the transfer of /file stalled: nothing arrived for 0\.3 s", SlowRetrievalError
+        rf"the transfer{client.of('/file')} stalled: nothing arrived for 0\.3 s",
+        SlowRetrievalError,
     ):
         await client.fetch(url, replace(FAST, min_rate_window_s=0.3))
 
@@ -215,7 +224,9 @@ async def test_a_slow_consumer_is_not_taken_for_a_stall(serve: Serve, client: Cl
 
 async def test_the_total_deadline(serve: Serve, client: Client) -> None:
     url = await start(serve, FileServer(pause_s=0.02))
-    with client.fails(r"the download of /file did not finish within 0\.4 s", SlowRetrievalError):
+    with client.fails(
+        rf"the download{client.of('/file')} did not finish within 0\.4 s", SlowRetrievalError
+    ):
         await client.fetch(url, replace(FAST, deadline_s=0.4))
 
 
@@ -274,7 +285,7 @@ async def test_a_file_changed_during_the_download_is_not_spliced(
     serve: Serve, client: Client, ranges: bool
 ) -> None:
     server = FileServer(drops=1, changes=True, ranges=ranges)
-    with client.fails("the file changed on the server during the download of /file"):
+    with client.fails(f"the file changed on the server during the download{client.of('/file')}$"):
         await client.fetch(await start(serve, server), FAST)
     assert len(server.requests) == 2
 
@@ -282,28 +293,38 @@ async def test_a_file_changed_during_the_download_is_not_spliced(
 @pytest.mark.parametrize(
     ("content_range", "reason"),
     [
-        ("bytes 0-100/3145728", "the server resumed /file at byte 0 instead of byte"),
-        ("bytes=5-", "the server's partial answer for /file has no usable range"),
+        ("bytes 0-100/3145728", "the server resumed{} at byte 0 instead of byte"),
+        ("bytes=5-", "the server's partial answer{} has no usable range"),
     ],
 )
 async def test_a_partial_answer_that_does_not_fit_is_refused(
     serve: Serve, client: Client, content_range: str, reason: str
 ) -> None:
     server = FileServer(drops=1, content_range=content_range)
-    with client.fails(reason):
+    named = client.of("/file")[3:] if "resumed" in reason else client.for_("/file")
+    with client.fails(reason.format(named)):
         await client.fetch(await start(serve, server), FAST)
     assert len(server.requests) == 2
 
 
 async def test_more_drops_than_resume_tries_fail(serve: Serve, client: Client) -> None:
     server = FileServer(drops=10, drop_after=256 * 1024)
-    with client.fails(r"broke after .* bytes of /file: .*gave up after 2 of 2 allowed resumes"):
+    with client.fails(
+        rf"broke after .* bytes{client.of('/file')}: .*gave up after 2 of 2 allowed resumes"
+    ):
         await client.fetch(await start(serve, server), replace(FAST, resume_tries=2))
     assert len(server.requests) == 3
 
 
-async def test_a_drop_without_a_way_to_resume_fails(serve: Serve, client: Client) -> None:
+async def test_a_drop_without_a_way_to_resume(serve: Serve, client: Client) -> None:
+    """The update server's rules give up; a LAN download asks again anyway (the whole file, as
+    the server ignores ranges, is the same size, so the bytes handed out are skipped: the engine
+    verifies every byte, so a different file is caught there)."""
     server = FileServer(drops=1, ranges=False, etag=False)
+    if not client.strict:
+        assert await client.fetch(await start(serve, server), FAST) == DATA
+        assert len(server.requests) == 2
+        return
     with client.fails(r"(broke|ended) after .* of /file.*; the server offers no way to resume"):
         await client.fetch(await start(serve, server), FAST)
     assert len(server.requests) == 1

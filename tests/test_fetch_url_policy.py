@@ -254,7 +254,7 @@ async def test_a_redirect_to_a_disallowed_address_never_connects_there(serve: Se
         socket_events() as events,
         pytest.raises(
             AcquireError,
-            match=r"^a redirect was refused for /to: host 127\.0\.0\.2 is not on an allowed",
+            match=r"^a redirect was refused: host 127\.0\.0\.2 is not on an allowed",
         ),
     ):
         await fetch_all(target, ["127.0.0.1/32"])

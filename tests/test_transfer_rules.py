@@ -17,6 +17,7 @@ from sysupd.core.transfer import (
     Refuse,
     Resume,
     Skip,
+    Tolerance,
     TransferRules,
 )
 
@@ -322,3 +323,60 @@ def test_progress_is_due_every_mib_or_second_and_at_the_end() -> None:
     assert not pace.due(150, 0.7)
     assert pace.due(160, 1.7)
     assert pace.due(161, 1.71, final=True)
+
+
+# -- a lenient policy (a LAN URL) ------------------------------------------------------------
+
+LENIENT = Tolerance(name_paths=False, blind_resume=True, pass_codings=True, first_partial=True)
+
+
+def lenient() -> TransferRules:
+    return TransferRules(
+        "/secret-token/file", max_bytes=SIZE, max_redirects=3, resume_tries=3, tolerance=LENIENT
+    )
+
+
+def test_a_lenient_policy_never_names_the_path() -> None:
+    refused(lenient().answer(404, {}), "the server answered 404 Not Found", Fault.STATUS)
+    refused(lenient().answer(302, {}), "the server answered 302 Found without a Location")
+    big = {"Content-Length": str(SIZE + 1)}
+    refused(
+        lenient().answer(200, big),
+        f"the file is {SIZE + 1} bytes, more than the limit of {SIZE} bytes",
+        Fault.LENGTH,
+    )
+    state = lenient()
+    assert state.answer(200, {"Content-Length": "10"}) == Accept(10)
+    assert state.take(4) is None
+    assert state.ended() == "the connection ended after 4 of 10 bytes"
+
+
+def test_a_lenient_policy_resumes_without_validators_and_skips_a_same_size_200() -> None:
+    state = lenient()
+    assert state.answer(200, {"Content-Length": str(SIZE)}) == Accept(SIZE)
+    assert state.take(400) is None
+    assert state.dropped("the connection broke") == Resume(400, {"Range": "bytes=400-"})
+    assert state.answer(200, {"Content-Length": str(SIZE)}) == Skip(400, SIZE)
+    state.dropped("the connection broke")
+    refused(
+        state.answer(200, {"Content-Length": str(SIZE - 1)}),
+        "the file changed on the server during the download",
+    )
+
+
+def test_a_strict_policy_does_not_resume_without_validators() -> None:
+    state = rules()
+    assert state.answer(200, {"Content-Length": str(SIZE)}) == Accept(SIZE)
+    refused(state.dropped("it broke"), "it broke; the server offers no way to resume")
+
+
+def test_a_lenient_policy_passes_codings_and_a_first_partial_answer() -> None:
+    coded = {"Content-Length": "10", "Content-Encoding": "gzip"}
+    assert lenient().answer(200, coded) == Accept(10)
+    whole = {"Content-Range": f"bytes 0-{SIZE - 1}/{SIZE}", "Content-Length": str(SIZE)}
+    assert lenient().answer(206, whole) == Accept(SIZE)
+    refused(
+        lenient().answer(206, {"Content-Range": f"bytes 5-{SIZE - 1}/{SIZE}"}),
+        "the server resumed at byte 5 instead of byte 0",
+    )
+    refused(rules().answer(206, whole), "the server sent part of /file unasked")

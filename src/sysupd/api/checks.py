@@ -135,9 +135,8 @@ class UpdateChecker:
         }
 
     async def run_periodically(self) -> None:
-        """Check at start (once the booted slot is known) and every ``update_check_interval_s``
-        (0: never)."""
-        await self._service.boot_settled.wait()
+        """Check at start (the booted slot is known before the service listens) and every
+        ``update_check_interval_s`` (0: never)."""
         while True:
             interval = self._service.settings.update_check_interval_s
             if interval > 0 and self._service.settings.update_server:

@@ -17,6 +17,7 @@ import secrets
 import socket
 import sqlite3
 import ssl
+import threading
 import traceback
 from collections.abc import Mapping
 from pathlib import Path
@@ -158,8 +159,8 @@ class Service:
         self._serving = False
         self.boot: BootReport | None = None
         self.boot_status = BootStatus.STARTING
-        self._engine: Engine | None = None
-        self._engine_key: tuple[object, ...] = ()
+        self._engine: tuple[tuple[object, ...], Engine] | None = None
+        self._engine_lock = threading.Lock()
         self.boot_error = ""
         """Why the boot trial could not run, with ``BootStatus.ERROR``."""
         self.boot_settled = asyncio.Event()
@@ -308,11 +309,13 @@ class Service:
 
     def engine(self) -> Engine:
         """The update engine, composed once and again only when a setting it reads changes."""
-        key = engine_settings(self.settings)
-        if self._engine is None or self._engine_key != key:
-            self._engine = Engine.from_settings(self.config.state_dir, self.settings, self.clock)
-            self._engine_key = key
-        return self._engine
+        settings = self.settings
+        key = engine_settings(settings)
+        with self._engine_lock:  # called from the event loop and from worker threads
+            if self._engine is None or self._engine[0] != key:
+                engine = Engine.from_settings(self.config.state_dir, settings, self.clock)
+                self._engine = (key, engine)
+            return self._engine[1]
 
     def system_info(self) -> dict[str, Any]:
         """``sys/info``'s reply: the booted slot's version, and (ext) which slot and how it is."""

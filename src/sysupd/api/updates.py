@@ -140,6 +140,8 @@ class UpdateManager:
             await asyncio.sleep(0)
             self._say(job, f"update installed in {loop.time() - started:.1f} s; reboot to start it")
             job.state = JobState.DONE
+        # No await from here to the final event: ``running`` (derived from the state) turns
+        # false only together with it, as the module's invariant says.
         finally:
             ticker.cancel()
             self._cancel_soon()

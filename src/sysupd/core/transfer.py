@@ -11,18 +11,22 @@ Invariants:
 - Only a 200, or a 206 answering our own ``Range``, is read. Redirects (301, 302, 303, 307, 308)
   need a ``Location`` and are followed at most ``max_redirects`` times per request; whether the
   location may be fetched is the caller's policy. Any other final status is refused with it.
-- No content coding is accepted: the bytes handed out are the bytes of the file.
+- No content coding is undone: the bytes handed out are the bytes sent. A coded answer is refused
+  unless the policy's ``Tolerance`` lets it through as is (its bytes are verified downstream).
 - One continuous stream. A drop is resumed at most ``resume_tries`` times, and only if the first
-  answer offered a way (``Accept-Ranges: bytes``, an ``ETag`` or a ``Last-Modified``). The rest is
+  answer offered a way (``Accept-Ranges: bytes``, an ``ETag`` or a ``Last-Modified``), unless the
+  policy's ``Tolerance`` says to try anyway. The rest is
   asked for with ``Range`` and ``If-Range`` (a strong ``ETag``, else ``Last-Modified``). A 206 is
   used only if its ``Content-Range`` starts at exactly the next byte, is well formed and belongs
   to a file of the same size (and the same ``ETag``, if it names one); a 200 to a resume is the
   file again from its start, used with the bytes already handed out skipped only if it is provably
-  the same file (every known size and validator equal, at least one known).
+  the same file (every known size and validator equal, at least one known; with a tolerant policy,
+  none known is taken as the same file).
 - Never more than ``max_bytes`` bytes, nor more than the announced size, are handed out; an
   announced size over ``max_bytes`` is refused before the body is read.
-- Refusals are plain sentences naming the path, never the query string, with a ``Fault`` so each
-  edge can raise its own error family.
+- Refusals are plain sentences naming the path (or, where the policy says a path may carry a
+  token, only "the file"), never the query string, with a ``Fault`` so each edge can raise its own
+  error family.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import Final
 
 __all__ = [
     "REDIRECTS",
+    "STRICT",
     "Accept",
     "Answer",
     "Fault",
@@ -46,6 +51,7 @@ __all__ = [
     "Refuse",
     "Resume",
     "Skip",
+    "Tolerance",
     "TransferRules",
 ]
 
@@ -108,6 +114,28 @@ class Refuse:
 Answer = Accept | Skip | Redirect | Refuse
 
 
+@dataclass(frozen=True, slots=True)
+class Tolerance:
+    """How lenient a policy's downloads are, where the strict rule is not needed for safety
+    because every byte is verified downstream against signed hashes.
+
+    The default is strict (the update server: its answers are what python-tuf expects).
+    """
+
+    name_paths: bool = True
+    """Reasons name the URL's path; false: "the file" (a LAN URL's path may carry a token)."""
+    blind_resume: bool = False
+    """Resume after a drop even when the first answer offered no validator, and take a 200 to a
+    resume with no validator known as the same file (a different one fails verification)."""
+    pass_codings: bool = False
+    """Hand a content-coded body out as sent, undecoded, instead of refusing it."""
+    first_partial: bool = False
+    """Take a 206 whose range starts at byte 0 as the answer to the first request."""
+
+
+STRICT: Final = Tolerance()
+
+
 class TransferRules:
     """The state of one download across its answers: validators, size, counters.
 
@@ -125,8 +153,10 @@ class TransferRules:
         max_redirects: int,
         resume_tries: int,
         limit_name: str = "the limit",
+        tolerance: Tolerance = STRICT,
     ) -> None:
         self.path = path
+        self._tolerance = tolerance
         self.size: int | None = None
         self.received = 0
         """Bytes handed out so far."""
@@ -146,6 +176,21 @@ class TransferRules:
         """A redirect was followed to ``path``: later reasons name it."""
         self.path = path
 
+    @property
+    def subject(self) -> str:
+        """The file as reasons name it: its path, or "the file"."""
+        return self.path if self._tolerance.name_paths else "the file"
+
+    @property
+    def of_path(self) -> str:
+        """ " of PATH" after a phrase, where paths are named; else nothing."""
+        return f" of {self.path}" if self._tolerance.name_paths else ""
+
+    @property
+    def for_path(self) -> str:
+        """ " for PATH" after a phrase, where paths are named; else nothing."""
+        return f" for {self.path}" if self._tolerance.name_paths else ""
+
     def answer(self, status: int, headers: Mapping[str, str]) -> Answer:
         """What to do with an answer of ``status`` with ``headers`` to the last request."""
         fields = {name.lower(): value for name, value in headers.items()}
@@ -154,13 +199,13 @@ class TransferRules:
         self._redirects = 0
         if not 200 <= status < 300:
             return Refuse(
-                f"the server answered {_status(status)} for {self.path}", Fault.STATUS, status
+                f"the server answered {_status(status)}{self.for_path}", Fault.STATUS, status
             )
         if status not in (200, 206):
-            return Refuse(f"the server answered {_status(status)} for {self.path}")
+            return Refuse(f"the server answered {_status(status)}{self.for_path}")
         coding = fields.get("content-encoding", "identity").strip().lower()
-        if coding not in ("", "identity"):
-            return Refuse(f"the server sent {self.path} with content coding {coding}")
+        if coding not in ("", "identity") and not self._tolerance.pass_codings:
+            return Refuse(f"the server sent {self.subject} with content coding {coding}")
         length = _content_length(fields.get("content-length"))
         decision: Answer
         if not self._offset:
@@ -177,12 +222,12 @@ class TransferRules:
         """``count`` more bytes are to be handed out; a refusal if that would be too many."""
         if self._max_bytes is not None and self.received + count > self._max_bytes:
             return Refuse(
-                f"{self.path} is longer than {self._limit_name} of {self._max_bytes} bytes",
+                f"{self.subject} is longer than {self._limit_name} of {self._max_bytes} bytes",
                 Fault.LENGTH,
             )
         if self.size is not None and self.received + count > self.size:
             return Refuse(
-                f"the server sent more of {self.path} than the {self.size} bytes it announced"
+                f"the server sent more of {self.subject} than the {self.size} bytes it announced"
             )
         self.received += count
         return None
@@ -190,12 +235,12 @@ class TransferRules:
     def ended(self) -> str | None:
         """The body ended; why that is a drop (the file is not complete), or ``None`` if done."""
         if self.size is not None and self.received < self.size:
-            return f"the connection ended after {self.received} of {self.size} bytes of {self.path}"
+            return f"the connection ended after {self.received} of {self.size} bytes{self.of_path}"
         return None
 
     def dropped(self, reason: str) -> Resume | Refuse:
         """The connection broke for ``reason``: ask for the rest, or give up."""
-        if not self._resumable:
+        if not self._resumable and not self._tolerance.blind_resume:
             return Refuse(f"{reason}; the server offers no way to resume")
         if self._resumes >= self._resume_tries:
             return Refuse(
@@ -209,18 +254,18 @@ class TransferRules:
     def _redirect(self, status: int, location: str | None) -> Redirect | Refuse:
         if not location:
             return Refuse(
-                f"the server answered {_status(status)} for {self.path} without a Location"
+                f"the server answered {_status(status)}{self.for_path} without a Location"
             )
         self._redirects += 1
         if self._redirects > self._max_redirects:
             return Refuse(
-                f"the server redirected {self.path} more than {self._max_redirects} times"
+                f"the server redirected{self.of_path[3:]} more than {self._max_redirects} times"
             )
         return Redirect(location)
 
     def _first(self, status: int, fields: Mapping[str, str], length: int | None) -> Answer:
         if status == 206:
-            return Refuse(f"the server sent part of {self.path} unasked")
+            return self._first_partial(fields)
         self._etag = fields.get("etag")
         self._last_modified = fields.get("last-modified")
         ranges = "bytes" in fields.get("accept-ranges", "").lower()
@@ -228,18 +273,28 @@ class TransferRules:
         self.size = length
         return Accept(length)
 
+    def _first_partial(self, fields: Mapping[str, str]) -> Answer:
+        """A 206 to the first request: refused, or (if tolerated) read as from byte 0."""
+        if not self._tolerance.first_partial:
+            return Refuse(f"the server sent part of {self.subject} unasked")
+        self._etag = fields.get("etag")
+        self._last_modified = fields.get("last-modified")
+        self._resumable = True  # it answers ranges
+        return self._partial(fields)
+
     def _partial(self, fields: Mapping[str, str]) -> Answer:
         match = _CONTENT_RANGE.fullmatch(fields.get("content-range", "").strip())
         if match is None:
-            return Refuse(f"the server's partial answer for {self.path} has no usable range")
+            return Refuse(f"the server's partial answer{self.for_path} has no usable range")
         start, end = int(match[1]), int(match[2])
         total = None if match[3] == "*" else int(match[3])
         if start != self._offset:
             return Refuse(
-                f"the server resumed {self.path} at byte {start} instead of byte {self._offset}"
+                f"the server resumed{self.of_path[3:]} at byte {start} instead of byte "
+                f"{self._offset}"
             )
         if end < start or (total is not None and end >= total):
-            return Refuse(f"the server's partial answer for {self.path} has no usable range")
+            return Refuse(f"the server's partial answer{self.for_path} has no usable range")
         etag = fields.get("etag")
         if self.size is not None and total != self.size:
             return self._changed()
@@ -257,7 +312,7 @@ class TransferRules:
             checks.append(fields.get("etag") == self._etag)
         if self._last_modified is not None:
             checks.append(fields.get("last-modified") == self._last_modified)
-        if not checks or not all(checks):
+        if not all(checks) or not (checks or self._tolerance.blind_resume):
             return self._changed()
         if self.size is None:
             self.size = length
@@ -266,7 +321,7 @@ class TransferRules:
     def _over_limit(self) -> Refuse | None:
         if self._max_bytes is not None and self.size is not None and self.size > self._max_bytes:
             return Refuse(
-                f"{self.path} is {self.size} bytes, more than {self._limit_name} of "
+                f"{self.subject} is {self.size} bytes, more than {self._limit_name} of "
                 f"{self._max_bytes} bytes",
                 Fault.LENGTH,
             )
@@ -281,7 +336,7 @@ class TransferRules:
         return headers
 
     def _changed(self) -> Refuse:
-        return Refuse(f"the file changed on the server during the download of {self.path}")
+        return Refuse(f"the file changed on the server during the download{self.of_path}")
 
 
 def _status(status: int) -> str:

@@ -156,12 +156,20 @@ class BootTrial:
         Only a slot on trial (newly installed) can fail: it is marked bad and the result is
         "rolled back" — the caller reboots, and the previous slot boots. A failing check on an
         established slot is reported but changes nothing, since there is no better slot to go to.
+
+        Raises:
+            BootError: before ``start``, or the bootloader's record is unusable.
+            StateError: the engine's record cannot be read or written.
         """
         with UpdateLock(self.lock_path, blocking=True):
             return self.confirm_locked(healthy, detail)
 
     def confirm_locked(self, healthy: bool, detail: str) -> LastResult | None:
-        """``confirm`` for a caller that holds the update lock already (``sysupd mark``)."""
+        """``confirm`` for a caller that holds the update lock already (``sysupd mark``).
+
+        Raises:
+            BootError, StateError: as ``confirm``.
+        """
         state = self.state_file.load()
         booted = state.booted
         if booted is None:

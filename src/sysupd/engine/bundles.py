@@ -17,7 +17,7 @@ from sysupd.core.bundle_format import (
     decode_bundle_header,
     decode_bundle_prefix,
 )
-from sysupd.errors import VerificationError
+from sysupd.errors import AcquireError, VerificationError
 from sysupd.sources.base import ByteSource
 
 __all__ = ["check_payload_size", "read_bundle_header"]
@@ -28,7 +28,7 @@ def read_bundle_header(source: ByteSource) -> BundleHeader:
 
     Raises:
         VerificationError: not a bundle, or truncated in its header.
-        AcquireError: the source failed.
+        AcquireError: the source failed (an ``OSError`` reading it included).
     """
     header_size = decode_bundle_prefix(_read_exactly(source, BUNDLE_PREFIX_BYTES, "prefix"))
     return decode_bundle_header(_read_exactly(source, header_size, "header"))
@@ -38,7 +38,10 @@ def _read_exactly(source: ByteSource, size: int, what: str) -> bytes:
     parts: list[bytes] = []
     got = 0
     while got < size:  # a stream may return less than asked for
-        part = source.read(size - got)
+        try:
+            part = source.read(size - got)
+        except OSError as exc:  # the source's fault, not the slot's
+            raise AcquireError(f"the bundle could not be read: {exc.strerror or exc}") from exc
         if not part:
             break
         parts.append(part)

@@ -9,6 +9,7 @@ and its boot entry are never touched, and an interruption at any instant boots w
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -40,11 +41,11 @@ from sysupd.engine.stream import VerifiedReader
 from sysupd.engine.trust import TrustStore, TrustUpdate
 from sysupd.errors import AcquireError, BootError, InstallError, StateError, VerificationError
 from sysupd.slots.base import PayloadSpec, SlotWriter
-from sysupd.sources.base import Acquired, ByteSource, DeviceView, Log, Source
+from sysupd.sources.base import Acquired, DeviceView, Log, Source
 from sysupd.system.clock import Clock
 
 if TYPE_CHECKING:
-    from _typeshed import WriteableBuffer
+    pass
 
 __all__ = ["ENGINE_SETTINGS", "BootReport", "Engine", "Progress", "Release", "engine_settings"]
 
@@ -168,7 +169,12 @@ class Engine:
         return self.boot_trial.start()
 
     def confirm(self, healthy: bool, detail: str) -> LastResult | None:
-        """Settle the booted slot's health check (``BootTrial.confirm``)."""
+        """Settle the booted slot's health check (``BootTrial.confirm``).
+
+        Raises:
+            BootError: before ``start``, or the bootloader's record is unusable.
+            StateError: the engine's record cannot be read or written.
+        """
         return self.boot_trial.confirm(healthy, detail)
 
     def confirm_locked(self, healthy: bool, detail: str) -> LastResult | None:
@@ -193,19 +199,21 @@ class Engine:
             AcquireError: the source failed (its bytes could not be had or read).
             VerificationError: the update is not trusted or not acceptable.
             InstallError: writing the slot failed.
+            BootError: the bootloader's record is unusable.
+            ConfigError: no trust root is configured, or it cannot be read.
+            StateError: the engine's record or the trust store cannot be read or written.
         """
         say = log or (lambda _line: None)
         report = progress or (lambda _stage, _done, _total: None)
-        with UpdateLock(self.lock_path):
+        with UpdateLock(self.lock_path), contextlib.ExitStack() as stack:
             job = JobStateMachine()
             try:
                 job.advance(JobState.ACQUIRING)
                 report(JobState.ACQUIRING, 0, 0)
                 state = self.state_file.load()
-                with source.open(self.device_view(state), say) as acquired:
-                    stream = _Acquiring(acquired.stream)
-                    release = self._verify(job, state, acquired, stream, report, say)
-                    return self._write(job, state, release, stream, acquired.origin, report, say)
+                acquired = _enter_source(stack, source, self.device_view(state), say)
+                release = self._verify(job, state, acquired, report, say)
+                return self._write(job, state, release, acquired, report, say)
             except Exception as exc:
                 if job.state.running:
                     job.fail()
@@ -234,7 +242,6 @@ class Engine:
         job: JobStateMachine,
         state: EngineState,
         acquired: Acquired,
-        stream: ByteSource,
         report: Progress,
         say: Log,
     ) -> Release:
@@ -251,7 +258,7 @@ class Engine:
             )
             return Release(signed.manifest, signed.chunk_list, trust)
         started = self.clock.monotonic()
-        header = read_bundle_header(stream)
+        header = read_bundle_header(acquired.stream)
         job.advance(JobState.VERIFYING)
         report(JobState.VERIFYING, 0, 0)
         verified = verify_bundle(header, self.trust.load(), self.policy(state), self.clock.utcnow())
@@ -291,12 +298,11 @@ class Engine:
         job: JobStateMachine,
         state: EngineState,
         release: Release,
-        source: ByteSource,
-        origin: str,
+        acquired: Acquired,
         report: Progress,
         say: Log,
     ) -> Manifest:
-        manifest = release.manifest
+        manifest, origin = release.manifest, acquired.origin
         job.advance(JobState.INSTALLING)
         env = self.bootloader.load()
         booted = self._booted(state, env)
@@ -330,14 +336,14 @@ class Engine:
         def on_bytes(done: int) -> None:
             report(JobState.INSTALLING, done, total)
 
-        reader = VerifiedReader(
-            source,
+        with VerifiedReader(
+            acquired.stream,
             ChunkVerifier(release.chunk_list, manifest.chunk_size, total),
             progress=on_bytes,
-        )
-        self.slot_writer(slot).install(reader, _spec(manifest))
-        if not reader.complete:  # every writer reads to the end; refuse one that did not
-            raise VerificationError("the payload was not read to its signed end")
+        ) as reader:  # closed on every path: its read-ahead thread stops with it
+            self.slot_writer(slot).install(reader, _spec(manifest))
+            if not reader.complete:  # every writer reads to the end; refuse one that did not
+                raise VerificationError("the payload was not read to its signed end")
         job.mark_payload_verified()
         took = max(self.clock.monotonic() - writing, 1e-6)
         say(
@@ -437,26 +443,16 @@ def _spec(manifest: Manifest) -> PayloadSpec:
     )
 
 
-class _Acquiring:
-    """The source's stream as the engine reads it: an ``OSError`` there is the source's fault
-    (an ``AcquireError``), not the slot's. Keeps ``readinto`` where the stream has it."""
+def _enter_source(
+    stack: contextlib.ExitStack, source: Source, device: DeviceView, say: Log
+) -> Acquired:
+    """Open ``source`` for the rest of the install; an ``OSError`` while opening it is the
+    source's fault (an ``AcquireError``), not the slot's.
 
-    def __init__(self, stream: ByteSource) -> None:
-        self._stream = stream
-        self._readinto = getattr(stream, "readinto", None)
-
-    def read(self, size: int, /) -> bytes:
-        try:
-            return self._stream.read(size)
-        except OSError as exc:
-            raise AcquireError(f"reading the update failed: {exc.strerror or exc}") from exc
-
-    def readinto(self, buffer: WriteableBuffer, /) -> int:
-        try:
-            if self._readinto is None:
-                data = self._stream.read(len(memoryview(buffer)))
-                memoryview(buffer).cast("B")[: len(data)] = data
-                return len(data)
-            return int(self._readinto(buffer) or 0)
-        except OSError as exc:
-            raise AcquireError(f"reading the update failed: {exc.strerror or exc}") from exc
+    Raises:
+        AcquireError, VerificationError: as ``Source.open``.
+    """
+    try:
+        return stack.enter_context(source.open(device, say))
+    except OSError as exc:
+        raise AcquireError(f"{source.label} could not be opened: {exc}") from exc

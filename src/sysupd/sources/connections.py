@@ -31,7 +31,7 @@ from urllib3.util import parse_url
 from urllib3.util.ssl_match_hostname import CertificateError
 
 from sysupd import __version__
-from sysupd.core.transfer import Fault, Refuse
+from sysupd.core.transfer import Fault, Refuse, Tolerance
 from sysupd.errors import AcquireError
 
 __all__ = [
@@ -81,7 +81,13 @@ class Endpoint:
 
 
 class Policy(Protocol):
-    """Where a transfer may go: an origin lock, allowed networks."""
+    """Where a transfer may go (an origin lock, allowed networks), and how lenient its rules are
+    where leniency is safe (``tolerance``)."""
+
+    @property
+    def tolerance(self) -> Tolerance:
+        """The rules' leniency for this policy's downloads."""
+        ...
 
     def check(self, url: str) -> Endpoint:
         """Where ``url`` is fetched from.

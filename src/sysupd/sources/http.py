@@ -149,6 +149,7 @@ class Download(Closing):
             max_redirects=limits.max_redirects,
             resume_tries=limits.resume_tries,
             limit_name=limit_name,
+            tolerance=policy.tolerance,
         )
         self._response: Response | None = None
         self._skip = 0
@@ -255,7 +256,7 @@ class Download(Closing):
             elif isinstance(exc, Dropped):  # only a first request's: later ones are resumed
                 self._failed = TransferError(str(exc))
             else:
-                self._failed = TransferError(f"the download of {self._rules.path} failed: {exc!r}")
+                self._failed = TransferError(f"the download{self._rules.of_path} failed: {exc!r}")
             self.close()
             if self._failed is exc:
                 raise
@@ -294,16 +295,14 @@ class Download(Closing):
     def _read_some(self, response: Response, n: int) -> bytes:
         wait_s = self._wait_s(self._limits.min_rate_window_s)
         broke = (
-            f"the connection to {self._endpoint.where} broke after {self._rules.received} bytes "
-            f"of {self._rules.path}"
+            f"the connection to {self._endpoint.where} broke after {self._rules.received} bytes"
+            f"{self._rules.of_path}"
         )
         start = time.monotonic()
         try:
             data = read_some(response, n, wait_s, broke)
         except TimedOut as exc:
-            stalled = (
-                f"the transfer of {self._rules.path} stalled: nothing arrived for {wait_s:g} s"
-            )
+            stalled = f"the transfer{self._rules.of_path} stalled: nothing arrived for {wait_s:g} s"
             raise self._timed_out(stalled) from exc
         finally:
             self._net_s += time.monotonic() - start
@@ -311,7 +310,7 @@ class Download(Closing):
         if self._rate.stalled(self._net_s, self._net_bytes):
             limits = self._limits
             raise TransferError(
-                f"the transfer of {self._rules.path} stalled: less than {limits.min_rate_bps} "
+                f"the transfer{self._rules.of_path} stalled: less than {limits.min_rate_bps} "
                 f"bytes/s over {limits.min_rate_window_s:g} s",
                 Fault.TIME,
             )
@@ -336,24 +335,29 @@ class Download(Closing):
         """Ask for the file with ``headers``, following redirects; take the answer or refuse it."""
         while True:
             response = self._send(headers)
-            decision = self._rules.answer(response.status, response.headers)
-            if isinstance(decision, Refuse | Redirect):
-                discard(response)
-            if isinstance(decision, Refuse):
-                raise TransferError.of(decision)
+            try:
+                decision = self._rules.answer(response.status, response.headers)
+                if isinstance(decision, Refuse | Redirect):
+                    discard(response)
+                if isinstance(decision, Refuse):
+                    raise TransferError.of(decision)
+                if not isinstance(decision, Redirect):
+                    self._address = self._address or peer(response)
+            except BaseException:
+                discard(response)  # the pool's slot comes back whatever went wrong
+                raise
             if isinstance(decision, Redirect):
                 self._follow(decision.location)
                 continue
             self._skip = decision.count if isinstance(decision, Skip) else 0
             self._response = response
-            self._address = self._address or peer(response)
             return
 
     def _follow(self, location: str) -> None:
         try:
             self._endpoint = self._policy.check(urljoin(self._endpoint.url, location))
         except ValueError as exc:
-            raise TransferError(f"a redirect was refused for {self._rules.path}: {exc}") from exc
+            raise TransferError(f"a redirect was refused{self._rules.for_path}: {exc}") from exc
         self._address = self._endpoint.address
         self._rules.redirected_to(self._endpoint.path)
 
@@ -365,7 +369,7 @@ class Download(Closing):
             return self._pools.send(self._endpoint, headers, connect_s=connect_s, read_s=read_s)
         except TimedOut as exc:
             raise self._timed_out(
-                f"{self._endpoint.where} did not answer the request for {self._rules.path} in time "
+                f"{self._endpoint.where} did not answer the request{self._rules.for_path} in time "
                 f"(connect within {connect_s:g} s, answer within {read_s:g} s)"
             ) from exc
         finally:
@@ -382,7 +386,7 @@ class Download(Closing):
         """``reason`` as an error, unless the deadline passed: then that is the reason."""
         if not reason or time.monotonic() >= self._deadline:
             deadline_s = self._limits.deadline_s
-            reason = f"the download of {self._rules.path} did not finish within {deadline_s:g} s"
+            reason = f"the download{self._rules.of_path} did not finish within {deadline_s:g} s"
         return TransferError(reason, Fault.TIME)
 
     def _report(self, *, final: bool) -> None:

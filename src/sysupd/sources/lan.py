@@ -35,6 +35,7 @@ from typing import Final
 
 from yarl import URL
 
+from sysupd.core.transfer import Tolerance
 from sysupd.errors import AcquireError, InvalidURL
 from sysupd.sources.http import Download, Endpoint, FetchLimits, Pools
 
@@ -134,11 +135,23 @@ def open_download(
     return Download(policy, endpoint, limits, pools, own_pools=True, progress=progress).open()
 
 
+_LAN_TOLERANCE = Tolerance(
+    name_paths=False, blind_resume=True, pass_codings=True, first_partial=True
+)
+"""A LAN URL is any web server an operator points at: its path may carry a token (never named),
+and its answers are taken as leniently as is safe, since the engine verifies every byte."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Networks:
     """The LAN policy: every URL checked and pinned by ``check_url_blocking``."""
 
     networks: tuple[str, ...]
+
+    @property
+    def tolerance(self) -> Tolerance:
+        """Lenient where safe: see ``_LAN_TOLERANCE``."""
+        return _LAN_TOLERANCE
 
     def check(self, url: str) -> Endpoint:
         """Raises ``ValueError`` saying why ``url`` may not be fetched."""

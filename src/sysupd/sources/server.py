@@ -52,6 +52,7 @@ class ServerSource:
         Raises:
             AcquireError: the server cannot be read, or has no newer release any more.
             VerificationError: its metadata is not trusted.
+            ConfigError, StateError: the device's trust cannot be read.
         """
         with self.cache_lock:
             channel = OnlineChannel(self.server, self.cache_dir, device.trust, self.limits)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import ssl
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from typing import Final
 
 from tuf.api.exceptions import (
     DownloadError,
@@ -36,7 +35,8 @@ from tuf.ngclient.fetcher import FetcherInterface
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
-from sysupd.core.transfer import Fault
+from sysupd.core.transfer import STRICT, Fault, Tolerance
+from sysupd.sources.connections import DEFAULT_PORTS
 from sysupd.sources.http import (
     CHUNK_BYTES,
     Closing,
@@ -51,8 +51,6 @@ __all__ = ["Download", "FetcherLimits", "OriginFetcher", "OriginLock", "Progress
 
 Progress = Callable[[str, int, int | None], None]
 """``progress(url, received, total)``: the URL asked for, bytes handed out, size if known."""
-
-_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +91,11 @@ class OriginLock:
             raise ValueError(f"{found} is not the update server {self}")
         return endpoint
 
+    @property
+    def tolerance(self) -> Tolerance:
+        """Strict: python-tuf's fetcher contract, and update server paths are public names."""
+        return STRICT
+
     def __str__(self) -> str:
         return f"{self.scheme}://{self.host}:{self.port}"
 
@@ -104,14 +107,14 @@ def _endpoint(url: str) -> Endpoint:
     except LocationParseError as exc:
         raise ValueError(f"the URL cannot be parsed: {exc}") from exc
     scheme = (parsed.scheme or "").lower()
-    if scheme not in _DEFAULT_PORTS:
+    if scheme not in DEFAULT_PORTS:
         raise ValueError("only http and https URLs are fetched")
     if not parsed.host:
         raise ValueError("the URL has no host")
     if parsed.auth is not None:
         raise ValueError("a user name or password in the URL is not allowed")
     host = parsed.host.strip("[]").lower()
-    return Endpoint(url, host, parsed.port or _DEFAULT_PORTS[scheme])
+    return Endpoint(url, host, parsed.port or DEFAULT_PORTS[scheme])
 
 
 class OriginFetcher(FetcherInterface, Closing):

@@ -44,5 +44,5 @@ class UrlSource:
         """
         with open_download(self.target, self.networks, self.limits) as download:
             size = human_size(download.size) if download.size is not None else "size unknown"
-            log(f"downloading from {download.host} ({download.address}), {size}")
+            log(f"downloading from {self.target.host} ({self.target.address}), {size}")
             yield Acquired(download, self.target.url)
