@@ -27,6 +27,7 @@ from aiohttp import WSCloseCode, web
 
 from sysupd import __version__
 from sysupd.api.auth import Authenticator
+from sysupd.api.booting import BootWatch
 from sysupd.api.calls import SERVICE_KEY, CallTable
 from sysupd.api.checks import CHECK_CALLS, UpdateChecker
 from sysupd.api.connections import ConnectionGuard, GuardedSite
@@ -55,7 +56,6 @@ from sysupd.errors import (
     InternalError,
     ServerError,
     StateError,
-    SysupdError,
 )
 from sysupd.servicelog import ServiceLog
 from sysupd.store.audit import AuditLog
@@ -66,7 +66,6 @@ from sysupd.store.settings import SettingsStore
 from sysupd.store.tokens import TokenStore
 from sysupd.store.users import UserStore, make_hasher
 from sysupd.system.clock import Clock, SystemClock
-from sysupd.system.health import run_health_check
 from sysupd.system.reboot import ProcessExit, RebootKind, run_reboot_action
 from sysupd.system.statelock import StateLock
 from sysupd.system.tls import Certificate, certificate_names, load_certificate, server_context
@@ -157,14 +156,9 @@ class Service:
         self._exit: asyncio.Future[ProcessExit] | None = None
         self._stopped = False
         self._serving = False
-        self.boot: BootReport | None = None
-        self.boot_status = BootStatus.STARTING
         self._engine: tuple[tuple[object, ...], Engine] | None = None
         self._engine_lock = threading.Lock()
-        self.boot_error = ""
-        """Why the boot trial could not run, with ``BootStatus.ERROR``."""
-        self.boot_settled = asyncio.Event()
-        """Set once the boot trial has run (or could not): updates wait for it."""
+        self.booting = BootWatch(self)
         self.updates = UpdateManager(self)
         self.checks = UpdateChecker(self)
         self.ws_port = 0
@@ -224,7 +218,7 @@ class Service:
         http_app.router.add_get("/websocket", handle_websocket)
         http_app.router.add_get("/", handle_page)
         http_app.router.add_get("/static/{name}", handle_asset)
-        learned = await self._learn_boot()
+        learned = await self.booting.learn()
         ws_runner, http_runner = await self._runner(ws_app), await self._runner(http_app)
         plain = self.config.plain_host
         self.ws_port = await self._listen(ws_runner, plain, self.config.ws_port, None)
@@ -235,7 +229,7 @@ class Service:
             self.wss_port = await self._listen(ws_runner, host, self.config.wss_port, context)
             self.https_port = await self._listen(http_runner, host, self.config.https_port, context)
         self.spawn(self._sweep_loop())
-        self.spawn(self._boot_trial(learned))
+        self.spawn(self.booting.trial(learned))
         self.spawn(self.checks.run_periodically())
         tls = (
             f", wss on {self.config.host}:{self.wss_port}, https on "
@@ -317,6 +311,21 @@ class Service:
                 self._engine = (key, engine)
             return self._engine[1]
 
+    @property
+    def boot(self) -> BootReport | None:
+        """What this start learned of the booted slot; ``None`` if it could not."""
+        return self.booting.report
+
+    @property
+    def boot_status(self) -> BootStatus:
+        """Where this start's boot trial stands."""
+        return self.booting.status
+
+    @property
+    def boot_settled(self) -> asyncio.Event:
+        """Set once the boot trial has run (or could not): updates wait for it."""
+        return self.booting.settled
+
     def system_info(self) -> dict[str, Any]:
         """``sys/info``'s reply: the booted slot's version, and (ext) which slot and how it is."""
         return {
@@ -324,11 +333,7 @@ class Service:
             "system_version": self.boot.version if self.boot else self.settings.factory_version,
             "middleware_version": __version__,
             "slot": self.boot.slot if self.boot else None,
-            "boot_status": (
-                f"error: {self.boot_error}"
-                if self.boot_status is BootStatus.ERROR
-                else str(self.boot_status)
-            ),
+            "boot_status": self.booting.wire_status(),
         }
 
     def _adopt_stored_trust_root(self, config: ServiceConfig) -> None:
@@ -435,56 +440,6 @@ class Service:
         self.log.error(f"bug in {where}: {what} at {at}")
 
     # -- internals ---------------------------------------------------------------------------
-
-    async def _boot_trial(self, learned: bool) -> None:
-        """Confirm the booted slot with the health check, once it is known."""
-        try:
-            if learned:
-                await self._run_boot_trial()
-        finally:
-            self.boot_settled.set()
-
-    async def _learn_boot(self) -> bool:
-        """Learn the booted slot (before the listeners open, so every answer knows it); in a
-        worker thread, as the bootloader's tool may run."""
-        try:
-            self.boot = await asyncio.to_thread(self.engine().start)
-        except SysupdError as exc:
-            self.boot_status, self.boot_error = BootStatus.ERROR, str(exc)
-            self.log.error(f"boot: {exc}")
-            return False
-        self.log.info(f"booted slot {self.boot.slot}, version {self.boot.version}")
-        if self.boot.interrupted:
-            self.log.warning(f"boot: {self.boot.interrupted}; the booted slot is unchanged")
-        if self.boot.rolled_back:
-            self.log.warning(f"boot: rolled back: {self.boot.rolled_back}")
-        if self.boot.trust_warning:
-            self.log.warning(f"trust: {self.boot.trust_warning}")
-        self.boot_status = BootStatus.TRIAL
-        return True
-
-    async def _run_boot_trial(self) -> None:
-        ok, detail = await run_health_check(self.settings.health_check_command)
-        try:
-            verdict = await asyncio.to_thread(self.engine().settle_boot, ok, detail)
-        except SysupdError as exc:
-            self.boot_status, self.boot_error = BootStatus.ERROR, str(exc)
-            self.log.error(f"boot trial: {exc}")
-            return
-        self.boot_status = verdict.status
-        if not verdict.reboot:
-            if verdict.settled is not None:  # a new slot confirmed: its line says how
-                self.log.info(f"boot trial: {verdict.settled.detail}")
-            else:
-                (self.log.info if ok else self.log.warning)(f"boot trial: {detail}")
-            return
-        self.log.error(
-            f"boot trial: {detail}; slot {self.boot.slot if self.boot else '?'} "
-            "is abandoned and the previous slot boots next"
-        )
-        self.schedule_reboot(
-            self.settings.auto_reboot_delay_s, RebootKind.RESTART, by="the boot trial"
-        )
 
     def _reboot_due(self, plan: RebootPlan) -> None:
         if self.updates.running:
