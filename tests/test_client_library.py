@@ -166,7 +166,7 @@ async def test_follow_survives_a_restart_of_the_service(
     await task
     assert isinstance(items[0], Disconnected)
     assert (await client.call("sys/info"))["system_id"] == restarted[0].system_id
-    restarted[0].schedule_reboot(900, RebootKind.RESTART, by="the test")
+    restarted[0].reboots.schedule(900, RebootKind.RESTART, by="the test")
     event = await anext(stream)
     assert isinstance(event, Event)
     assert event.name == "sys/reboot"

@@ -91,6 +91,6 @@ class BootWatch:
         service.log.error(
             f"boot trial: {detail}; slot {slot} is abandoned and the previous slot boots next"
         )
-        service.schedule_reboot(
+        service.reboots.schedule(
             service.settings.auto_reboot_delay_s, RebootKind.RESTART, by="the boot trial"
         )

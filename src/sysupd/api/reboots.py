@@ -1,6 +1,10 @@
-"""The reboot timer behind ``sys/reboot``, ``sys/reboot_time`` and ``sys/reboot_stop``.
+"""Reboots behind ``sys/reboot``, ``sys/reboot_time`` and ``sys/reboot_stop``, the update's
+auto-reboot and the boot trial's: the timer, and what happens when one is scheduled, cancelled or
+falls due.
 
-At most one reboot is scheduled; a new one replaces it. When it falls due, ``on_due`` runs.
+At most one reboot is scheduled; a new one replaces it. Every schedule and cancel is logged,
+audited and pushed as a ``sys/reboot`` event. A reboot that falls due while an update runs waits
+(retried every ``REBOOT_RETRY_S``): an install is never cut short.
 """
 
 from __future__ import annotations
@@ -9,12 +13,18 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sysupd.system.clock import Clock
-from sysupd.system.reboot import RebootKind
+from sysupd.system.reboot import RebootKind, run_reboot_action
 
-__all__ = ["RebootPlan", "RebootTimer"]
+if TYPE_CHECKING:
+    from sysupd.api.service import Service
+
+__all__ = ["REBOOT_RETRY_S", "RebootPlan", "RebootTimer", "Reboots"]
+
+REBOOT_RETRY_S = 5
+"""How soon a reboot that fell due during an update is tried again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,3 +90,68 @@ class RebootTimer:
         if self._plan is plan:
             self._plan = self._handle = None
             self._on_due(plan)
+
+
+class Reboots:
+    """The service's reboots: one timer, and the log, audit and events around it."""
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+        self._timer = RebootTimer(service.clock, self._due)
+
+    @property
+    def plan(self) -> RebootPlan | None:
+        """The scheduled reboot, if any."""
+        return self._timer.plan
+
+    def seconds_left(self) -> int:
+        """Whole seconds until the scheduled reboot (0 when none)."""
+        return self._timer.seconds_left()
+
+    def schedule(self, delay_s: int, kind: RebootKind, *, by: str) -> RebootPlan:
+        """Schedule a reboot for ``by`` and tell everyone."""
+        service = self._service
+        plan = self._timer.schedule(delay_s, kind)
+        service.log.info(f"{kind.value} scheduled by {by} in {delay_s} s")
+        service.audit.change("reboot scheduled", by=by, details=f"{kind.value} in {delay_s} s")
+        service.events.publish("sys/reboot", plan.to_wire())
+        return plan
+
+    def cancel(self, *, by: str) -> bool:
+        """Cancel the scheduled reboot, if any, and tell everyone; whether there was one."""
+        service = self._service
+        if not self._timer.cancel():
+            return False
+        service.log.info(f"scheduled reboot cancelled by {by}")
+        service.audit.change("reboot cancelled", by=by)
+        service.events.publish("sys/reboot", {"reboot_scheduled": False})
+        return True
+
+    def stop(self) -> None:
+        """The service stops: a scheduled reboot is dropped, silently."""
+        self._timer.cancel()
+
+    def _due(self, plan: RebootPlan) -> None:
+        service = self._service
+        if service.updates.running:
+            # Never cut an install short: try again once it has ended.
+            service.log.info(f"{plan.kind.value} deferred: an update is running")
+            self._timer.schedule(REBOOT_RETRY_S, plan.kind)
+            return
+        service.log.info(f"{plan.kind.value} now ({service.settings.reboot_action} action)")
+        service.audit.change("reboot now", by="the service", details=plan.kind.value)
+        service.spawn(self._reboot(plan))
+
+    async def _reboot(self, plan: RebootPlan) -> None:
+        service = self._service
+        s = service.settings
+        outcome = await run_reboot_action(
+            s.reboot_action, plan.kind, s.reboot_command, s.poweroff_command
+        )
+        if outcome.failed:
+            service.log.warning(f"{plan.kind.value} failed: {outcome.log_line}")
+            service.events.publish("sys/reboot", {"reboot_scheduled": False})
+        else:
+            service.log.info(outcome.log_line)
+        if outcome.process_exit is not None:
+            service.request_exit(outcome.process_exit)

@@ -33,7 +33,7 @@ from sysupd.api.checks import CHECK_CALLS, UpdateChecker
 from sysupd.api.connections import ConnectionGuard, GuardedSite
 from sysupd.api.events import EventHub
 from sysupd.api.http import ALLOWED_METHODS, handle_api
-from sysupd.api.reboots import RebootPlan, RebootTimer
+from sysupd.api.reboots import Reboots
 from sysupd.api.rpc_calls import RPC_CALLS
 from sysupd.api.sys_calls import SYS_CALLS
 from sysupd.api.updates import UPDATE_CALLS, UpdateManager
@@ -66,7 +66,7 @@ from sysupd.store.settings import SettingsStore
 from sysupd.store.tokens import TokenStore
 from sysupd.store.users import UserStore, make_hasher
 from sysupd.system.clock import Clock, SystemClock
-from sysupd.system.reboot import ProcessExit, RebootKind, run_reboot_action
+from sysupd.system.reboot import ProcessExit
 from sysupd.system.statelock import StateLock
 from sysupd.system.tls import Certificate, certificate_names, load_certificate, server_context
 from sysupd.web.assets import PAGE_KEY, PageAssets, handle_asset, handle_page
@@ -79,7 +79,6 @@ _SOCKET_LINES_PER_MINUTE = 20
 _ANONYMOUS_SOCKETS = (
     "websocket lines (opened, closed, refused, no login in time) of clients never logged in"
 )
-_REBOOT_RETRY_S = 5
 
 
 class Service:
@@ -148,7 +147,7 @@ class Service:
         self.calls = CallTable([*RPC_CALLS, *SYS_CALLS, *UPDATE_CALLS, *CHECK_CALLS, *UPLOAD_CALLS])
         self.events = EventHub()
         self.sessions: set[WsSession] = set()
-        self.reboots = RebootTimer(self.clock, self._reboot_due)
+        self.reboots = Reboots(self)
         self.uploads = UploadStore(config.state_dir / "uploads", self.clock, self.log)
         self.uploads.clear()
         self._runners: list[web.AppRunner] = []
@@ -254,7 +253,7 @@ class Service:
         if self._stopped:
             return
         self._stopped = True
-        self.reboots.cancel()
+        self.reboots.stop()
         for task in list(self._tasks):
             task.cancel()
         # Accept no one new (a client that reconnects at once must reach the next process, not
@@ -386,23 +385,6 @@ class Service:
         )
         return new
 
-    def schedule_reboot(self, delay_s: int, kind: RebootKind, *, by: str) -> RebootPlan:
-        """Schedule a reboot and tell everyone."""
-        plan = self.reboots.schedule(delay_s, kind)
-        self.log.info(f"{kind.value} scheduled by {by} in {delay_s} s")
-        self.audit.change("reboot scheduled", by=by, details=f"{kind.value} in {delay_s} s")
-        self.events.publish("sys/reboot", plan.to_wire())
-        return plan
-
-    def cancel_reboot(self, *, by: str) -> bool:
-        """Cancel the scheduled reboot, if any, and tell everyone."""
-        if not self.reboots.cancel():
-            return False
-        self.log.info(f"scheduled reboot cancelled by {by}")
-        self.audit.change("reboot cancelled", by=by)
-        self.events.publish("sys/reboot", {"reboot_scheduled": False})
-        return True
-
     def wire_error(
         self, request: Request, exc: Exception, *, failed: str | None = None
     ) -> ApiError:
@@ -440,29 +422,6 @@ class Service:
         self.log.error(f"bug in {where}: {what} at {at}")
 
     # -- internals ---------------------------------------------------------------------------
-
-    def _reboot_due(self, plan: RebootPlan) -> None:
-        if self.updates.running:
-            # Never cut an install short: try again once it has ended.
-            self.log.info(f"{plan.kind.value} deferred: an update is running")
-            self.reboots.schedule(_REBOOT_RETRY_S, plan.kind)
-            return
-        self.log.info(f"{plan.kind.value} now ({self.settings.reboot_action} action)")
-        self.audit.change("reboot now", by="the service", details=plan.kind.value)
-        self.spawn(self._reboot(plan))
-
-    async def _reboot(self, plan: RebootPlan) -> None:
-        s = self.settings
-        outcome = await run_reboot_action(
-            s.reboot_action, plan.kind, s.reboot_command, s.poweroff_command
-        )
-        if outcome.failed:
-            self.log.warning(f"{plan.kind.value} failed: {outcome.log_line}")
-            self.events.publish("sys/reboot", {"reboot_scheduled": False})
-        else:
-            self.log.info(outcome.log_line)
-        if outcome.process_exit is not None:
-            self.request_exit(outcome.process_exit)
 
     async def _sweep_loop(self) -> None:
         while True:

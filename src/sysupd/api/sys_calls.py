@@ -55,7 +55,7 @@ async def set_config(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
 async def reboot(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     """Schedule a reboot (or poweroff), replacing any scheduled one."""
     kind = RebootKind.POWEROFF if args.get("poweroff", False) else RebootKind.RESTART
-    plan = ctx.service.schedule_reboot(args.get("delay_seconds", 300), kind, by=_who(ctx))
+    plan = ctx.service.reboots.schedule(args.get("delay_seconds", 300), kind, by=_who(ctx))
     return plan.to_wire()
 
 
@@ -73,7 +73,7 @@ async def reboot_time(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
 
 async def reboot_stop(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
     """Cancel the scheduled reboot."""
-    if not ctx.service.cancel_reboot(by=_who(ctx)):
+    if not ctx.service.reboots.cancel(by=_who(ctx)):
         return {"result": "No reboot timer to stop"}
     return {"result": "success"}
 

@@ -170,7 +170,7 @@ class UpdateManager:
             },
         )
         if success and service.settings.auto_reboot:
-            service.schedule_reboot(
+            service.reboots.schedule(
                 service.settings.auto_reboot_delay_s, RebootKind.RESTART, by="the update"
             )
 
