@@ -23,6 +23,7 @@ _DEVICE = {
     "user": ("sysupd.cli.users", "user"),
     "reinit": ("sysupd.cli.reinit", "reinit"),
     "release": ("sysupd.cli.release", "release"),
+    "tuf-client": ("sysupd.cli.tufclient", "tuf_client"),
 }
 """Commands that work on this machine's files (``--state-dir``, ``--config``), no service needed."""
 
