@@ -144,3 +144,60 @@ def test_garbage_metadata(tmp_path: Path) -> None:
     swapped = dataclasses.replace(header, targets=header.roots[0])
     with pytest.raises(VerificationError, match="expected targets metadata"):
         verify_bundle(swapped, _trust(repo), POLICY, NOW)
+
+
+def test_a_trusted_root_not_signed_by_its_own_keys_is_refused(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, "1.0.0")
+    header = read_header(_bundle(repo, "1.0.0", tmp_path))
+    root = json.loads((repo.path / "metadata" / "1.root.json").read_bytes())
+    root["signatures"] = []
+    unsigned = TrustState(json.dumps(root).encode())
+    with pytest.raises(VerificationError, match="trusted root v1 is not signed by a threshold"):
+        verify_bundle(header, unsigned, POLICY, NOW)
+    other = make_repo(tmp_path / "other", "1.0.0")
+    foreign = json.loads((other.path / "metadata" / "1.root.json").read_bytes())
+    root["signatures"] = foreign["signatures"]  # signed, but by another repository's key
+    with pytest.raises(VerificationError, match="trusted root v1 is not signed by a threshold"):
+        verify_bundle(header, TrustState(json.dumps(root).encode()), POLICY, NOW)
+
+
+def test_roots_at_or_below_the_trusted_one_are_not_parsed(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, "1.0.0")
+    repo.rotate_key("root")
+    repo.rotate_key("root")
+    header = read_header(_bundle(repo, "1.0.0", tmp_path))
+    trusted = TrustState(header.roots[1].encode())  # the device has v2 already
+    unreadable_v1 = json.dumps({"signed": {"version": 1, "_type": "root", "spec_version": "99"}})
+    for old in (unreadable_v1, "{]", "not json at all"):
+        odd = dataclasses.replace(header, roots=(old, *header.roots[1:]))
+        verified = verify_bundle(odd, trusted, POLICY, NOW)
+        assert [json.loads(r)["signed"]["version"] for r in verified.new_roots] == [3]
+
+
+def test_two_different_roots_of_one_version_are_refused(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, "1.0.0")
+    repo.rotate_key("root")
+    header = read_header(_bundle(repo, "1.0.0", tmp_path))
+    v2 = json.loads(header.roots[1])
+    v2["signed"]["expires"] = "2099-01-01T00:00:00Z"  # another text of version 2
+    doubled = dataclasses.replace(header, roots=(*header.roots, json.dumps(v2)))
+    with pytest.raises(VerificationError, match="two different roots of version 2"):
+        verify_bundle(doubled, _trust(repo), POLICY, NOW)
+    again = dataclasses.replace(header, roots=(*header.roots, header.roots[1]))
+    assert verify_bundle(again, _trust(repo), POLICY, NOW).new_roots  # the same text twice: fine
+
+
+def test_a_fast_forward_is_recovered_by_rotating_the_targets_key(tmp_path: Path) -> None:
+    """An attacker who held the targets key made the device see targets v999 (fast-forward):
+    every honest bundle would be a "rollback" until the targets key is rotated; then the versions
+    seen under the old key no longer bind, as the TUF specification says."""
+    repo = make_repo(tmp_path, "1.0.0")
+    forwarded = dataclasses.replace(_trust(repo), targets_version=999, releases_version=999)
+    header = read_header(_bundle(repo, "1.0.0", tmp_path))
+    with pytest.raises(VerificationError, match=r"targets metadata v.* is older than v999"):
+        verify_bundle(header, forwarded, POLICY, NOW)
+    repo.rotate_key("targets")
+    recovered = verify_bundle(read_header(_bundle(repo, "1.0.0", tmp_path)), forwarded, POLICY, NOW)
+    assert recovered.trust.targets_version < 999
+    assert recovered.trust.releases_version < 999
+    assert [json.loads(r)["signed"]["version"] for r in recovered.new_roots] == [2]

@@ -3,9 +3,15 @@
 Following the TUF client workflow with python-tuf's Metadata API, minus the online-only
 freshness roles (snapshot, timestamp):
 
-1. walk the root chain from the device's trusted root, one version at a time, each new root signed
-   by the previous one's threshold and by its own; the newest root must not be expired;
-2. ``targets`` signed by the root's targets keys, not expired, not older than the device has seen;
+1. the trusted root must be signed by a threshold of its own keys; walk the root chain from it,
+   one version at a time, each new root signed by the previous one's threshold and by its own
+   (only roots newer than the trusted one are parsed: an old root that cannot be read is
+   ignored; two different roots of one version are refused); the newest root must not be
+   expired;
+2. ``targets`` signed by the root's targets keys, not expired, not older than the device has seen
+   — unless the chain rotated the targets keys: then the versions seen under the old keys no
+   longer bind (the TUF specification's recovery from a fast-forward attack), for ``releases``
+   too, which ``targets`` delegates;
 3. ``releases`` signed by the keys ``targets`` delegates to it, not expired, not older than seen,
    and delegated the bundle's target path;
 4. the target entry and its chunk list (checked against its signed length and hash);
@@ -18,6 +24,7 @@ trusted (newer roots, metadata versions) only after this returned.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -78,9 +85,12 @@ def verify_bundle(
     Raises:
         VerificationError: naming the first check that failed.
     """
-    root, new_roots = _walk_roots(trust.root, header.roots)
+    trusted = _load(trust.root, Root, "root")
+    root, new_roots = _walk_roots(trusted, header.roots)
     if root.signed.is_expired(now):
         raise VerificationError(f"root metadata v{root.signed.version} has expired")
+    if _role_keys(root, "targets") != _role_keys(trusted, "targets"):
+        trust = TrustState(trust.root)  # fast-forward recovery: new keys, versions start over
 
     targets = _load(header.targets, Targets, "targets")
     _check_signed(root.signed, "targets", targets)
@@ -143,14 +153,23 @@ def check_policy(manifest: Manifest, policy: ReleasePolicy) -> bool:
 
 
 def _walk_roots(
-    trusted: bytes, offered: tuple[str, ...]
+    trusted: Metadata[Root], offered: tuple[str, ...]
 ) -> tuple[Metadata[Root], tuple[bytes, ...]]:
-    root = _load(trusted, Root, "root")
+    root = trusted
+    try:
+        root.signed.verify_delegate("root", root.signed_bytes, root.signatures)
+    except UnsignedMetadataError as exc:
+        raise VerificationError(
+            f"the trusted root v{root.signed.version} is not signed by a threshold of its own keys"
+        ) from exc
     by_version: dict[int, bytes] = {}
     for text in offered:
+        version = _version_of(text)
+        if version is None or version <= root.signed.version:
+            continue  # not needed: the chain starts above the trusted root
         data = text.encode("utf-8")
-        candidate = _load(data, Root, "root")
-        by_version.setdefault(candidate.signed.version, data)
+        if by_version.setdefault(version, data) != data:
+            raise VerificationError(f"the bundle holds two different roots of version {version}")
     newest = max(by_version, default=0)
     accepted: list[bytes] = []
     while root.signed.version < newest:
@@ -159,6 +178,8 @@ def _walk_roots(
         if found is None:
             raise VerificationError(f"the bundle's root chain is missing version {version}")
         new_root = _load(found, Root, "root")
+        if new_root.signed.version != version:
+            raise VerificationError(f"root v{version} cannot be parsed as that version")
         try:
             root.signed.verify_delegate("root", new_root.signed_bytes, new_root.signatures)
             new_root.signed.verify_delegate("root", new_root.signed_bytes, new_root.signatures)
@@ -169,6 +190,21 @@ def _walk_roots(
         root = new_root
         accepted.append(found)
     return root, tuple(accepted)
+
+
+def _version_of(text: str) -> int | None:
+    """A root's claimed version, read without parsing the rest (``None`` if it has none)."""
+    try:
+        version = json.loads(text)["signed"]["version"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return version if isinstance(version, int) and not isinstance(version, bool) else None
+
+
+def _role_keys(root: Metadata[Root], role: str) -> tuple[frozenset[str], int]:
+    """The key ids and threshold ``root`` gives ``role``."""
+    entry = root.signed.roles[role]
+    return frozenset(entry.keyids), entry.threshold
 
 
 def _check_signed(delegator: Root | Targets, role: str, md: Metadata[Any]) -> None:
