@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from sysupd.core.trustchain import ReleasePolicy, TrustState, verify_bundle
+from sysupd.core.trustchain import ReleasePolicy, TrustState, VerifiedBundle, verify_bundle
 from sysupd.core.versions import parse_version
 from sysupd.errors import VerificationError
+from sysupd.release._metadata import RepositoryMetadata
 from sysupd.release.repository import ReleaseRepository
+from sysupd.system.clock import SystemClock
 from tests.releases import PRODUCT, make_repo, read_header
 
 NOW = datetime.now(UTC)
@@ -201,3 +203,51 @@ def test_a_fast_forward_is_recovered_by_rotating_the_targets_key(tmp_path: Path)
     assert recovered.trust.targets_version < 999
     assert recovered.trust.releases_version < 999
     assert [json.loads(r)["signed"]["version"] for r in recovered.new_roots] == [2]
+
+
+def _withdraw(repo: ReleaseRepository, version: str) -> None:
+    """Take ``version`` out of the repository's releases metadata (a release pulled back), as
+    the release tool's own signing steps would publish it."""
+    md = RepositoryMetadata(repo.path, SystemClock())
+    with md.locked():
+        md.load()
+        gone = [path for path in md.releases.signed.targets if f"-{version}." in path]
+        assert gone, f"{version} is not in the repository"
+        for path in gone:
+            del md.releases.signed.targets[path]
+        md.commit("releases", md.releases)
+        md.commit_snapshot_and_timestamp()
+
+
+def _seen(verified: VerifiedBundle) -> TrustState:
+    """The trust a device keeps after installing ``verified`` (what the trust store commits)."""
+    return verified.trust
+
+
+def test_an_older_bundle_verifies_against_the_newer_metadata_the_device_kept(
+    tmp_path: Path,
+) -> None:
+    repo = make_repo(tmp_path, "1.1.0")
+    old = read_header(_bundle(repo, "1.1.0", tmp_path))  # made now: releases vN
+    repo.add_release("1.2.0", tree=tmp_path / "tree-1.1.0", compress="none", chunk_size=65536)
+    newer = verify_bundle(read_header(_bundle(repo, "1.2.0", tmp_path)), _trust(repo), POLICY, NOW)
+    device = _seen(newer)  # the device installed 1.2.0: it has seen releases vN+1, and kept it
+    verified = verify_bundle(old, device, POLICY, NOW)
+    assert str(verified.manifest.version) == "1.1.0"
+    assert verified.trust.releases_version == device.releases_version, "versions never go back"
+    assert verified.trust.releases == device.releases
+    # Without the kept copy, only the version numbers: a rollback, as before.
+    numbers_only = dataclasses.replace(device, targets=None, releases=None)
+    with pytest.raises(VerificationError, match="rollback"):
+        verify_bundle(old, numbers_only, POLICY, NOW)
+
+
+def test_a_bundle_of_a_withdrawn_release_is_refused_saying_so(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, "1.1.0", "1.2.0")
+    old = read_header(_bundle(repo, "1.1.0", tmp_path))
+    _withdraw(repo, "1.1.0")
+    device = _seen(
+        verify_bundle(read_header(_bundle(repo, "1.2.0", tmp_path)), _trust(repo), POLICY, NOW)
+    )
+    with pytest.raises(VerificationError, match=r"1\.1\.0\.tar.* was withdrawn: the releases"):
+        verify_bundle(old, device, POLICY, NOW)

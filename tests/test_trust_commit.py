@@ -209,3 +209,19 @@ def test_a_commit_that_fails_after_the_switch_is_redone_at_the_next_start(
     assert _versions(state) == _published(repo)
     assert not (state / "trust" / "pending.json").exists()
     assert make_engine(state, repo).status().to_json()["last_result"]["result"] == "installed"
+
+
+def test_an_older_bundle_still_installs_after_newer_metadata_was_seen(tmp_path: Path) -> None:
+    """Issue 11, tried as a new user would: a bundle made for 1.1.0 before the repository moved
+    on installs after the device has seen (and kept) newer metadata, as long as that metadata
+    still lists 1.1.0."""
+    repo = make_repo(tmp_path, "1.1.0")
+    old = bundle_file(repo, tmp_path, "1.1.0")
+    repo.add_release("1.2.0", tree=tmp_path / "tree-1.1.0", compress="none", chunk_size=65536)
+    state = tmp_path / "state"
+    booted_engine(state, repo).install(BundleFile(bundle_file(repo, tmp_path, "1.2.0")))
+    kept = json.loads((state / "trust" / "releases.json").read_bytes())
+    assert kept["signed"]["version"] == _versions(state)["releases"]  # type: ignore[index]
+    manifest = make_engine(state, repo).install(BundleFile(old))
+    assert str(manifest.version) == "1.1.0"
+    assert json.loads((state / "trust" / "releases.json").read_bytes()) == kept, "kept as is"

@@ -11,7 +11,10 @@ freshness roles (snapshot, timestamp):
 2. ``targets`` signed by the root's targets keys, not expired, not older than the device has seen
    — unless the chain rotated the targets keys: then the versions seen under the old keys no
    longer bind (the TUF specification's recovery from a fast-forward attack), for ``releases``
-   too, which ``targets`` delegates;
+   too, which ``targets`` delegates. A bundle whose metadata is older than what the device has
+   seen is not refused for that when the device kept that newer metadata: it is checked against
+   the device's copy instead (signed by today's keys, not expired), which must still list the
+   bundle's target — a release withdrawn since is refused, saying so;
 3. ``releases`` signed by the keys ``targets`` delegates to it, not expired, not older than seen,
    and delegated the bundle's target path;
 4. the target entry and its chunk list (checked against its signed length and hash);
@@ -51,6 +54,10 @@ class TrustState:
     """The newest verified root metadata (initially the configured ``trust_root``)."""
     targets_version: int = 0
     releases_version: int = 0
+    targets: bytes | None = None
+    """The newest verified ``targets`` metadata the device has seen, if it kept it."""
+    releases: bytes | None = None
+    """The newest verified ``releases`` metadata the device has seen, if it kept it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,20 +99,28 @@ def verify_bundle(
     if _role_keys(root, "targets") != _role_keys(trusted, "targets"):
         trust = TrustState(trust.root)  # fast-forward recovery: new keys, versions start over
 
-    targets = _load(header.targets, Targets, "targets")
+    targets = _newest(header.targets, trust.targets, trust.targets_version, Targets, "targets")
     _check_signed(root.signed, "targets", targets)
     _check_fresh(targets, "targets", trust.targets_version, now)
 
-    releases = _load(header.releases, Targets, RELEASES_ROLE)
     if not targets.signed.delegations or not targets.signed.delegations.roles:
         raise VerificationError("targets metadata delegates no releases role")
     role = targets.signed.delegations.roles.get(RELEASES_ROLE)
     if role is None:
         raise VerificationError("targets metadata delegates no releases role")
+    releases = _newest(
+        header.releases, trust.releases, trust.releases_version, Targets, RELEASES_ROLE
+    )
     _check_signed(targets.signed, RELEASES_ROLE, releases)
     _check_fresh(releases, RELEASES_ROLE, trust.releases_version, now)
     if not role.is_delegated_path(header.target):
         raise VerificationError(f"{header.target} is not a path the releases role may sign")
+    kept = releases.signed_bytes != _load(header.releases, Targets, RELEASES_ROLE).signed_bytes
+    if kept and header.target not in releases.signed.targets:
+        raise VerificationError(
+            f"{header.target} was withdrawn: the releases metadata v{releases.signed.version} "
+            "this device has seen no longer lists it"
+        )
 
     entry = releases.signed.targets.get(header.target)
     if entry is None:
@@ -128,6 +143,8 @@ def verify_bundle(
             root=new_roots[-1] if new_roots else trust.root,
             targets_version=targets.signed.version,
             releases_version=releases.signed.version,
+            targets=targets.to_bytes(),
+            releases=releases.to_bytes(),
         ),
         downgrade=downgrade,
     )
@@ -205,6 +222,19 @@ def _role_keys(root: Metadata[Root], role: str) -> tuple[frozenset[str], int]:
     """The key ids and threshold ``root`` gives ``role``."""
     entry = root.signed.roles[role]
     return frozenset(entry.keyids), entry.threshold
+
+
+def _newest(
+    offered: str, kept: bytes | None, seen: int, kind: type[Targets], role: str
+) -> Metadata[Any]:
+    """The bundle's ``role`` metadata, or the device's kept copy where the bundle's is older
+    than what the device has seen and the copy is that version or newer (still checked by the
+    caller like the bundle's own)."""
+    md = _load(offered, kind, role)
+    if md.signed.version >= seen or kept is None:
+        return md
+    copy = _load(kept, kind, role)
+    return copy if copy.signed.version >= seen else md
 
 
 def _check_signed(delegator: Root | Targets, role: str, md: Metadata[Any]) -> None:

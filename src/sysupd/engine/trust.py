@@ -1,7 +1,9 @@
 """The device's persisted trust: the newest verified root and the metadata versions it has seen.
 
 Kept in ``<state_dir>/trust/``: ``root.json`` (newest verified root), ``N.root.json`` (each root
-as it was accepted) and ``versions.json``. The first start copies the file named by the
+as it was accepted), ``versions.json``, and ``targets.json`` and ``releases.json``: the newest
+verified metadata of an installed bundle, against which an older bundle of a release still
+listed there verifies. The first start copies the file named by the
 ``trust_root`` setting into ``root.json``; from then on the device's trust changes only by signed
 root rotation, never by editing that setting.
 
@@ -39,6 +41,10 @@ class TrustUpdate:
     """The newest verified root."""
     targets_version: int
     releases_version: int
+    targets: bytes | None = None
+    """The verified ``targets`` metadata to keep, if the release brought it."""
+    releases: bytes | None = None
+    """The verified ``releases`` metadata to keep, if the release brought it."""
 
 
 class TrustStore:
@@ -109,26 +115,47 @@ class TrustStore:
                 versions = {k: int(loaded[k]) for k in ("targets", "releases")}
             except (ValueError, KeyError, TypeError) as exc:
                 raise StateError(f"{versions_path} is corrupt: {exc}") from exc
-        return TrustState(root, versions.get("targets", 0), versions.get("releases", 0))
+        kept = {
+            role: self._read(self._dir / f"{role}.json")
+            for role in ("targets", "releases")
+            if (self._dir / f"{role}.json").exists()
+        }
+        return TrustState(
+            root,
+            versions.get("targets", 0),
+            versions.get("releases", 0),
+            kept.get("targets"),
+            kept.get("releases"),
+        )
 
     @staticmethod
     def update_for(verified: VerifiedBundle) -> TrustUpdate:
         """The trust an offline bundle brings."""
         trust = verified.trust
         return TrustUpdate(
-            verified.new_roots, trust.root, trust.targets_version, trust.releases_version
+            verified.new_roots,
+            trust.root,
+            trust.targets_version,
+            trust.releases_version,
+            trust.targets,
+            trust.releases,
         )
 
     def update_online(
         self, root: bytes, targets_version: int, releases_version: int
     ) -> TrustUpdate:
-        """The trust the online channel verified (versions never go back)."""
+        """The trust the online channel verified (versions never go back; the kept metadata
+        stays where the online versions are not newer)."""
         current = self.load()
+        targets = max(targets_version, current.targets_version)
+        releases = max(releases_version, current.releases_version)
         return TrustUpdate(
             () if root == current.root else (root,),
             root,
-            max(targets_version, current.targets_version),
-            max(releases_version, current.releases_version),
+            targets,
+            releases,
+            current.targets if targets == current.targets_version else None,
+            current.releases if releases == current.releases_version else None,
         )
 
     def stage(self, update: TrustUpdate, slot: str) -> None:
@@ -139,6 +166,11 @@ class TrustStore:
             "root": base64.b64encode(update.root).decode("ascii"),
             "targets": update.targets_version,
             "releases": update.releases_version,
+            "metadata": {
+                role: base64.b64encode(data).decode("ascii")
+                for role, data in (("targets", update.targets), ("releases", update.releases))
+                if data is not None
+            },
         }
         self._dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self._pending, json.dumps(record).encode())
@@ -153,11 +185,14 @@ class TrustStore:
             return False
         try:
             record = json.loads(self._read(self._pending))
+            metadata = {k: base64.b64decode(v) for k, v in record.get("metadata", {}).items()}
             update = TrustUpdate(
                 tuple(base64.b64decode(r) for r in record["new_roots"]),
                 base64.b64decode(record["root"]),
                 int(record["targets"]),
                 int(record["releases"]),
+                metadata.get("targets"),
+                metadata.get("releases"),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise StateError(f"{self._pending} is corrupt: {exc}") from exc
@@ -193,6 +228,11 @@ class TrustStore:
             atomic_write(self._dir / f"{version}.root.json", data)
         if update.new_roots or not (self._dir / "root.json").exists():
             atomic_write(self._dir / "root.json", update.root)
+        for role, metadata in (("targets", update.targets), ("releases", update.releases)):
+            if metadata is not None:
+                atomic_write(self._dir / f"{role}.json", metadata)
+            else:  # newer versions came without their metadata: the kept copy no longer speaks
+                (self._dir / f"{role}.json").unlink(missing_ok=True)
         versions = {"targets": update.targets_version, "releases": update.releases_version}
         atomic_write(self._dir / "versions.json", json.dumps(versions).encode())
 
