@@ -477,3 +477,27 @@ async def test_stale_mirror_is_refused_after_an_offline_install(
     assert after == status, "the stale mirror's 1.0.0 replaced the pending 1.1.0"
     assert after["slots"]["B"]["version"] == "1.1.0"
     assert _trust(service) == trust
+
+
+async def test_a_fast_forward_is_recovered_by_rotating_the_targets_key(
+    tmp_path: Path, repo: ReleaseRepository, start_service: ServiceFactory, connect: ClientFactory
+) -> None:
+    """An attacker who held the targets key made the device see targets and releases v999: every
+    honest server reads as a rollback until the targets key is rotated; then the versions seen
+    under the old key no longer bind (issue 11; the TUF specification's fast-forward recovery)."""
+    with serve_repo(repo, tmp_path / "server") as url:
+        service = await start_service(**online_overrides(repo, url))
+        trust = service.config.state_dir / "trust"
+        trust.mkdir(parents=True, exist_ok=True)
+        (trust / "versions.json").write_text(json.dumps({"targets": 999, "releases": 999}))
+        admin = await connect(service, login=ADMIN)
+        await _check_refused(admin, service, _ROLLBACK)
+        repo.rotate_key("targets")
+        assert (await checked(admin, service))["version"] == "1.1.0"
+        await _install_succeeds(admin)
+    versions = json.loads((trust / "versions.json").read_bytes())
+    assert versions == {
+        "targets": repo.metadata_versions()["targets"],
+        "releases": repo.metadata_versions()["releases"],
+    }
+    assert _trusted_root(service)["version"] == 2, "the rotated root is kept"

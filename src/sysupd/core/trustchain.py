@@ -41,7 +41,14 @@ from sysupd.core.manifest import Manifest, parse_manifest
 from sysupd.core.versions import Version
 from sysupd.errors import VerificationError
 
-__all__ = ["ReleasePolicy", "TrustState", "VerifiedBundle", "check_policy", "verify_bundle"]
+__all__ = [
+    "ReleasePolicy",
+    "TrustState",
+    "VerifiedBundle",
+    "check_policy",
+    "targets_keys_rotated",
+    "verify_bundle",
+]
 
 RELEASES_ROLE = "releases"
 
@@ -148,6 +155,18 @@ def verify_bundle(
         ),
         downgrade=downgrade,
     )
+
+
+def targets_keys_rotated(old_root: bytes, new_root: bytes) -> bool:
+    """Whether ``new_root`` gives the targets role other keys or another threshold than
+    ``old_root``: then the metadata versions seen under the old keys no longer bind (the TUF
+    specification's recovery from a fast-forward attack).
+
+    Raises:
+        VerificationError: a root cannot be parsed.
+    """
+    old, new = _load(old_root, Root, "root"), _load(new_root, Root, "root")
+    return _role_keys(old, "targets") != _role_keys(new, "targets")
 
 
 def check_policy(manifest: Manifest, policy: ReleasePolicy) -> bool:

@@ -22,7 +22,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from sysupd.core.trustchain import TrustState, VerifiedBundle
+from sysupd.core.trustchain import TrustState, VerifiedBundle, targets_keys_rotated
 from sysupd.errors import ConfigError, StateError
 from sysupd.fsutil import atomic_write, read_capped
 
@@ -144,9 +144,12 @@ class TrustStore:
     def update_online(
         self, root: bytes, targets_version: int, releases_version: int
     ) -> TrustUpdate:
-        """The trust the online channel verified (versions never go back; the kept metadata
-        stays where the online versions are not newer)."""
+        """The trust the online channel verified (versions never go back, unless the targets
+        keys were rotated: fast-forward recovery; the kept metadata stays where the online
+        versions are not newer)."""
         current = self.load()
+        if targets_keys_rotated(current.root, root):
+            return TrustUpdate((root,), root, targets_version, releases_version)
         targets = max(targets_version, current.targets_version)
         releases = max(releases_version, current.releases_version)
         return TrustUpdate(

@@ -24,7 +24,12 @@ from tuf.api.metadata import DelegatedRole, Metadata, TargetFile, Targets
 from tuf.ngclient import Updater, UpdaterConfig
 
 from sysupd.core.manifest import Manifest, parse_manifest
-from sysupd.core.trustchain import ReleasePolicy, TrustState, check_policy
+from sysupd.core.trustchain import (
+    ReleasePolicy,
+    TrustState,
+    check_policy,
+    targets_keys_rotated,
+)
 from sysupd.core.versions import Version
 from sysupd.errors import AcquireError, VerificationError
 from sysupd.fsutil import read_capped
@@ -168,7 +173,11 @@ class OnlineChannel:
 
     def _check_seen(self, releases: Metadata[Targets]) -> Metadata[Targets]:
         """Refuse metadata older than what the device already trusts from any path (an offline
-        bundle may have brought newer versions than this server's cache has seen)."""
+        bundle may have brought newer versions than this server's cache has seen) — unless the
+        targets keys were rotated since: versions seen under the old keys no longer bind."""
+        current_root = read_capped(self._cache / "root.json", 4 * 1024 * 1024)
+        if targets_keys_rotated(self._seen.root, current_root):
+            return releases
         targets = Metadata[Targets].from_bytes(read_capped(self._cache / "targets.json", 2**24))
         for role, version, seen in (
             ("targets", targets.signed.version, self._seen.targets_version),
