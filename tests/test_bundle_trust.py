@@ -11,7 +11,7 @@ import pytest
 
 from sysupd.core.trustchain import ReleasePolicy, TrustState, VerifiedBundle, verify_bundle
 from sysupd.core.versions import parse_version
-from sysupd.errors import VerificationError
+from sysupd.errors import RefusedAfterRoots, VerificationError
 from sysupd.release._metadata import RepositoryMetadata
 from sysupd.release.repository import ReleaseRepository
 from sysupd.system.clock import SystemClock
@@ -251,3 +251,24 @@ def test_a_bundle_of_a_withdrawn_release_is_refused_saying_so(tmp_path: Path) ->
     )
     with pytest.raises(VerificationError, match=r"1\.1\.0\.tar.* was withdrawn: the releases"):
         verify_bundle(old, device, POLICY, NOW)
+
+
+def test_verified_roots_are_kept_when_the_bundle_is_refused_later(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, "1.0.0")
+    repo.rotate_key("root")
+    repo.rotate_key("root")
+    header = read_header(_bundle(repo, "1.0.0", tmp_path))
+    with pytest.raises(RefusedAfterRoots, match="another-box") as refused:
+        verify_bundle(header, _trust(repo), ReleasePolicy("another-box", None), NOW)
+    assert [json.loads(r)["signed"]["version"] for r in refused.value.roots] == [2, 3]
+    broken_v3 = json.loads(header.roots[2])
+    broken_v3["signatures"] = []
+    half = dataclasses.replace(header, roots=(*header.roots[:2], json.dumps(broken_v3)))
+    with pytest.raises(RefusedAfterRoots, match="root v3 is not signed") as cut:
+        verify_bundle(half, _trust(repo), POLICY, NOW)
+    assert [json.loads(r)["signed"]["version"] for r in cut.value.roots] == [2]
+    unrotated = make_repo(tmp_path / "plain", "1.0.0")
+    plain = read_header(_bundle(unrotated, "1.0.0", tmp_path / "plain"))
+    with pytest.raises(VerificationError) as nothing_new:
+        verify_bundle(plain, _trust(unrotated), ReleasePolicy("another-box", None), NOW)
+    assert not isinstance(nothing_new.value, RefusedAfterRoots)

@@ -225,3 +225,19 @@ def test_an_older_bundle_still_installs_after_newer_metadata_was_seen(tmp_path: 
     manifest = make_engine(state, repo).install(BundleFile(old))
     assert str(manifest.version) == "1.1.0"
     assert json.loads((state / "trust" / "releases.json").read_bytes()) == kept, "kept as is"
+
+
+def test_a_refused_bundle_still_leaves_its_verified_roots_trusted(tmp_path: Path) -> None:
+    """The TUF client workflow keeps each verified root: a bundle refused for its release (here:
+    another product) still rotates the device's root, so the rotated-out key stops counting."""
+    repo = make_repo(tmp_path, "1.1.0")
+    state = tmp_path / "state"
+    engine = booted_engine(state, repo, product="another-box")
+    repo.rotate_key("root")
+    lines: list[str] = []
+    with pytest.raises(VerificationError, match="another-box"):
+        engine.install(BundleFile(bundle_file(repo, tmp_path, "1.1.0")), log=lines.append)
+    assert json.loads((state / "trust" / "root.json").read_bytes())["signed"]["version"] == 2
+    assert (state / "trust" / "2.root.json").exists()
+    assert _versions(state) is None, "the versions go only with an installed release"
+    assert any("kept the newer roots this bundle brought (v2)" in line for line in lines)

@@ -38,6 +38,7 @@ __all__ = [
     "MethodNotAllowed",
     "NotFound",
     "PayloadTooLarge",
+    "RefusedAfterRoots",
     "ServerError",
     "StateError",
     "SysupdError",
@@ -168,6 +169,16 @@ class AcquireError(UpdateError):
 
 class VerificationError(UpdateError):
     """The update is not trusted or not acceptable; never installed, never retried blindly."""
+
+
+class RefusedAfterRoots(VerificationError):
+    """A bundle refused after its root chain verified: the newer roots are trusted all the same,
+    as the TUF client workflow keeps each verified root (so rotated-out keys stop counting)."""
+
+    def __init__(self, message: str, roots: tuple[bytes, ...]) -> None:
+        super().__init__(message)
+        self.roots = roots
+        """The verified roots newer than the trusted one, oldest first."""
 
 
 class UpdateBusy(UpdateError):

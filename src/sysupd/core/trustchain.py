@@ -39,7 +39,7 @@ from tuf.api.serialization import DeserializationError
 from sysupd.core.bundle_format import BundleHeader
 from sysupd.core.manifest import Manifest, parse_manifest
 from sysupd.core.versions import Version
-from sysupd.errors import VerificationError
+from sysupd.errors import RefusedAfterRoots, VerificationError
 
 __all__ = [
     "ReleasePolicy",
@@ -97,10 +97,29 @@ def verify_bundle(
     """Verify ``header`` against ``trust`` and ``policy`` at time ``now``.
 
     Raises:
-        VerificationError: naming the first check that failed.
+        VerificationError: naming the first check that failed; ``RefusedAfterRoots`` (with the
+            verified newer roots, to keep all the same) when it failed after the root chain.
     """
     trusted = _load(trust.root, Root, "root")
     root, new_roots = _walk_roots(trusted, header.roots)
+    try:
+        return _verify_above_roots(header, trust, policy, now, trusted, root, new_roots)
+    except VerificationError as exc:
+        if not new_roots:
+            raise
+        raise RefusedAfterRoots(str(exc), new_roots) from exc
+
+
+def _verify_above_roots(
+    header: BundleHeader,
+    trust: TrustState,
+    policy: ReleasePolicy,
+    now: datetime,
+    trusted: Metadata[Root],
+    root: Metadata[Root],
+    new_roots: tuple[bytes, ...],
+) -> VerifiedBundle:
+    """``verify_bundle`` from the newest verified root on."""
     if root.signed.is_expired(now):
         raise VerificationError(f"root metadata v{root.signed.version} has expired")
     if _role_keys(root, "targets") != _role_keys(trusted, "targets"):
@@ -209,23 +228,33 @@ def _walk_roots(
     newest = max(by_version, default=0)
     accepted: list[bytes] = []
     while root.signed.version < newest:
-        version = root.signed.version + 1
-        found = by_version.get(version)
-        if found is None:
-            raise VerificationError(f"the bundle's root chain is missing version {version}")
-        new_root = _load(found, Root, "root")
-        if new_root.signed.version != version:
-            raise VerificationError(f"root v{version} cannot be parsed as that version")
         try:
-            root.signed.verify_delegate("root", new_root.signed_bytes, new_root.signatures)
-            new_root.signed.verify_delegate("root", new_root.signed_bytes, new_root.signatures)
-        except UnsignedMetadataError as exc:
-            raise VerificationError(
-                f"root v{version} is not signed by the keys of v{version - 1} and its own"
-            ) from exc
-        root = new_root
-        accepted.append(found)
+            root = _next_root(root, by_version)
+        except VerificationError as exc:
+            if not accepted:
+                raise
+            raise RefusedAfterRoots(str(exc), tuple(accepted)) from exc  # each kept as verified
+        accepted.append(by_version[root.signed.version])
     return root, tuple(accepted)
+
+
+def _next_root(root: Metadata[Root], by_version: dict[int, bytes]) -> Metadata[Root]:
+    """The root after ``root``, verified: signed by ``root``'s threshold and by its own."""
+    version = root.signed.version + 1
+    found = by_version.get(version)
+    if found is None:
+        raise VerificationError(f"the bundle's root chain is missing version {version}")
+    new_root = _load(found, Root, "root")
+    if new_root.signed.version != version:
+        raise VerificationError(f"root v{version} cannot be parsed as that version")
+    try:
+        root.signed.verify_delegate("root", new_root.signed_bytes, new_root.signatures)
+        new_root.signed.verify_delegate("root", new_root.signed_bytes, new_root.signatures)
+    except UnsignedMetadataError as exc:
+        raise VerificationError(
+            f"root v{version} is not signed by the keys of v{version - 1} and its own"
+        ) from exc
+    return new_root
 
 
 def _version_of(text: str) -> int | None:

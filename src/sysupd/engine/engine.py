@@ -10,6 +10,7 @@ and its boot entry are never touched, and an interruption at any instant boots w
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,7 +40,14 @@ from sysupd.engine.state import (
 from sysupd.engine.status import BootVerdict, EngineStatus, SlotStatus
 from sysupd.engine.stream import VerifiedReader
 from sysupd.engine.trust import TrustStore, TrustUpdate
-from sysupd.errors import AcquireError, BootError, InstallError, StateError, VerificationError
+from sysupd.errors import (
+    AcquireError,
+    BootError,
+    InstallError,
+    RefusedAfterRoots,
+    StateError,
+    VerificationError,
+)
 from sysupd.slots.base import PayloadSpec, SlotWriter
 from sysupd.sources.base import Acquired, DeviceView, Log, Source
 from sysupd.system.clock import Clock
@@ -261,7 +269,14 @@ class Engine:
         header = read_bundle_header(acquired.stream)
         job.advance(JobState.VERIFYING)
         report(JobState.VERIFYING, 0, 0)
-        verified = verify_bundle(header, self.trust.load(), self.policy(state), self.clock.utcnow())
+        try:
+            verified = verify_bundle(
+                header, self.trust.load(), self.policy(state), self.clock.utcnow()
+            )
+        except RefusedAfterRoots as exc:
+            self.trust.keep_roots(exc.roots)  # verified: trusted even though the bundle is not
+            say(f"kept the newer roots this bundle brought (v{_root_versions(exc.roots)})")
+            raise
         manifest = verified.manifest
         check_payload_size(acquired.stream, manifest.length)
         say(
@@ -456,3 +471,7 @@ def _enter_source(
         return stack.enter_context(source.open(device, say))
     except OSError as exc:
         raise AcquireError(f"{source.label} could not be opened: {exc}") from exc
+
+
+def _root_versions(roots: tuple[bytes, ...]) -> str:
+    return ", v".join(str(json.loads(root)["signed"]["version"]) for root in roots)

@@ -225,12 +225,30 @@ class TrustStore:
         else:
             self.discard_pending()
 
-    def _commit(self, update: TrustUpdate) -> None:
-        for data in update.new_roots:
+    def keep_roots(self, roots: tuple[bytes, ...]) -> None:
+        """Trust ``roots`` (verified, newer than the trusted one, oldest first) from now on,
+        whatever becomes of the bundle that brought them.
+
+        Raises:
+            StateError: the trust directory cannot be written.
+        """
+        if not roots:
+            return
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True)
+            self._write_roots(roots, roots[-1])
+        except OSError as exc:
+            raise StateError(f"cannot keep the verified roots in {self._dir}: {exc}") from exc
+
+    def _write_roots(self, roots: tuple[bytes, ...], newest: bytes) -> None:
+        for data in roots:
             version = json.loads(data)["signed"]["version"]
             atomic_write(self._dir / f"{version}.root.json", data)
-        if update.new_roots or not (self._dir / "root.json").exists():
-            atomic_write(self._dir / "root.json", update.root)
+        if roots or not (self._dir / "root.json").exists():
+            atomic_write(self._dir / "root.json", newest)
+
+    def _commit(self, update: TrustUpdate) -> None:
+        self._write_roots(update.new_roots, update.root)
         for role, metadata in (("targets", update.targets), ("releases", update.releases)):
             if metadata is not None:
                 atomic_write(self._dir / f"{role}.json", metadata)
