@@ -272,3 +272,31 @@ def test_verified_roots_are_kept_when_the_bundle_is_refused_later(tmp_path: Path
     with pytest.raises(VerificationError) as nothing_new:
         verify_bundle(plain, _trust(unrotated), ReleasePolicy("another-box", None), NOW)
     assert not isinstance(nothing_new.value, RefusedAfterRoots)
+
+
+def test_metadata_with_a_key_twice_is_refused(tmp_path: Path) -> None:
+    """Two parsers may keep different copies of a repeated key: refused before anything else."""
+    repo = make_repo(tmp_path, "1.0.0")
+    header = read_header(_bundle(repo, "1.0.0", tmp_path))
+    text = header.releases
+    doubled = text.replace('"signed": {', '"signed": {"_type": "targets", ', 1)
+    assert doubled != text
+    with pytest.raises(VerificationError, match=r"releases metadata cannot be parsed: .*'_type'"):
+        verify_bundle(dataclasses.replace(header, releases=doubled), _trust(repo), POLICY, NOW)
+
+
+def test_unknown_fields_are_kept_under_the_signature(tmp_path: Path) -> None:
+    """The TUF specification lets metadata carry fields a client does not know. Under "signed"
+    they count for the signature (one added after signing breaks it); outside it they are
+    ignored."""
+    repo = make_repo(tmp_path, "1.0.0")
+    header = read_header(_bundle(repo, "1.0.0", tmp_path))
+    releases = json.loads(header.releases)
+    releases["signed"]["x-sysupd-future"] = {"anything": [1, 2]}
+    forged = dataclasses.replace(header, releases=json.dumps(releases))
+    with pytest.raises(VerificationError, match="releases metadata is not signed"):
+        verify_bundle(forged, _trust(repo), POLICY, NOW)
+    releases["x-outside-signed"] = True  # outside "signed": not covered, and ignored
+    del releases["signed"]["x-sysupd-future"]
+    tolerated = dataclasses.replace(header, releases=json.dumps(releases))
+    assert verify_bundle(tolerated, _trust(repo), POLICY, NOW).manifest.version

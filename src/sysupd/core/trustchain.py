@@ -313,9 +313,24 @@ def _check_fresh(md: Metadata[Targets], role: str, seen_version: int, now: datet
 def _load(data: str | bytes, kind: type[Root] | type[Targets], role: str) -> Metadata[Any]:
     raw = data.encode("utf-8") if isinstance(data, str) else data
     try:
+        json.loads(raw, object_pairs_hook=_refuse_duplicates)
+    except ValueError as exc:
+        raise VerificationError(f"{role} metadata cannot be parsed: {exc}") from exc
+    try:
         md: Metadata[Any] = Metadata.from_bytes(raw)
     except (DeserializationError, ValueError, KeyError, TypeError) as exc:
         raise VerificationError(f"{role} metadata cannot be parsed: {exc}") from exc
     if md.signed.type != kind.type:
         raise VerificationError(f"expected {role} metadata, found {md.signed.type!r}")
     return md
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refused if it names a key twice: parsers disagree on which one counts,
+    and the signature covers only the one python-tuf keeps."""
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"the key {key!r} appears twice in one object")
+        seen[key] = value
+    return seen
