@@ -12,8 +12,10 @@ from sysupd.core.bundle_format import (
     decode_bundle_header,
     decode_bundle_prefix,
 )
+from sysupd.release import keys
+from sysupd.release._metadata import RepositoryMetadata
 from sysupd.release.repository import ReleaseRepository
-from sysupd.system.clock import ManualClock
+from sysupd.system.clock import ManualClock, SystemClock
 
 __all__ = ["PRODUCT", "make_repo", "make_tree", "read_header"]
 
@@ -47,3 +49,26 @@ def read_header(bundle: Path) -> BundleHeader:
     data = bundle.read_bytes()
     size = decode_bundle_prefix(data[:BUNDLE_PREFIX_BYTES])
     return decode_bundle_header(data[BUNDLE_PREFIX_BYTES : BUNDLE_PREFIX_BYTES + size])
+
+
+def fast_forward(repo: ReleaseRepository) -> tuple[bytes, bytes]:
+    """What an attacker who stole ``repo``'s targets key makes a device see: ``targets`` v999
+    (signed with the stolen key) delegating ``releases`` to a key of the attacker's own, and an
+    empty ``releases`` v999 signed with it; both valid today, so a device that verified them
+    keeps them and their versions, and refuses every honest release after."""
+    md = RepositoryMetadata(repo.path, SystemClock())
+    md.load()
+    attacker = keys.generate_signer()
+    targets, releases = md.targets, md.releases
+    assert targets.signed.delegations is not None
+    assert targets.signed.delegations.roles
+    role = targets.signed.delegations.roles["releases"]
+    for keyid in list(role.keyids):
+        targets.signed.revoke_key(keyid, "releases")
+    targets.signed.add_key(attacker.public_key, "releases")
+    targets.signed.version = 999
+    targets.sign(md.signer("targets"))
+    releases.signed.version = 999
+    releases.signed.targets.clear()  # it lists nothing: every honest release reads as withdrawn
+    releases.sign(attacker)
+    return targets.to_bytes(), releases.to_bytes()

@@ -12,10 +12,11 @@ import pytest
 from sysupd.core.trustchain import ReleasePolicy, TrustState, VerifiedBundle, verify_bundle
 from sysupd.core.versions import parse_version
 from sysupd.errors import RefusedAfterRoots, VerificationError
+from sysupd.release import keys
 from sysupd.release._metadata import RepositoryMetadata
 from sysupd.release.repository import ReleaseRepository
 from sysupd.system.clock import SystemClock
-from tests.releases import PRODUCT, make_repo, read_header
+from tests.releases import PRODUCT, fast_forward, make_repo, read_header
 
 NOW = datetime.now(UTC)
 POLICY = ReleasePolicy(PRODUCT, None)
@@ -190,19 +191,70 @@ def test_two_different_roots_of_one_version_are_refused(tmp_path: Path) -> None:
 
 
 def test_a_fast_forward_is_recovered_by_rotating_the_targets_key(tmp_path: Path) -> None:
-    """An attacker who held the targets key made the device see targets v999 (fast-forward):
-    every honest bundle would be a "rollback" until the targets key is rotated; then the versions
-    seen under the old key no longer bind, as the TUF specification says."""
+    """An attacker who stole the targets key made the device see (and keep) targets and releases
+    v999: every honest bundle reads as a rollback until the targets key is rotated; then the
+    metadata that set those floors no longer verifies, and they no longer bind (the TUF
+    specification's fast-forward recovery)."""
     repo = make_repo(tmp_path, "1.0.0")
-    forwarded = dataclasses.replace(_trust(repo), targets_version=999, releases_version=999)
+    targets, releases = fast_forward(repo)
+    forwarded = TrustState(_trust(repo).root, 999, 999, targets, releases)
     header = read_header(_bundle(repo, "1.0.0", tmp_path))
-    with pytest.raises(VerificationError, match=r"targets metadata v.* is older than v999"):
+    with pytest.raises(VerificationError, match="was withdrawn"):
         verify_bundle(header, forwarded, POLICY, NOW)
     repo.rotate_key("targets")
     recovered = verify_bundle(read_header(_bundle(repo, "1.0.0", tmp_path)), forwarded, POLICY, NOW)
     assert recovered.trust.targets_version < 999
     assert recovered.trust.releases_version < 999
     assert [json.loads(r)["signed"]["version"] for r in recovered.new_roots] == [2]
+
+
+def test_a_floor_set_by_kept_metadata_binds_while_it_still_verifies(tmp_path: Path) -> None:
+    """A root that only adds a targets key (the old one stays) is no rotation: the floors and
+    the kept copy still bind, so a withdrawn release stays refused (review of issue 11)."""
+    repo = make_repo(tmp_path, "1.1.0", "1.2.0")
+    old = read_header(_bundle(repo, "1.1.0", tmp_path))
+    _withdraw(repo, "1.1.0")
+    device = verify_bundle(
+        read_header(_bundle(repo, "1.2.0", tmp_path)), _trust(repo), POLICY, NOW
+    ).trust
+    md = RepositoryMetadata(repo.path, SystemClock())
+    with md.locked():
+        md.load()
+        md.root.signed.add_key(keys.generate_signer().public_key, "targets")
+        md.commit("root", md.root, signers=[md.signer("root")])
+        md.commit_snapshot_and_timestamp()
+    roots = tuple((repo.path / "metadata" / f"{v}.root.json").read_text() for v in (1, 2))
+    with pytest.raises(VerificationError, match="was withdrawn"):
+        verify_bundle(dataclasses.replace(old, roots=roots), device, POLICY, NOW)
+
+
+def test_a_floor_of_a_version_number_alone_always_binds(tmp_path: Path) -> None:
+    """Without the metadata that set it there is nothing to re-verify: the floor binds, even
+    across a targets key rotation (conservative)."""
+    repo = make_repo(tmp_path, "1.0.0")
+    numbers = dataclasses.replace(_trust(repo), targets_version=999, releases_version=999)
+    repo.rotate_key("targets")
+    with pytest.raises(VerificationError, match=r"older than v999"):
+        verify_bundle(read_header(_bundle(repo, "1.0.0", tmp_path)), numbers, POLICY, NOW)
+
+
+def test_a_fast_forward_of_releases_is_recovered_by_rotating_the_releases_key(
+    tmp_path: Path,
+) -> None:
+    repo = make_repo(tmp_path, "1.0.0")
+    md = RepositoryMetadata(repo.path, SystemClock())
+    md.load()
+    md.releases.signed.version = 999
+    md.releases.signed.targets.clear()  # lists nothing: every honest release reads as withdrawn
+    md.releases.sign(md.signer("releases"))  # with the stolen releases key
+    device = dataclasses.replace(
+        _trust(repo), releases_version=999, releases=md.releases.to_bytes()
+    )
+    with pytest.raises(VerificationError, match="was withdrawn"):
+        verify_bundle(read_header(_bundle(repo, "1.0.0", tmp_path)), device, POLICY, NOW)
+    repo.rotate_key("releases")
+    recovered = verify_bundle(read_header(_bundle(repo, "1.0.0", tmp_path)), device, POLICY, NOW)
+    assert recovered.trust.releases_version < 999
 
 
 def _withdraw(repo: ReleaseRepository, version: str) -> None:

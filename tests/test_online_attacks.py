@@ -34,7 +34,7 @@ from tests.conftest import ADMIN, ClientFactory, ServiceFactory, boot_settled
 from tests.nginx import nginx_serving
 from tests.offline import upload, wait_final
 from tests.online import checked, copy_published, online_overrides, serve_repo
-from tests.releases import PRODUCT, make_repo, make_tree
+from tests.releases import PRODUCT, fast_forward, make_repo, make_tree
 
 _SERIALIZER = JSONSerializer(compact=False)
 _ROLLBACK = r"rollback|rolled back|older than|version \d+ must be >= \d+"
@@ -482,13 +482,17 @@ async def test_stale_mirror_is_refused_after_an_offline_install(
 async def test_a_fast_forward_is_recovered_by_rotating_the_targets_key(
     tmp_path: Path, repo: ReleaseRepository, start_service: ServiceFactory, connect: ClientFactory
 ) -> None:
-    """An attacker who held the targets key made the device see targets and releases v999: every
-    honest server reads as a rollback until the targets key is rotated; then the versions seen
-    under the old key no longer bind (issue 11; the TUF specification's fast-forward recovery)."""
+    """An attacker who held the targets key made the device see (and keep) targets and releases
+    v999: every honest server reads as a rollback until the targets key is rotated; then the
+    metadata that set those floors no longer verifies and they no longer bind (issue 11; the TUF
+    specification's fast-forward recovery)."""
     with serve_repo(repo, tmp_path / "server") as url:
         service = await start_service(**online_overrides(repo, url))
         trust = service.config.state_dir / "trust"
         trust.mkdir(parents=True, exist_ok=True)
+        targets, releases = fast_forward(repo)  # verified and kept by the device back then
+        (trust / "targets.json").write_bytes(targets)
+        (trust / "releases.json").write_bytes(releases)
         (trust / "versions.json").write_text(json.dumps({"targets": 999, "releases": 999}))
         admin = await connect(service, login=ADMIN)
         await _check_refused(admin, service, _ROLLBACK)
@@ -496,6 +500,8 @@ async def test_a_fast_forward_is_recovered_by_rotating_the_targets_key(
         assert (await checked(admin, service))["version"] == "1.1.0"
         await _install_succeeds(admin)
     versions = json.loads((trust / "versions.json").read_bytes())
+    kept = json.loads((trust / "releases.json").read_bytes())
+    assert kept["signed"]["version"] == versions["releases"], "the online metadata is kept"
     assert versions == {
         "targets": repo.metadata_versions()["targets"],
         "releases": repo.metadata_versions()["releases"],

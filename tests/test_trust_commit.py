@@ -15,6 +15,7 @@ import pytest
 
 from sysupd.boot.adapter import make_bootloader
 from sysupd.core.bootenv import BootEnv
+from sysupd.engine.trust import TrustStore, TrustUpdate
 from sysupd.errors import VerificationError
 from sysupd.release.repository import ReleaseRepository
 from sysupd.sources.bundlefile import BundleFile
@@ -240,4 +241,20 @@ def test_a_refused_bundle_still_leaves_its_verified_roots_trusted(tmp_path: Path
     assert json.loads((state / "trust" / "root.json").read_bytes())["signed"]["version"] == 2
     assert (state / "trust" / "2.root.json").exists()
     assert _versions(state) is None, "the versions go only with an installed release"
-    assert any("kept the newer roots this bundle brought (v2)" in line for line in lines)
+    assert any("now trusting the newer roots this bundle brought (v2)" in line for line in lines)
+
+
+def test_the_trusted_root_never_goes_back(tmp_path: Path) -> None:
+    """A trust staged before a refused bundle rotated the root further (kept at once) is
+    committed later: its older root must not replace the newer one (review of issue 11)."""
+    repo = make_repo(tmp_path, "1.1.0")
+    repo.rotate_key("root")
+    repo.rotate_key("root")
+    v2, v3 = ((repo.path / "metadata" / f"{v}.root.json").read_bytes() for v in (2, 3))
+    store = TrustStore(tmp_path / "trust", str(repo.path / "metadata" / "1.root.json"))
+    store.adopt()
+    store.stage(TrustUpdate((v2,), v2, 1, 1), "B")
+    store.keep_roots((v2, v3))
+    assert store.commit_pending()
+    assert store.load().root == v3
+    assert (tmp_path / "trust" / "2.root.json").read_bytes() == v2

@@ -9,12 +9,13 @@ freshness roles (snapshot, timestamp):
    ignored; two different roots of one version are refused); the newest root must not be
    expired;
 2. ``targets`` signed by the root's targets keys, not expired, not older than the device has seen
-   — unless the chain rotated the targets keys: then the versions seen under the old keys no
-   longer bind (the TUF specification's recovery from a fast-forward attack), for ``releases``
-   too, which ``targets`` delegates. A bundle whose metadata is older than what the device has
-   seen is not refused for that when the device kept that newer metadata: it is checked against
-   the device's copy instead (signed by today's keys, not expired), which must still list the
-   bundle's target — a release withdrawn since is refused, saying so;
+   — a floor that binds while the metadata that set it (which the device kept) still verifies
+   under the current root; once a key rotation removed the keys that signed it, it no longer
+   binds (the TUF specification's recovery from a fast-forward attack); likewise ``releases``
+   under the current ``targets`` delegation. A bundle whose metadata is older than what the
+   device has seen is not refused for that when the device kept that newer metadata: it is
+   checked against the device's copy instead (signed by today's keys, not expired), which must
+   still list the bundle's target — a release withdrawn since is refused, saying so;
 3. ``releases`` signed by the keys ``targets`` delegates to it, not expired, not older than seen,
    and delegated the bundle's target path;
 4. the target entry and its chunk list (checked against its signed length and hash);
@@ -46,7 +47,7 @@ __all__ = [
     "TrustState",
     "VerifiedBundle",
     "check_policy",
-    "targets_keys_rotated",
+    "seen_floors",
     "verify_bundle",
 ]
 
@@ -103,7 +104,7 @@ def verify_bundle(
     trusted = _load(trust.root, Root, "root")
     root, new_roots = _walk_roots(trusted, header.roots)
     try:
-        return _verify_above_roots(header, trust, policy, now, trusted, root, new_roots)
+        return _verify_above_roots(header, trust, policy, now, root, new_roots)
     except VerificationError as exc:
         if not new_roots:
             raise
@@ -115,30 +116,26 @@ def _verify_above_roots(
     trust: TrustState,
     policy: ReleasePolicy,
     now: datetime,
-    trusted: Metadata[Root],
     root: Metadata[Root],
     new_roots: tuple[bytes, ...],
 ) -> VerifiedBundle:
     """``verify_bundle`` from the newest verified root on."""
     if root.signed.is_expired(now):
         raise VerificationError(f"root metadata v{root.signed.version} has expired")
-    if _role_keys(root, "targets") != _role_keys(trusted, "targets"):
-        trust = TrustState(trust.root)  # fast-forward recovery: new keys, versions start over
-
-    targets = _newest(header.targets, trust.targets, trust.targets_version, Targets, "targets")
+    floor = _floor(trust.targets, trust.targets_version, root.signed, "targets")
+    targets = _newest(header.targets, trust.targets, floor, Targets, "targets")
     _check_signed(root.signed, "targets", targets)
-    _check_fresh(targets, "targets", trust.targets_version, now)
+    _check_fresh(targets, "targets", floor, now)
 
     if not targets.signed.delegations or not targets.signed.delegations.roles:
         raise VerificationError("targets metadata delegates no releases role")
     role = targets.signed.delegations.roles.get(RELEASES_ROLE)
     if role is None:
         raise VerificationError("targets metadata delegates no releases role")
-    releases = _newest(
-        header.releases, trust.releases, trust.releases_version, Targets, RELEASES_ROLE
-    )
+    floor = _floor(trust.releases, trust.releases_version, targets.signed, RELEASES_ROLE)
+    releases = _newest(header.releases, trust.releases, floor, Targets, RELEASES_ROLE)
     _check_signed(targets.signed, RELEASES_ROLE, releases)
-    _check_fresh(releases, RELEASES_ROLE, trust.releases_version, now)
+    _check_fresh(releases, RELEASES_ROLE, floor, now)
     if not role.is_delegated_path(header.target):
         raise VerificationError(f"{header.target} is not a path the releases role may sign")
     kept = releases.signed_bytes != _load(header.releases, Targets, RELEASES_ROLE).signed_bytes
@@ -176,16 +173,24 @@ def _verify_above_roots(
     )
 
 
-def targets_keys_rotated(old_root: bytes, new_root: bytes) -> bool:
-    """Whether ``new_root`` gives the targets role other keys or another threshold than
-    ``old_root``: then the metadata versions seen under the old keys no longer bind (the TUF
-    specification's recovery from a fast-forward attack).
+def seen_floors(trust: TrustState, root: bytes, targets: bytes) -> tuple[int, int]:
+    """The versions of ``targets`` and ``releases`` below which metadata is a rollback, for a
+    channel whose verified root and targets are ``root`` and ``targets`` (the online path).
+
+    A floor binds while the metadata that set it still verifies under the current trust: after
+    a key rotation removed the keys that signed it, it no longer does, and the floor is lifted
+    (the TUF specification's recovery from a fast-forward attack). Where the device kept only a
+    version number, the floor always binds.
 
     Raises:
-        VerificationError: a root cannot be parsed.
+        VerificationError: ``root`` or ``targets`` cannot be parsed.
     """
-    old, new = _load(old_root, Root, "root"), _load(new_root, Root, "root")
-    return _role_keys(old, "targets") != _role_keys(new, "targets")
+    current_root = _load(root, Root, "root")
+    current_targets = _load(targets, Targets, "targets")
+    return (
+        _floor(trust.targets, trust.targets_version, current_root.signed, "targets"),
+        _floor(trust.releases, trust.releases_version, current_targets.signed, RELEASES_ROLE),
+    )
 
 
 def check_policy(manifest: Manifest, policy: ReleasePolicy) -> bool:
@@ -266,10 +271,20 @@ def _version_of(text: str) -> int | None:
     return version if isinstance(version, int) and not isinstance(version, bool) else None
 
 
-def _role_keys(root: Metadata[Root], role: str) -> tuple[frozenset[str], int]:
-    """The key ids and threshold ``root`` gives ``role``."""
-    entry = root.signed.roles[role]
-    return frozenset(entry.keyids), entry.threshold
+def _floor(kept: bytes | None, seen: int, delegator: Root | Targets, role: str) -> int:
+    """``seen``, while the kept metadata that set it still verifies under ``delegator`` (keys
+    added or a threshold lowered keep it binding; the signing keys rotated out lift it: 0)."""
+    if kept is None:
+        return seen
+    try:
+        md = _load(kept, Targets, role)
+    except VerificationError:
+        return seen  # a damaged copy never weakens the floor
+    try:
+        delegator.verify_delegate(role, md.signed_bytes, md.signatures)
+    except (UnsignedMetadataError, ValueError):
+        return 0
+    return seen
 
 
 def _newest(

@@ -261,9 +261,7 @@ class Engine:
             report(JobState.VERIFYING, 0, 0)
             if check_policy(signed.manifest, self.policy(state)):
                 say(f"downgrade to {signed.manifest.version} allowed by allow_downgrade")
-            trust = self.trust.update_online(
-                signed.root, signed.targets_version, signed.releases_version
-            )
+            trust = self.trust.update_online(signed)
             return Release(signed.manifest, signed.chunk_list, trust)
         started = self.clock.monotonic()
         header = read_bundle_header(acquired.stream)
@@ -274,9 +272,11 @@ class Engine:
                 header, self.trust.load(), self.policy(state), self.clock.utcnow()
             )
         except RefusedAfterRoots as exc:
-            self.trust.keep_roots(exc.roots)  # verified: trusted even though the bundle is not
-            say(f"kept the newer roots this bundle brought (v{_root_versions(exc.roots)})")
+            self._keep_roots(exc.roots, say)
             raise
+        # Each verified root is trusted at once, whatever becomes of this install (the TUF
+        # client workflow); versions and metadata go with the switch to the new slot.
+        self._keep_roots(verified.new_roots, say)
         manifest = verified.manifest
         check_payload_size(acquired.stream, manifest.length)
         say(
@@ -286,6 +286,16 @@ class Engine:
         if verified.downgrade:
             say(f"downgrade to {manifest.version} allowed by allow_downgrade")
         return Release(manifest, verified.chunk_list, self.trust.update_for(verified))
+
+    def _keep_roots(self, roots: tuple[bytes, ...], say: Log) -> None:
+        if not roots:
+            return
+        try:
+            self.trust.keep_roots(roots)
+        except StateError as exc:  # kept with the switch, or by the next bundle that brings them
+            say(f"the newer roots this bundle brought could not be kept yet: {exc}")
+        else:
+            say(f"now trusting the newer roots this bundle brought (v{_root_versions(roots)})")
 
     def target_slot(self) -> str:
         """The slot the next install goes to: the one the firmware did not boot.

@@ -22,9 +22,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from sysupd.core.trustchain import TrustState, VerifiedBundle, targets_keys_rotated
+from sysupd.core.trustchain import TrustState, VerifiedBundle
 from sysupd.errors import ConfigError, StateError
 from sysupd.fsutil import atomic_write, read_capped
+from sysupd.sources.base import SignedRelease
 
 __all__ = ["MAX_METADATA_BYTES", "TrustStore", "TrustUpdate"]
 
@@ -141,24 +142,17 @@ class TrustStore:
             trust.releases,
         )
 
-    def update_online(
-        self, root: bytes, targets_version: int, releases_version: int
-    ) -> TrustUpdate:
-        """The trust the online channel verified (versions never go back, unless the targets
-        keys were rotated: fast-forward recovery; the kept metadata stays where the online
-        versions are not newer)."""
+    def update_online(self, signed: SignedRelease) -> TrustUpdate:
+        """The trust the online channel verified: its newest root, and its versions and
+        metadata to keep (its seen-version check refused anything below the binding floors)."""
         current = self.load()
-        if targets_keys_rotated(current.root, root):
-            return TrustUpdate((root,), root, targets_version, releases_version)
-        targets = max(targets_version, current.targets_version)
-        releases = max(releases_version, current.releases_version)
         return TrustUpdate(
-            () if root == current.root else (root,),
-            root,
-            targets,
-            releases,
-            current.targets if targets == current.targets_version else None,
-            current.releases if releases == current.releases_version else None,
+            () if signed.root == current.root else (signed.root,),
+            signed.root,
+            signed.targets_version,
+            signed.releases_version,
+            signed.targets,
+            signed.releases,
         )
 
     def stage(self, update: TrustUpdate, slot: str) -> None:
@@ -241,11 +235,15 @@ class TrustStore:
             raise StateError(f"cannot keep the verified roots in {self._dir}: {exc}") from exc
 
     def _write_roots(self, roots: tuple[bytes, ...], newest: bytes) -> None:
+        """Keep ``roots`` and make ``newest`` the trusted root — never going back: a staged
+        trust older than roots kept since (by a refused bundle) leaves the newer root."""
         for data in roots:
-            version = json.loads(data)["signed"]["version"]
-            atomic_write(self._dir / f"{version}.root.json", data)
-        if roots or not (self._dir / "root.json").exists():
-            atomic_write(self._dir / "root.json", newest)
+            path = self._dir / f"{_root_version(data)}.root.json"
+            if not path.exists():
+                atomic_write(path, data)
+        current = self._dir / "root.json"
+        if not current.exists() or _root_version(newest) > _root_version(self._read(current)):
+            atomic_write(current, newest)
 
     def _commit(self, update: TrustUpdate) -> None:
         self._write_roots(update.new_roots, update.root)
@@ -262,3 +260,8 @@ class TrustStore:
             return read_capped(path, MAX_METADATA_BYTES)
         except OSError as exc:
             raise StateError(f"cannot read {path}: {exc}") from exc
+
+
+def _root_version(data: bytes) -> int:
+    version = json.loads(data)["signed"]["version"]
+    return int(version)

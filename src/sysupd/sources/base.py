@@ -70,6 +70,10 @@ class SignedRelease:
     """The newest root the channel verified, to keep once the release is installed."""
     targets_version: int
     releases_version: int
+    targets: bytes | None = None
+    """The verified ``targets`` metadata, for the device to keep."""
+    releases: bytes | None = None
+    """The verified ``releases`` metadata, for the device to keep."""
 
 
 @dataclass(frozen=True, slots=True)

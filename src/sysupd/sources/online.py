@@ -28,7 +28,7 @@ from sysupd.core.trustchain import (
     ReleasePolicy,
     TrustState,
     check_policy,
-    targets_keys_rotated,
+    seen_floors,
 )
 from sysupd.core.versions import Version
 from sysupd.errors import AcquireError, VerificationError
@@ -156,12 +156,15 @@ class OnlineChannel:
         url = f"{self._targets_url}{directory}/{candidate.manifest.sha256}.{name}"
         return url, self.fetcher.open_stream(url, candidate.manifest.length)
 
-    def trusted_versions(self) -> tuple[bytes, int, int]:
-        """The newest verified root and the targets and releases versions, after ``newest``."""
+    def trusted_versions(self) -> tuple[bytes, int, int, bytes, bytes]:
+        """After ``newest``: the newest verified root, the targets and releases versions, and
+        the verified targets and releases metadata (for the device to keep)."""
         root = read_capped(self._cache / "root.json", 4 * 1024 * 1024)
-        targets = Metadata[Targets].from_bytes(read_capped(self._cache / "targets.json", 2**24))
-        releases = Metadata[Targets].from_bytes(read_capped(self._cache / "releases.json", 2**24))
-        return root, targets.signed.version, releases.signed.version
+        targets_bytes = read_capped(self._cache / "targets.json", 2**24)
+        releases_bytes = read_capped(self._cache / "releases.json", 2**24)
+        targets = Metadata[Targets].from_bytes(targets_bytes)
+        releases = Metadata[Targets].from_bytes(releases_bytes)
+        return root, targets.signed.version, releases.signed.version, targets_bytes, releases_bytes
 
     def _delegation(self) -> DelegatedRole:
         targets = Metadata[Targets].from_bytes(read_capped(self._cache / "targets.json", 2**24))
@@ -173,15 +176,15 @@ class OnlineChannel:
 
     def _check_seen(self, releases: Metadata[Targets]) -> Metadata[Targets]:
         """Refuse metadata older than what the device already trusts from any path (an offline
-        bundle may have brought newer versions than this server's cache has seen) — unless the
-        targets keys were rotated since: versions seen under the old keys no longer bind."""
-        current_root = read_capped(self._cache / "root.json", 4 * 1024 * 1024)
-        if targets_keys_rotated(self._seen.root, current_root):
-            return releases
-        targets = Metadata[Targets].from_bytes(read_capped(self._cache / "targets.json", 2**24))
+        bundle may have brought newer versions than this server's cache has seen), while those
+        floors bind (see ``seen_floors``: a key rotation lifts them)."""
+        root = read_capped(self._cache / "root.json", 4 * 1024 * 1024)
+        targets_bytes = read_capped(self._cache / "targets.json", 2**24)
+        targets = Metadata[Targets].from_bytes(targets_bytes)
+        floors = seen_floors(self._seen, root, targets_bytes)
         for role, version, seen in (
-            ("targets", targets.signed.version, self._seen.targets_version),
-            ("releases", releases.signed.version, self._seen.releases_version),
+            ("targets", targets.signed.version, floors[0]),
+            ("releases", releases.signed.version, floors[1]),
         ):
             if version < seen:
                 raise VerificationError(

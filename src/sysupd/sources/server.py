@@ -66,11 +66,13 @@ class ServerSource:
                     f"{manifest.length} bytes, metadata verified"
                 )
                 chunks = channel.chunk_list(candidate)
-                root, targets_version, releases_version = channel.trusted_versions()
+                root, targets_version, releases_version, targets, releases = (
+                    channel.trusted_versions()
+                )
                 url, stream = channel.open_payload(candidate)
                 with stream:
                     release = SignedRelease(
-                        manifest, chunks, root, targets_version, releases_version
+                        manifest, chunks, root, targets_version, releases_version, targets, releases
                     )
                     yield Acquired(stream, url, release)
             finally:
