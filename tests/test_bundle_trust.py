@@ -352,3 +352,35 @@ def test_unknown_fields_are_kept_under_the_signature(tmp_path: Path) -> None:
     del releases["signed"]["x-sysupd-future"]
     tolerated = dataclasses.replace(header, releases=json.dumps(releases))
     assert verify_bundle(tolerated, _trust(repo), POLICY, NOW).manifest.version
+
+
+def _resigned_root(repo: ReleaseRepository, header_root: str, *, keep: str) -> str:
+    """Root v2 (signed by the old and the new root key) with only one of its signatures left:
+    ``keep`` is "old" or "new"."""
+    v1 = json.loads((repo.path / "metadata" / "1.root.json").read_bytes())
+    old_ids = set(v1["signed"]["roles"]["root"]["keyids"])
+    v2 = json.loads(header_root)
+    v2["signatures"] = [
+        sig for sig in v2["signatures"] if (sig["keyid"] in old_ids) == (keep == "old")
+    ]
+    assert v2["signatures"], "the rotation signed with both keys"
+    return json.dumps(v2)
+
+
+@pytest.mark.parametrize("keep", ["old", "new"])
+def test_a_new_root_needs_the_old_keys_and_its_own(tmp_path: Path, keep: str) -> None:
+    repo = make_repo(tmp_path, "1.0.0")
+    repo.rotate_key("root")
+    header = read_header(_bundle(repo, "1.0.0", tmp_path))
+    half = _resigned_root(repo, header.roots[1], keep=keep)
+    bad = dataclasses.replace(header, roots=(header.roots[0], half))
+    with pytest.raises(VerificationError, match="root v2 is not signed by the keys of v1 and its"):
+        verify_bundle(bad, _trust(repo), POLICY, NOW)
+
+
+def test_an_expired_newest_root_is_refused(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, "1.0.0", at=datetime(2024, 1, 1, tzinfo=UTC))
+    header = read_header(_bundle(repo, "1.0.0", tmp_path))
+    with pytest.raises(VerificationError, match="root metadata v1 has expired"):
+        verify_bundle(header, _trust(repo), POLICY, datetime(2026, 1, 2, tzinfo=UTC))
+    assert verify_bundle(header, _trust(repo), POLICY, datetime(2024, 6, 1, tzinfo=UTC))
