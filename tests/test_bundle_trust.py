@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from sysupd.core.trustchain import ReleasePolicy, TrustState, VerifiedBundle, verify_bundle
+from sysupd.core.trustchain import (
+    ReleasePolicy,
+    TrustState,
+    VerifiedBundle,
+    verify_bundle,
+    verify_metadata,
+)
 from sysupd.core.versions import parse_version
 from sysupd.errors import RefusedAfterRoots, VerificationError
 from sysupd.release import keys
@@ -384,3 +390,46 @@ def test_an_expired_newest_root_is_refused(tmp_path: Path) -> None:
     with pytest.raises(VerificationError, match="root metadata v1 has expired"):
         verify_bundle(header, _trust(repo), POLICY, datetime(2026, 1, 2, tzinfo=UTC))
     assert verify_bundle(header, _trust(repo), POLICY, datetime(2024, 6, 1, tzinfo=UTC))
+
+
+def test_verify_metadata_is_the_policy_free_seam(tmp_path: Path) -> None:
+    """The offline path's TUF checks alone, as the conformance client and the bundle check use
+    them: no product, no floor, no target."""
+    repo = make_repo(tmp_path, "1.1.0")
+    header = read_header(_bundle(repo, "1.1.0", tmp_path))
+    verified = verify_metadata(_trust(repo), header.roots, header.targets, header.releases, NOW)
+    assert verified.root.signed.version == 1
+    assert verified.new_roots == ()
+    assert not verified.kept_releases
+    kept = verified.trust(_trust(repo))
+    assert kept.releases_version == verified.releases.signed.version
+    repo.add_release("1.2.0", tree=tmp_path / "tree-1.1.0", compress="none", chunk_size=65536)
+    newer = read_header(_bundle(repo, "1.2.0", tmp_path))
+    seen = verify_metadata(kept, newer.roots, newer.targets, newer.releases, NOW).trust(kept)
+    again = verify_metadata(seen, header.roots, header.targets, header.releases, NOW)
+    assert again.kept_releases, "the older offered releases gave way to the kept newer copy"
+    assert again.releases.signed.version == seen.releases_version
+
+
+def test_a_root_below_its_threshold_is_refused(tmp_path: Path) -> None:
+    """Root v2 asks two signatures for root; v3 signed by only one of those keys is refused."""
+    repo = make_repo(tmp_path, "1.0.0")
+    md = RepositoryMetadata(repo.path, SystemClock())
+    second = keys.generate_signer()
+    with md.locked():
+        md.load()
+        first = md.signer("root")
+        md.root.signed.add_key(second.public_key, "root")
+        md.root.signed.roles["root"].threshold = 2
+        md.commit("root", md.root, signers=[first, second])
+        md.root.signed.version += 1
+        md.root.sign(first)  # v3 with one of the two signatures v2 requires
+        v3 = md.root.to_bytes()
+    header = read_header(_bundle(repo, "1.0.0", tmp_path))
+    v2 = (repo.path / "metadata" / "2.root.json").read_text()
+    short = dataclasses.replace(header, roots=(header.roots[0], v2, v3.decode()))
+    with pytest.raises(VerificationError, match="root v3 is not signed by the keys of v2"):
+        verify_bundle(short, _trust(repo), POLICY, NOW)
+    assert verify_bundle(
+        dataclasses.replace(header, roots=(header.roots[0], v2)), _trust(repo), POLICY, NOW
+    )

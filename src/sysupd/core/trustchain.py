@@ -34,7 +34,7 @@ from datetime import datetime
 from typing import Any
 
 from tuf.api.exceptions import LengthOrHashMismatchError, UnsignedMetadataError
-from tuf.api.metadata import Metadata, Root, Targets
+from tuf.api.metadata import DelegatedRole, Metadata, Root, Targets
 from tuf.api.serialization import DeserializationError
 
 from sysupd.core.bundle_format import BundleHeader
@@ -46,9 +46,11 @@ __all__ = [
     "ReleasePolicy",
     "TrustState",
     "VerifiedBundle",
+    "VerifiedMetadata",
     "check_policy",
     "seen_floors",
     "verify_bundle",
+    "verify_metadata",
 ]
 
 RELEASES_ROLE = "releases"
@@ -92,59 +94,120 @@ class VerifiedBundle:
     """Whether the release is below the floor (allowed by the policy)."""
 
 
-def verify_bundle(
-    header: BundleHeader, trust: TrustState, policy: ReleasePolicy, now: datetime
-) -> VerifiedBundle:
-    """Verify ``header`` against ``trust`` and ``policy`` at time ``now``.
+@dataclass(frozen=True, slots=True)
+class VerifiedMetadata:
+    """Metadata that checked out against the device's trust: the newest root, and the
+    ``targets`` and ``releases`` in force — the offered ones, or the device's kept newer copies
+    where the offered ones are older than what it has seen."""
+
+    root: Metadata[Root]
+    targets: Metadata[Targets]
+    releases: Metadata[Targets]
+    new_roots: tuple[bytes, ...]
+    """Verified roots newer than the trusted one, oldest first."""
+    kept_releases: bool
+    """``releases`` is the device's kept copy, not the offered one."""
+
+    def trust(self, previous: TrustState) -> TrustState:
+        """The trust to persist once what this verified is accepted."""
+        return TrustState(
+            root=self.new_roots[-1] if self.new_roots else previous.root,
+            targets_version=self.targets.signed.version,
+            releases_version=self.releases.signed.version,
+            targets=self.targets.to_bytes(),
+            releases=self.releases.to_bytes(),
+        )
+
+
+def verify_metadata(
+    trust: TrustState, roots: tuple[str, ...], targets: str, releases: str, now: datetime
+) -> VerifiedMetadata:
+    """Verify offered ``roots`` (any order), ``targets`` and ``releases`` metadata against
+    ``trust`` at time ``now``: the offline path's TUF checks, without any release policy.
 
     Raises:
         VerificationError: naming the first check that failed; ``RefusedAfterRoots`` (with the
             verified newer roots, to keep all the same) when it failed after the root chain.
     """
     trusted = _load(trust.root, Root, "root")
-    root, new_roots = _walk_roots(trusted, header.roots)
+    root, new_roots = _walk_roots(trusted, roots)
     try:
-        return _verify_above_roots(header, trust, policy, now, root, new_roots)
+        return _verify_roles(trust, targets, releases, now, root, new_roots)
     except VerificationError as exc:
         if not new_roots:
             raise
         raise RefusedAfterRoots(str(exc), new_roots) from exc
 
 
-def _verify_above_roots(
-    header: BundleHeader,
+def verify_bundle(
+    header: BundleHeader, trust: TrustState, policy: ReleasePolicy, now: datetime
+) -> VerifiedBundle:
+    """Verify ``header`` against ``trust`` and ``policy`` at time ``now``: ``verify_metadata``,
+    then the bundle's target in the ``releases`` in force, its chunk list, and the policy.
+
+    Raises:
+        VerificationError: naming the first check that failed; ``RefusedAfterRoots`` (with the
+            verified newer roots, to keep all the same) when it failed after the root chain.
+    """
+    verified = verify_metadata(trust, header.roots, header.targets, header.releases, now)
+    try:
+        return _verify_release(header, trust, policy, verified)
+    except VerificationError as exc:
+        if not verified.new_roots:
+            raise
+        raise RefusedAfterRoots(str(exc), verified.new_roots) from exc
+
+
+def _verify_roles(
     trust: TrustState,
-    policy: ReleasePolicy,
+    offered_targets: str,
+    offered_releases: str,
     now: datetime,
     root: Metadata[Root],
     new_roots: tuple[bytes, ...],
-) -> VerifiedBundle:
-    """``verify_bundle`` from the newest verified root on."""
+) -> VerifiedMetadata:
+    """``verify_metadata`` from the newest verified root on."""
     if root.signed.is_expired(now):
         raise VerificationError(f"root metadata v{root.signed.version} has expired")
     floor = _floor(trust.targets, trust.targets_version, root.signed, "targets")
-    targets = _newest(header.targets, trust.targets, floor, Targets, "targets")
+    targets = _newest(offered_targets, trust.targets, floor, Targets, "targets")
     _check_signed(root.signed, "targets", targets)
     _check_fresh(targets, "targets", floor, now)
 
-    if not targets.signed.delegations or not targets.signed.delegations.roles:
-        raise VerificationError("targets metadata delegates no releases role")
-    role = targets.signed.delegations.roles.get(RELEASES_ROLE)
-    if role is None:
-        raise VerificationError("targets metadata delegates no releases role")
+    _releases_role(targets)
     floor = _floor(trust.releases, trust.releases_version, targets.signed, RELEASES_ROLE)
-    releases = _newest(header.releases, trust.releases, floor, Targets, RELEASES_ROLE)
+    releases = _newest(offered_releases, trust.releases, floor, Targets, RELEASES_ROLE)
     _check_signed(targets.signed, RELEASES_ROLE, releases)
     _check_fresh(releases, RELEASES_ROLE, floor, now)
-    if not role.is_delegated_path(header.target):
+    kept = releases.signed_bytes != _load(offered_releases, Targets, RELEASES_ROLE).signed_bytes
+    return VerifiedMetadata(root, targets, releases, new_roots, kept)
+
+
+def _releases_role(targets: Metadata[Targets]) -> DelegatedRole:
+    """The ``releases`` role ``targets`` delegates to.
+
+    Raises:
+        VerificationError: it delegates none.
+    """
+    delegations = targets.signed.delegations
+    role = delegations.roles.get(RELEASES_ROLE) if delegations and delegations.roles else None
+    if role is None:
+        raise VerificationError("targets metadata delegates no releases role")
+    return role
+
+
+def _verify_release(
+    header: BundleHeader, trust: TrustState, policy: ReleasePolicy, verified: VerifiedMetadata
+) -> VerifiedBundle:
+    """The bundle's target, chunk list and policy, in the ``releases`` ``verified`` holds."""
+    if not _releases_role(verified.targets).is_delegated_path(header.target):
         raise VerificationError(f"{header.target} is not a path the releases role may sign")
-    kept = releases.signed_bytes != _load(header.releases, Targets, RELEASES_ROLE).signed_bytes
-    if kept and header.target not in releases.signed.targets:
+    releases = verified.releases
+    if verified.kept_releases and header.target not in releases.signed.targets:
         raise VerificationError(
             f"{header.target} was withdrawn: the releases metadata v{releases.signed.version} "
             "this device has seen no longer lists it"
         )
-
     entry = releases.signed.targets.get(header.target)
     if entry is None:
         raise VerificationError(f"the releases metadata does not list {header.target}")
@@ -156,19 +219,12 @@ def _verify_above_roots(
         chunks_entry.verify_length_and_hashes(header.chunks)
     except LengthOrHashMismatchError as exc:
         raise VerificationError(f"the chunk list does not match its signed hash: {exc}") from exc
-
     downgrade = check_policy(manifest, policy)
     return VerifiedBundle(
         manifest=manifest,
         chunk_list=header.chunks,
-        new_roots=new_roots,
-        trust=TrustState(
-            root=new_roots[-1] if new_roots else trust.root,
-            targets_version=targets.signed.version,
-            releases_version=releases.signed.version,
-            targets=targets.to_bytes(),
-            releases=releases.to_bytes(),
-        ),
+        new_roots=verified.new_roots,
+        trust=verified.trust(trust),
         downgrade=downgrade,
     )
 
