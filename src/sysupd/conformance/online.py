@@ -14,9 +14,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 from tuf.api.exceptions import DownloadError, RepositoryError
-from tuf.ngclient import Updater, UpdaterConfig
 
 from sysupd.errors import AcquireError, StateError, VerificationError
+from sysupd.sources.online import open_updater
 from sysupd.sources.tuf_fetcher import FetcherLimits, OriginFetcher
 
 __all__ = ["download", "initialize", "refresh"]
@@ -43,7 +43,7 @@ def refresh(metadata_dir: Path, metadata_url: str) -> None:
         VerificationError: its metadata is not trusted.
     """
     with OriginFetcher(metadata_url, limits=FetcherLimits()) as fetcher:
-        _run(lambda: _updater(metadata_dir, metadata_url, None, None, fetcher).refresh())
+        _run(lambda: open_updater(metadata_dir, metadata_url, None, fetcher, None).refresh())
 
 
 def download(
@@ -62,7 +62,7 @@ def download(
     """
     target_dir.mkdir(parents=True, exist_ok=True)
     with OriginFetcher(metadata_url, limits=FetcherLimits()) as fetcher:
-        updater = _updater(metadata_dir, metadata_url, target_base_url, target_dir, fetcher)
+        updater = open_updater(metadata_dir, metadata_url, target_base_url, fetcher, None)
 
         def fetch_all() -> None:
             updater.refresh()
@@ -75,27 +75,6 @@ def download(
                     updater.download_target(info, path)
 
         _run(fetch_all)
-
-
-def _updater(
-    metadata_dir: Path,
-    metadata_url: str,
-    target_base_url: str | None,
-    target_dir: Path | None,
-    fetcher: OriginFetcher,
-) -> Updater:
-    try:
-        return Updater(
-            metadata_dir=str(metadata_dir),
-            metadata_base_url=metadata_url,
-            target_dir=str(target_dir) if target_dir is not None else None,
-            target_base_url=target_base_url,
-            fetcher=fetcher,
-            config=UpdaterConfig(),
-            bootstrap=None,  # the root stored by init, in metadata_dir
-        )
-    except (RepositoryError, ValueError, OSError) as exc:
-        raise VerificationError(f"the trusted root cannot be used: {exc}") from exc
 
 
 def _run(step: Callable[[], object]) -> None:

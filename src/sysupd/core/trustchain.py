@@ -48,6 +48,7 @@ __all__ = [
     "VerifiedBundle",
     "VerifiedMetadata",
     "check_policy",
+    "metadata_version",
     "seen_floors",
     "verify_bundle",
     "verify_metadata",
@@ -170,16 +171,15 @@ def _verify_roles(
     if root.signed.is_expired(now):
         raise VerificationError(f"root metadata v{root.signed.version} has expired")
     floor = _floor(trust.targets, trust.targets_version, root.signed, "targets")
-    targets = _newest(offered_targets, trust.targets, floor, Targets, "targets")
+    targets, _ = _newest(offered_targets, trust.targets, floor, Targets, "targets")
     _check_signed(root.signed, "targets", targets)
     _check_fresh(targets, "targets", floor, now)
 
     _releases_role(targets)
     floor = _floor(trust.releases, trust.releases_version, targets.signed, RELEASES_ROLE)
-    releases = _newest(offered_releases, trust.releases, floor, Targets, RELEASES_ROLE)
+    releases, kept = _newest(offered_releases, trust.releases, floor, Targets, RELEASES_ROLE)
     _check_signed(targets.signed, RELEASES_ROLE, releases)
     _check_fresh(releases, RELEASES_ROLE, floor, now)
-    kept = releases.signed_bytes != _load(offered_releases, Targets, RELEASES_ROLE).signed_bytes
     return VerifiedMetadata(root, targets, releases, new_roots, kept)
 
 
@@ -280,7 +280,7 @@ def _walk_roots(
         ) from exc
     by_version: dict[int, bytes] = {}
     for text in offered:
-        version = _version_of(text)
+        version = metadata_version(text)
         if version is None or version <= root.signed.version:
             continue  # not needed: the chain starts above the trusted root
         data = text.encode("utf-8")
@@ -318,10 +318,10 @@ def _next_root(root: Metadata[Root], by_version: dict[int, bytes]) -> Metadata[R
     return new_root
 
 
-def _version_of(text: str) -> int | None:
-    """A root's claimed version, read without parsing the rest (``None`` if it has none)."""
+def metadata_version(data: str | bytes) -> int | None:
+    """The version metadata claims, read without parsing the rest (``None`` if it has none)."""
     try:
-        version = json.loads(text)["signed"]["version"]
+        version = json.loads(data)["signed"]["version"]
     except (ValueError, KeyError, TypeError):
         return None
     return version if isinstance(version, int) and not isinstance(version, bool) else None
@@ -345,15 +345,15 @@ def _floor(kept: bytes | None, seen: int, delegator: Root | Targets, role: str) 
 
 def _newest(
     offered: str, kept: bytes | None, seen: int, kind: type[Targets], role: str
-) -> Metadata[Any]:
-    """The bundle's ``role`` metadata, or the device's kept copy where the bundle's is older
-    than what the device has seen and the copy is that version or newer (still checked by the
-    caller like the bundle's own)."""
+) -> tuple[Metadata[Any], bool]:
+    """The bundle's ``role`` metadata, or (``True``) the device's kept copy where the bundle's is
+    older than what the device has seen and the copy is that version or newer (still checked by
+    the caller like the bundle's own)."""
     md = _load(offered, kind, role)
     if md.signed.version >= seen or kept is None:
-        return md
+        return md, False
     copy = _load(kept, kind, role)
-    return copy if copy.signed.version >= seen else md
+    return (copy, True) if copy.signed.version >= seen else (md, False)
 
 
 def _check_signed(delegator: Root | Targets, role: str, md: Metadata[Any]) -> None:

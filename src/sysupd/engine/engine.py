@@ -10,7 +10,6 @@ and its boot entry are never touched, and an interruption at any instant boots w
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,7 +21,7 @@ from sysupd.core.chunks import ChunkVerifier
 from sysupd.core.job import JobState, JobStateMachine
 from sysupd.core.manifest import Manifest
 from sysupd.core.settings import Settings
-from sysupd.core.trustchain import ReleasePolicy, check_policy, verify_bundle
+from sysupd.core.trustchain import ReleasePolicy, check_policy, metadata_version, verify_bundle
 from sysupd.core.units import human_rate, human_size
 from sysupd.core.versions import parse_version
 from sysupd.engine.boottrial import BootReport, BootTrial, slot_version, stamp
@@ -484,4 +483,4 @@ def _enter_source(
 
 
 def _root_versions(roots: tuple[bytes, ...]) -> str:
-    return ", v".join(str(json.loads(root)["signed"]["version"]) for root in roots)
+    return ", v".join(str(metadata_version(root)) for root in roots)

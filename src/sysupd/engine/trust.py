@@ -22,7 +22,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from sysupd.core.trustchain import TrustState, VerifiedBundle
+from sysupd.core.trustchain import TrustState, VerifiedBundle, metadata_version
 from sysupd.errors import ConfigError, StateError
 from sysupd.fsutil import atomic_write, read_capped
 from sysupd.sources.base import SignedRelease
@@ -263,5 +263,4 @@ class TrustStore:
 
 
 def _root_version(data: bytes) -> int:
-    version = json.loads(data)["signed"]["version"]
-    return int(version)
+    return metadata_version(data) or 0  # roots here were verified: they have one

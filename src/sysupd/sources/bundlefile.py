@@ -13,6 +13,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from sysupd.errors import AcquireError
 from sysupd.sources.base import Acquired, DeviceView, Log
@@ -26,16 +27,13 @@ class BundleFile:
 
     path: Path
     description: str = ""
+    local: ClassVar[bool] = True
+    """A file here: nothing to download."""
 
     @property
     def label(self) -> str:
         """What the file is, for the update's log."""
         return self.description or str(self.path)
-
-    @property
-    def local(self) -> bool:
-        """A file here: nothing to download."""
-        return True
 
     @contextlib.contextmanager
     def open(self, device: DeviceView, log: Log) -> Iterator[Acquired]:

@@ -35,10 +35,37 @@ from sysupd.errors import AcquireError, VerificationError
 from sysupd.fsutil import read_capped
 from sysupd.sources.tuf_fetcher import Download, FetcherLimits, OriginFetcher
 
-__all__ = ["Candidate", "OnlineChannel", "Survey"]
+__all__ = ["Candidate", "OnlineChannel", "Survey", "open_updater"]
 
 _PROBE = "releases/.sysupd-probe"  # a path under the releases delegation, to load that role
 _MAX_CHUNK_LIST = 16 * 1024 * 1024
+
+
+def open_updater(
+    metadata_dir: Path,
+    metadata_url: str,
+    target_url: str | None,
+    fetcher: OriginFetcher,
+    bootstrap: bytes | None,
+) -> Updater:
+    """python-tuf's ``Updater`` as the online channel uses it: our origin-locked ``fetcher``,
+    the default config, trust from ``bootstrap`` (``None``: the root stored in
+    ``metadata_dir``).
+
+    Raises:
+        VerificationError: the trusted root cannot be used.
+    """
+    try:
+        return Updater(
+            metadata_dir=str(metadata_dir),
+            metadata_base_url=metadata_url,
+            target_base_url=target_url,
+            fetcher=fetcher,
+            config=UpdaterConfig(),
+            bootstrap=bootstrap,
+        )
+    except (RepositoryError, ValueError, OSError) as exc:
+        raise VerificationError(f"the trusted root cannot be used: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,17 +101,9 @@ class OnlineChannel:
         cache_dir.mkdir(parents=True, exist_ok=True)
         self.fetcher = OriginFetcher(base, limits=limits)
         self._targets_url = f"{base}/targets/"
-        try:
-            self._updater = Updater(
-                metadata_dir=str(cache_dir),
-                metadata_base_url=f"{base}/metadata/",
-                target_base_url=self._targets_url,
-                fetcher=self.fetcher,
-                config=UpdaterConfig(),
-                bootstrap=trust.root,
-            )
-        except (RepositoryError, ValueError) as exc:
-            raise VerificationError(f"the trusted root cannot be used: {exc}") from exc
+        self._updater = open_updater(
+            cache_dir, f"{base}/metadata/", self._targets_url, self.fetcher, trust.root
+        )
 
     def newest(self, policy: ReleasePolicy, installed: Version) -> Survey:
         """Refresh the metadata; the newest release for this device above ``installed``, and why

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import urlsplit
 
 from sysupd.errors import AcquireError
@@ -33,17 +34,14 @@ class ServerSource:
     limits: FetcherLimits
     version: str = ""
     """The release the check found, for the label."""
+    local: ClassVar[bool] = False
+    """Downloaded: the job starts with the download phase."""
 
     @property
     def label(self) -> str:
         """The server's host and the release the check found."""
         found = f" (release {self.version})" if self.version else ""
         return f"the update server {urlsplit(self.server).netloc}{found}"
-
-    @property
-    def local(self) -> bool:
-        """Downloaded."""
-        return False
 
     @contextlib.contextmanager
     def open(self, device: DeviceView, log: Log) -> Iterator[Acquired]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 from sysupd.core.units import human_size
 from sysupd.sources.base import Acquired, DeviceView, Log
@@ -24,16 +25,13 @@ class UrlSource:
     target: PinnedTarget
     networks: tuple[str, ...]
     limits: FetchLimits
+    local: ClassVar[bool] = False
+    """Downloaded: the job starts with the download phase."""
 
     @property
     def label(self) -> str:
         """The host, never the whole URL (its query may carry a token)."""
         return f"{self.target.host} (fetch_url)"
-
-    @property
-    def local(self) -> bool:
-        """Downloaded."""
-        return False
 
     @contextlib.contextmanager
     def open(self, device: DeviceView, log: Log) -> Iterator[Acquired]:
