@@ -46,6 +46,7 @@ import aiohttp
 from aiohttp import web
 
 from _harness import CHILDREN, HOST, BenchError, run_main
+from _report import verdict
 from _service import ADMIN, KDF
 
 USER = ("bench-user", "bench-user-password")
@@ -753,10 +754,6 @@ def _load_notes(echo: LoadResult, sysupd: LoadResult) -> None:
         )
 
 
-def _verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
 def print_table(sysupd: LoadResult, echo: LoadResult, rounds: list[Round], fanout: int) -> None:
     """The summary, with the targets."""
     ratio = sysupd.rate / echo.rate if echo.rate else 0.0
@@ -772,7 +769,7 @@ def print_table(sysupd: LoadResult, echo: LoadResult, rounds: list[Round], fanou
             f"{ratio:.2f}",
             "",
             f">= {THROUGHPUT_RATIO_TARGET:.2f}",
-            _verdict(ratio >= THROUGHPUT_RATIO_TARGET),
+            verdict(ratio >= THROUGHPUT_RATIO_TARGET),
         ),
         (
             "round trip p50 ms",
@@ -794,10 +791,10 @@ def print_table(sysupd: LoadResult, echo: LoadResult, rounds: list[Round], fanou
             f"{p99:.1f}",
             "",
             f"<= {FANOUT_P99_TARGET_MS:.0f}",
-            _verdict(fan_ok),
+            verdict(fan_ok),
         ),
         (f"event to {fanout:,}: max ms", f"{max(every, default=0) / 1e6:.1f}", "", "", ""),
-        ("events missing", f"{missing}", "", "0", _verdict(missing == 0)),
+        ("events missing", f"{missing}", "", "0", verdict(missing == 0)),
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     rule = "  ".join("-" * w for w in widths)

@@ -64,27 +64,10 @@ from _releases import Release, add_raw_release, init_repo, physical_pipeline
 from _report import machine, mbs, median, revision, span, table, verdict
 from _service import hot_spots, nginx_serving, sampled, service_config, start_serve, stop_serve
 from _wsapi import WsApi, check_final, job_lines
-from offline import DEFAULT_MIB, RATIO_TARGET
+from offline import DEFAULT_MIB, RATIO_TARGET, Baseline
 
 VERSION = "1.0.0"
 POLL_S = 0.005
-
-
-@dataclass
-class Baseline:
-    """curl of the target file from nginx, then openssl + dd of the target file."""
-
-    curl: Sample
-    openssl: Sample
-    dd: Sample
-
-    @property
-    def pipeline_s(self) -> float:
-        return self.openssl.wall_s + self.dd.wall_s
-
-    @property
-    def total_s(self) -> float:
-        return self.curl.wall_s + self.pipeline_s
 
 
 @dataclass

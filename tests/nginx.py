@@ -44,7 +44,8 @@ http {{
 
 @contextmanager
 def nginx_serving(root: Path, work: Path, extra: str = "") -> Iterator[str]:
-    """nginx serving ``root``; yields its base URL. Skips the test where nginx is missing.
+    """nginx serving ``root``; yields its base URL. Fails the test, naming the package, where
+    nginx is missing.
 
     ``extra`` is added to the ``server`` block as is (directives such as
     ``location ~ \\.tar\\.zst$ { limit_rate 256; }``).

@@ -5,21 +5,17 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
-import socket
 import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
+from tests.client import WsClient
 from tests.conftest import FAST_KDF
+from tests.fetching import closed_port as free_port
 
 __all__ = ["PlainServe", "ServeProcess", "free_port", "run_cli", "write_config"]
-
-
-def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_config(path: Path, **extra: object) -> Path:
@@ -170,6 +166,19 @@ class PlainServe:
                     self.password = line.rsplit(" ", 1)[1].strip()
                 if "sysupd listening" in line:
                     return
+
+    async def answers(self) -> None:
+        """An HTTP call and a WebSocket login from 127.0.0.1 succeed (the bound is for liveness:
+        a starved service never answers)."""
+        auth = {"Authorization": aiohttp.encode_basic_auth("admin", self.password)}
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            url = f"http://127.0.0.1:{self.http_port}"
+            async with http.post(f"{url}/api/sys/info", headers=auth) as reply:
+                assert reply.status == 200
+            client = WsClient(await http.ws_connect(f"{url}/websocket"))
+            await client.login("admin", self.password)
+            assert "system_id" in await client.call("sys", "info")
+            await client.close()
 
     def log(self) -> str:
         """The service log file."""

@@ -14,14 +14,12 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from sysupd.api.connections import ConnectionGuard
 from sysupd.core.limits import RESERVED_DESCRIPTORS, connection_limits
 from sysupd.servicelog import ServiceLog
 from sysupd.system.clock import SystemClock
-from tests.client import WsClient
 from tests.procs import PlainServe
 
 LIMIT = 256
@@ -62,21 +60,6 @@ async def _closed_by_the_server(reader: asyncio.StreamReader, within: float) -> 
         return True
 
 
-async def _answers(device: PlainServe) -> None:
-    """An HTTP call and a WebSocket login from 127.0.0.1 succeed (the bound is for liveness: a
-    starved service never answers)."""
-    auth = {"Authorization": aiohttp.encode_basic_auth("admin", device.password)}
-    timeout = aiohttp.ClientTimeout(total=10)
-    async with aiohttp.ClientSession(timeout=timeout) as http:
-        url = f"http://127.0.0.1:{device.http_port}"
-        async with http.post(f"{url}/api/sys/info", headers=auth) as reply:
-            assert reply.status == 200
-        client = WsClient(await http.ws_connect(f"{url}/websocket"))
-        await client.login("admin", device.password)
-        assert "system_id" in await client.call("sys", "info")
-        await client.close()
-
-
 def _close_all(conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]) -> None:
     for _, writer in conns:
         writer.close()
@@ -88,12 +71,12 @@ async def test_more_idle_connections_than_descriptors_from_many_addresses(
     sources = [f"127.0.0.{i}" for i in range(2, 42)]
     flood = await _flood(device.http_port, LIMIT + 100, sources)
     try:
-        await _answers(device)
+        await device.answers()
         # Everything idle is closed by the server within the idle timeout (and the oldest went
         # earlier, for newer ones, once the total was reached).
         closed = await asyncio.gather(*(_closed_by_the_server(r, IDLE_S + 5) for r, _ in flood))
         assert all(closed), f"{closed.count(False)} idle connections still open"
-        await _answers(device)
+        await device.answers()
     finally:
         _close_all(flood)
     log = device.log()
@@ -110,7 +93,7 @@ async def test_one_address_gets_its_share_and_no_more(device: PlainServe) -> Non
         refused = await asyncio.gather(*(_closed_by_the_server(r, 1.0) for r, _ in flood))
         assert refused.count(True) >= 40  # over its share: closed at once
         assert refused.count(False) <= PER_ADDRESS
-        await _answers(device)  # another address is not hurt
+        await device.answers()  # another address is not hurt
     finally:
         _close_all(flood)
     assert f"refused over the {PER_ADDRESS} per address: 127.0.0.2" in device.log()
@@ -133,7 +116,7 @@ async def test_slow_headers_are_cut_off_however_steadily_they_come(device: Plain
         closed = await asyncio.gather(*(_closed_by_the_server(r, IDLE_S + 5) for r, _ in slow))
         dribbling.cancel()
         assert all(closed), f"{closed.count(False)} slow connections still open"
-        await _answers(device)
+        await device.answers()
     finally:
         _close_all(slow)
 

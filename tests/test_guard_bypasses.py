@@ -49,19 +49,6 @@ async def _device(tmp_path: Path, **config: Any) -> AsyncIterator[PlainServe]:
         await found.stop()
 
 
-async def _answers(device: PlainServe) -> None:
-    """An HTTP call and a WebSocket login from 127.0.0.1 succeed (the bound is for liveness)."""
-    auth = {"Authorization": aiohttp.encode_basic_auth("admin", device.password)}
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
-        url = f"http://127.0.0.1:{device.http_port}"
-        async with http.post(f"{url}/api/sys/info", headers=auth) as reply:
-            assert reply.status == 200
-        client = WsClient(await http.ws_connect(f"{url}/websocket"))
-        await client.login("admin", device.password)
-        assert "system_id" in await client.call("sys", "info")
-        await client.close()
-
-
 async def _closed_by_the_server(reader: asyncio.StreamReader, within: float) -> bytes | None:
     """What the server sent before it closed, or None if it did not close in time."""
     got = b""
@@ -104,7 +91,7 @@ async def test_slow_bodies_from_clients_that_never_log_in_lock_nobody_out(
 
         dribbling = asyncio.ensure_future(dribble())
         try:
-            await _answers(device)
+            await device.answers()
             got = await asyncio.gather(*(_closed_by_the_server(r, 3 * IDLE_S + 5) for r, _ in slow))
             assert None not in got, f"{got.count(None)} slow-body connections still open"
             # Refused before the body is read: a 401 — unless the kernel reset the connection
@@ -113,7 +100,7 @@ async def test_slow_bodies_from_clients_that_never_log_in_lock_nobody_out(
             refused = [answer or b"" for i, answer in enumerate(got) if i % 2]
             assert all(a == b"" or a.startswith(b"HTTP/1.1 401") for a in refused), refused
             assert any(a.startswith(b"HTTP/1.1 401") for a in refused), refused
-            await _answers(device)
+            await device.answers()
         finally:
             dribbling.cancel()
             for _, writer in slow:
@@ -146,7 +133,7 @@ async def test_a_client_gone_before_its_body_is_complete_is_no_bug(tmp_path: Pat
         await asyncio.sleep(0.3)
         writer.transport.abort()
         await asyncio.sleep(0.5)
-        await _answers(device)
+        await device.answers()
         log = device.log()
         # The client's doing, answered 400 (to nobody), not an error of the service.
         assert "ERROR" not in log, log[-2000:]
@@ -171,7 +158,7 @@ async def test_websockets_that_have_not_logged_in_make_room_for_newcomers(
                 with contextlib.suppress(aiohttp.ClientError):
                     anonymous.append(await session.ws_connect(url))
             try:
-                await _answers(device)  # would wait for the 120 s login deadline
+                await device.answers()  # would wait for the 120 s login deadline
                 assert "system_id" in await kept.call("sys", "info")
                 dropped = 0
                 for ws in anonymous:
@@ -198,7 +185,7 @@ async def test_many_cross_site_upgrades_are_counted_not_logged(tmp_path: Path) -
             for _ in range(100):
                 with pytest.raises(aiohttp.WSServerHandshakeError):
                     await http.ws_connect(url, headers={"Origin": "http://evil.example"})
-        await _answers(device)
+        await device.answers()
         lines = [line for line in device.log().splitlines() if "refused" in line]
         assert 1 <= len(lines) < 30, len(lines)
 
