@@ -17,7 +17,7 @@ from sysupd.core.manifest import Manifest
 from sysupd.core.units import human_size
 from sysupd.engine.engine import Engine
 from sysupd.errors import SysupdError
-from sysupd.sources.online import OnlineChannel, Survey
+from sysupd.sources.online import Survey
 from sysupd.sources.server import ServerSource
 from sysupd.sources.tuf_fetcher import FetcherLimits
 
@@ -90,15 +90,7 @@ class UpdateChecker:
             return result
 
     def _newest(self, server: str, engine: Engine) -> Survey:
-        device = engine.device_view()
-        with self._cache_lock:
-            channel = OnlineChannel(
-                server, engine.state_dir / "online", device.trust, self.limits()
-            )
-            try:
-                return channel.newest(device.policy, device.installed)
-            finally:
-                channel.close()
+        return self.source(server, "").survey(engine.device_view())
 
     def available(self) -> dict[str, Any]:
         """``sys/updates_available``'s reply."""

@@ -37,7 +37,8 @@ from sysupd.api.reboots import Reboots
 from sysupd.api.rpc_calls import RPC_CALLS
 from sysupd.api.sys_calls import SYS_CALLS
 from sysupd.api.updates import UPDATE_CALLS, UpdateManager
-from sysupd.api.uploads import UPLOAD_CALLS, UploadStore, handle_upload
+from sysupd.api.upload_store import UploadStore
+from sysupd.api.uploads import UPLOAD_CALLS, handle_upload
 from sysupd.api.websocket import WsSession, handle_websocket
 from sysupd.config import ServiceConfig
 from sysupd.core.envelope import Request

@@ -89,7 +89,7 @@ class UpdateManager:
             "reboot_required": engine is not None and engine.reboot_required,
             "update_running": self.running,
             "update_status": text,
-            "last_result": engine.to_json()["last_result"] if engine else None,
+            "last_result": last.to_json() if last is not None else None,
         }
 
     def start(self, source: Source, cleanup: Callable[[], None], *, by: str) -> None:

@@ -28,8 +28,6 @@ from aiohttp import web
 from sysupd.api.calls import SERVICE_KEY, Call, CallContext
 from sysupd.api.http import parse_basic_auth, refuse_cross_site
 from sysupd.api.upload_bodies import receive_upload
-from sysupd.api.upload_grants import UPLOAD_TTL_S, GrantState, UploadGrant
-from sysupd.api.upload_store import UploadStore
 from sysupd.core.envelope import Request, error_args
 from sysupd.errors import Unauthorized
 
@@ -38,10 +36,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "UPLOAD_CALLS",
-    "UPLOAD_TTL_S",
-    "GrantState",
-    "UploadGrant",
-    "UploadStore",
     "handle_upload",
     "upload_file",
 ]

@@ -89,6 +89,15 @@ class LastResult:
     at: str
     version: str | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        """The wire's form (``result`` as its word)."""
+        return {
+            "result": str(self.result),
+            "detail": self.detail,
+            "at": self.at,
+            "version": self.version,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class EngineState:

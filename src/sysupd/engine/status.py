@@ -51,8 +51,7 @@ class EngineStatus:
     def to_json(self) -> dict[str, Any]:
         """The JSON form (``last_result``'s ``result`` is its wire word)."""
         document = asdict(self)
-        if self.last_result is not None:
-            document["last_result"]["result"] = str(self.last_result.result)
+        document["last_result"] = self.last_result.to_json() if self.last_result else None
         return document
 
 

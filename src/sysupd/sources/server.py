@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from sysupd.errors import AcquireError
 from sysupd.sources.base import Acquired, DeviceView, Log, SignedRelease
-from sysupd.sources.online import OnlineChannel
+from sysupd.sources.online import OnlineChannel, Survey
 from sysupd.sources.tuf_fetcher import FetcherLimits
 
 __all__ = ["ServerSource"]
@@ -43,6 +43,16 @@ class ServerSource:
         found = f" (release {self.version})" if self.version else ""
         return f"the update server {urlsplit(self.server).netloc}{found}"
 
+    def survey(self, device: DeviceView) -> Survey:
+        """What the server offers this device now (an update check): the newest acceptable
+        release, and why newer ones are passed over.
+
+        Raises:
+            AcquireError, VerificationError, ConfigError, StateError: as ``open``.
+        """
+        with self._channel(device) as channel:
+            return channel.newest(device.policy, device.installed)
+
     @contextlib.contextmanager
     def open(self, device: DeviceView, log: Log) -> Iterator[Acquired]:
         """The newest acceptable release, verified, and its payload's stream.
@@ -52,26 +62,30 @@ class ServerSource:
             VerificationError: its metadata is not trusted.
             ConfigError, StateError: the device's trust cannot be read.
         """
+        with self._channel(device) as channel:
+            candidate = channel.newest(device.policy, device.installed).candidate
+            if candidate is None:
+                raise AcquireError("no newer release is available any more")
+            manifest = candidate.manifest
+            log(
+                f"release {manifest.version} from {urlsplit(self.server).netloc}: "
+                f"{manifest.length} bytes, metadata verified"
+            )
+            chunks = channel.chunk_list(candidate)
+            root, targets_version, releases_version, targets, releases = channel.trusted_versions()
+            url, stream = channel.open_payload(candidate)
+            with stream:
+                release = SignedRelease(
+                    manifest, chunks, root, targets_version, releases_version, targets, releases
+                )
+                yield Acquired(stream, url, release)
+
+    @contextlib.contextmanager
+    def _channel(self, device: DeviceView) -> Iterator[OnlineChannel]:
+        """One conversation with the server; ngclient's cache is used by one at a time."""
         with self.cache_lock:
             channel = OnlineChannel(self.server, self.cache_dir, device.trust, self.limits)
             try:
-                candidate = channel.newest(device.policy, device.installed).candidate
-                if candidate is None:
-                    raise AcquireError("no newer release is available any more")
-                manifest = candidate.manifest
-                log(
-                    f"release {manifest.version} from {urlsplit(self.server).netloc}: "
-                    f"{manifest.length} bytes, metadata verified"
-                )
-                chunks = channel.chunk_list(candidate)
-                root, targets_version, releases_version, targets, releases = (
-                    channel.trusted_versions()
-                )
-                url, stream = channel.open_payload(candidate)
-                with stream:
-                    release = SignedRelease(
-                        manifest, chunks, root, targets_version, releases_version, targets, releases
-                    )
-                    yield Acquired(stream, url, release)
+                yield channel
             finally:
                 channel.close()
