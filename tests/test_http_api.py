@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from sysupd.api.http import connection_closed
 from sysupd.api.service import Service
 from tests.conftest import ADMIN, USER, ClientFactory, ServiceFactory, api_url
 
@@ -525,3 +526,12 @@ async def test_concurrent_requests_are_all_answered(
     results = await asyncio.gather(*(send(http, service, "sys/info") for _ in range(10)))
     for status, _, envelope in results:
         assert assert_success(status, envelope)["system_id"] == service.system_id
+
+
+def test_a_body_read_on_a_closed_connection_is_the_clients_doing() -> None:
+    """aiohttp's reader says "Connection closed." with a plain RuntimeError when the guard or
+    the client dropped a slow body: that is the client going away, never logged as a bug (a
+    flood test caught it as one); any other RuntimeError stays a bug."""
+    assert connection_closed(RuntimeError("Connection closed."))
+    assert not connection_closed(RuntimeError("something else"))
+    assert not connection_closed(ConnectionError("Connection closed."))

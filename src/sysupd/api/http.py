@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALLOWED_METHODS",
+    "connection_closed",
     "error_response",
     "handle_api",
     "parse_basic_auth",
@@ -123,6 +124,13 @@ def parse_basic_auth(header: str | None) -> tuple[str, str]:
     return name, password
 
 
+def connection_closed(exc: BaseException) -> bool:
+    """Whether ``exc`` is aiohttp's body reader finding its connection already closed (the
+    client, or the connection guard dropping a slow body, closed it): the client's doing, not a
+    bug. aiohttp says so with a plain ``RuntimeError``."""
+    return isinstance(exc, RuntimeError) and str(exc) == "Connection closed."
+
+
 async def _read_call(request: web.Request, deadline_s: float) -> Request:
     """The call the request makes, its body read within ``deadline_s``.
 
@@ -139,6 +147,10 @@ async def _read_call(request: web.Request, deadline_s: float) -> Request:
     except TimeoutError as exc:
         raise BadRequest(f"the request body did not arrive within {deadline_s:g} s") from exc
     except (ConnectionError, ClientPayloadError) as exc:
+        raise BadRequest("the client went away before its request was complete") from exc
+    except RuntimeError as exc:
+        if not connection_closed(exc):
+            raise
         raise BadRequest("the client went away before its request was complete") from exc
     if body.strip():
         try:

@@ -26,6 +26,7 @@ from typing import TypeVar
 from aiohttp import BodyPartReader, ClientPayloadError, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from sysupd.api.http import connection_closed
 from sysupd.api.upload_store import Budget, StoredUpload, UploadStore
 from sysupd.core.uploadnames import check_upload_name
 from sysupd.errors import BadRequest, PayloadTooLarge
@@ -150,3 +151,7 @@ class _Body:
             raise _BrokenBody(f"the body stalled {where}: no data for {self._idle_s:g} s") from exc
         except _BROKEN_BODY as exc:
             raise _BrokenBody(f"the body broke off or is malformed {where}: {exc!r}") from exc
+        except RuntimeError as exc:
+            if not connection_closed(exc):
+                raise
+            raise _BrokenBody(f"the body broke off {where}: the connection closed") from exc
