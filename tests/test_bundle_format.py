@@ -22,6 +22,8 @@ from sysupd.errors import VerificationError
 HEADER = BundleHeader(
     target="releases/demo-1.2.0.tar.zst",
     roots=('{"signed": 1}', '{"signed": "r\u00e9 2"}'),
+    timestamp='{"signed": "timestamp"}',
+    snapshot='{"signed": "snapshot"}',
     targets='{"signed": "targets"}',
     releases='{"signed": "releases"}',
     chunks=bytes(range(64)),
@@ -30,9 +32,11 @@ HEADER = BundleHeader(
 
 def _document(**changes: Any) -> dict[str, Any]:
     document: dict[str, Any] = {
-        "format": 1,
+        "format": 2,
         "target": HEADER.target,
         "roots": list(HEADER.roots),
+        "timestamp": HEADER.timestamp,
+        "snapshot": HEADER.snapshot,
         "targets": HEADER.targets,
         "releases": HEADER.releases,
         "chunks": base64.b64encode(HEADER.chunks).decode(),
@@ -55,17 +59,26 @@ def test_round_trip() -> None:
     # the prefix decoder looks at the first 16 bytes only
     assert decode_bundle_prefix(encoded + b"payload") == length
     body = json.loads(encoded[BUNDLE_PREFIX_BYTES:])
-    assert list(body) == ["format", "target", "roots", "targets", "releases", "chunks"]
+    assert list(body) == [
+        "format",
+        "target",
+        "roots",
+        "timestamp",
+        "snapshot",
+        "targets",
+        "releases",
+        "chunks",
+    ]
 
 
 def test_empty_chunk_list_round_trips() -> None:
-    header = BundleHeader("releases/x.img", ("r",), "t", "r", b"")
+    header = BundleHeader("releases/x.img", ("r",), "ts", "s", "t", "r", b"")
     encoded = encode_bundle_header(header)
     assert decode_bundle_header(encoded[BUNDLE_PREFIX_BYTES:]) == header
 
 
 def test_encoding_refuses_an_oversized_header() -> None:
-    huge = BundleHeader("releases/x", ("r" * MAX_HEADER_BYTES,), "t", "r", b"")
+    huge = BundleHeader("releases/x", ("r" * MAX_HEADER_BYTES,), "ts", "s", "t", "r", b"")
     with pytest.raises(ValueError, match="at most"):
         encode_bundle_header(huge)
 
@@ -103,9 +116,13 @@ def test_the_largest_allowed_header_length_passes_the_prefix() -> None:
         (_raw("text"), "not a JSON object"),
         (_raw({k: v for k, v in _document().items() if k != "roots"}), "lacks 'roots'"),
         (_raw({k: v for k, v in _document().items() if k != "chunks"}), "lacks 'chunks'"),
+        (_raw({k: v for k, v in _document().items() if k != "timestamp"}), "lacks 'timestamp'"),
+        (_raw(_document(snapshot="")), "'snapshot' is not a non-empty string"),
         (_raw(_document(extra=1)), "unknown key 'extra'"),
-        (_raw(_document(format=2)), "format 2 is not supported"),
-        (_raw(_document(format="1")), "format '1' is not supported"),
+        (_raw(_document(format=3)), "format 3 is not supported"),
+        (_raw(_document(format=1)), "format 1 is no longer supported: it carries no timestamp"),
+        (_raw({"format": 1, "target": "t"}), "format 1 is no longer supported"),
+        (_raw(_document(format="2")), "format '2' is not supported"),
         (_raw(_document(format=True)), "format True is not supported"),
         (_raw(_document(format=1.0)), "format 1.0 is not supported"),
         (_raw(_document(target="")), "'target' is not a non-empty string"),
@@ -122,7 +139,7 @@ def test_the_largest_allowed_header_length_passes_the_prefix() -> None:
         (_raw(_document(chunks=base64.b64encode(b"x" * 33).decode())), "whole number"),
         (b'{"format": NaN}', "not valid JSON"),
         (
-            b'{"format":1,"format":1,"target":"t","roots":["r"],"targets":"t",'
+            b'{"format":2,"format":2,"target":"t","roots":["r"],"targets":"t",'
             b'"releases":"r","chunks":""}',
             "duplicate key 'format'",
         ),
@@ -136,3 +153,12 @@ def test_bad_headers_are_refused_by_name(raw: bytes, problem: str) -> None:
 def test_an_oversized_header_is_refused_before_parsing() -> None:
     with pytest.raises(VerificationError, match="over the limit"):
         decode_bundle_header(b" " * (MAX_HEADER_BYTES + 1))
+
+
+@pytest.mark.parametrize("key", ["timestamp", "snapshot", "target", "roots"])
+def test_a_lone_surrogate_is_refused_by_name(key: str) -> None:
+    """JSON's \\ud800 escape decodes to no text: refused here, never met later as a crash."""
+    value: object = ["\ud800"] if key == "roots" else "\ud800"
+    raw = json.dumps(_document(**{key: value})).encode()
+    with pytest.raises(VerificationError, match="is not valid Unicode text"):
+        decode_bundle_header(raw)

@@ -182,7 +182,7 @@ async def test_foreign_bundle(tmp_path: Path, device: list[str]) -> None:
     code, out, err = await _inspect(device, str(bad))
     assert code == 1
     assert _error(err).endswith(
-        "the bundle is not trusted: targets metadata is not signed by the keys this device "
+        "the bundle is not trusted: timestamp metadata is not signed by the keys this device "
         "trusts for it"
     )
     assert "UNVERIFIED" in out

@@ -471,7 +471,7 @@ async def test_stale_mirror_is_refused_after_an_offline_install(
         )
 
         error = await _check_refused(admin, service, _ROLLBACK)
-        assert "releases" in error, error
+        assert "timestamp" in error, error  # the first role the stale mirror serves older
         await _update_now_refused(admin, "The update check failed")
     after = service.engine().status().to_json()
     assert after == status, "the stale mirror's 1.0.0 replaced the pending 1.1.0"
@@ -503,7 +503,6 @@ async def test_a_fast_forward_is_recovered_by_rotating_the_targets_key(
     kept = json.loads((trust / "releases.json").read_bytes())
     assert kept["signed"]["version"] == versions["releases"], "the online metadata is kept"
     assert versions == {
-        "targets": repo.metadata_versions()["targets"],
-        "releases": repo.metadata_versions()["releases"],
+        role: version for role, version in repo.metadata_versions().items() if role != "root"
     }
     assert _trusted_root(service)["version"] == 2, "the rotated root is kept"

@@ -62,10 +62,11 @@ def resign_release(
     edit(releases.signed.targets[target].unrecognized_fields["custom"]["sysupd"])
     releases.signed.version += 1
     releases.sign(keys.load_signer(keys.key_file(keys_dir, "releases")))
-    (metadata / f"{releases.signed.version}.releases.json").write_bytes(
-        releases.to_bytes(serializer)
+    releases_bytes = releases.to_bytes(serializer)
+    (metadata / f"{releases.signed.version}.releases.json").write_bytes(releases_bytes)
+    snapshot.signed.meta["releases.json"] = MetaFile.from_data(
+        releases.signed.version, releases_bytes, ["sha256"]
     )
-    snapshot.signed.meta["releases.json"] = MetaFile(releases.signed.version)
     snapshot.signed.version += 1
     snapshot.sign(keys.load_signer(keys.key_file(keys_dir, "snapshot")))
     data = snapshot.to_bytes(serializer)

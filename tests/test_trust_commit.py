@@ -4,6 +4,7 @@ findings 2 and 5)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import multiprocessing
@@ -35,7 +36,7 @@ def _versions(state: Path) -> dict[str, int] | None:
 
 def _published(repo: ReleaseRepository) -> dict[str, int]:
     versions = repo.metadata_versions()
-    return {"targets": versions["targets"], "releases": versions["releases"]}
+    return {role: version for role, version in versions.items() if role != "root"}
 
 
 class _AroundTheSwitch:
@@ -113,8 +114,7 @@ def test_a_kill_right_after_the_switch_still_advances_the_trust(
     assert (report.slot, report.version) == ("B", "1.2.0")
     assert _versions(state) is not None
     assert _versions(state) == {
-        "targets": repo.metadata_versions()["targets"],
-        "releases": repo.metadata_versions()["releases"],
+        role: version for role, version in repo.metadata_versions().items() if role != "root"
     }
     assert not (state / "trust" / "pending.json").exists()
 
@@ -141,8 +141,7 @@ def test_the_trust_after_a_clean_install_is_committed_with_nothing_pending(
     engine = booted_engine(state, repo)
     engine.install(BundleFile(bundle_file(repo, tmp_path, "1.2.0")))
     assert _versions(state) == {
-        "targets": repo.metadata_versions()["targets"],
-        "releases": repo.metadata_versions()["releases"],
+        role: version for role, version in repo.metadata_versions().items() if role != "root"
     }
     assert not (state / "trust" / "pending.json").exists()
 
@@ -253,8 +252,67 @@ def test_the_trusted_root_never_goes_back(tmp_path: Path) -> None:
     v2, v3 = ((repo.path / "metadata" / f"{v}.root.json").read_bytes() for v in (2, 3))
     store = TrustStore(tmp_path / "trust", str(repo.path / "metadata" / "1.root.json"))
     store.adopt()
-    store.stage(TrustUpdate((v2,), v2, 1, 1), "B")
+    store.stage(TrustUpdate((v2,), v2, {"targets": 1, "releases": 1}, {}), "B")
     store.keep_roots((v2, v3))
     assert store.commit_pending()
     assert store.load().root == v3
     assert (tmp_path / "trust" / "2.root.json").read_bytes() == v2
+
+
+def test_a_staged_trust_reads_across_sysupd_versions(tmp_path: Path) -> None:
+    """The slot that commits a staged trust may run another sysupd than the one that staged it:
+    a record of the older one (two version numbers, targets and releases kept) commits here,
+    and this one's record keeps the older one's keys (review of issue 11)."""
+    repo = make_repo(tmp_path, "1.1.0")
+    bundle = bundle_file(repo, tmp_path, "1.1.0")
+    state = tmp_path / "state"
+    booted_engine(state, repo)
+    engine = make_engine(state, repo)
+    engine.install(BundleFile(bundle))
+    trust = state / "trust"
+    published = _published(repo)
+    assert json.loads((trust / "versions.json").read_bytes()) == published
+    store = TrustStore(tmp_path / "older", str(repo.path / "metadata" / "1.root.json"))
+    store.adopt()
+    root = (repo.path / "metadata" / "1.root.json").read_bytes()
+    kept = {role: (trust / f"{role}.json").read_bytes() for role in ("targets", "releases")}
+    older = {
+        "slot": "B",
+        "new_roots": [],
+        "root": base64.b64encode(root).decode(),
+        "targets": published["targets"],
+        "releases": published["releases"],
+        "metadata": {role: base64.b64encode(data).decode() for role, data in kept.items()},
+    }
+    (tmp_path / "older" / "pending.json").write_text(json.dumps(older))
+    assert store.commit_pending()
+    loaded = store.load()
+    assert loaded.seen == {
+        "timestamp": 0,
+        "snapshot": 0,
+        "targets": published["targets"],
+        "releases": published["releases"],
+    }
+    assert set(loaded.kept) == {"targets", "releases"}
+    store.stage(TrustUpdate((), root, published, {}), "A")
+    record = json.loads((tmp_path / "older" / "pending.json").read_bytes())
+    assert (record["targets"], record["releases"]) == (
+        published["targets"],
+        published["releases"],
+    ), "an older sysupd reads these two"
+
+
+def test_a_kept_copy_the_versions_do_not_name_is_not_kept(tmp_path: Path) -> None:
+    """An older sysupd commits versions.json with two numbers and leaves the newer code's
+    timestamp and snapshot copies behind, stale: they are not read as kept."""
+    repo = make_repo(tmp_path, "1.1.0")
+    state = tmp_path / "state"
+    booted_engine(state, repo)
+    make_engine(state, repo).install(BundleFile(bundle_file(repo, tmp_path, "1.1.0")))
+    trust = state / "trust"
+    versions = json.loads((trust / "versions.json").read_bytes())
+    two = {"targets": versions["targets"], "releases": versions["releases"]}
+    (trust / "versions.json").write_text(json.dumps(two))
+    loaded = TrustStore(trust, "").load()
+    assert set(loaded.kept) == {"targets", "releases"}
+    assert loaded.seen == two

@@ -38,11 +38,11 @@ __all__ = [
     "MethodNotAllowed",
     "NotFound",
     "PayloadTooLarge",
-    "RefusedAfterRoots",
     "ServerError",
     "StateError",
     "SysupdError",
     "TooManyRequests",
+    "TrustRefused",
     "Unauthorized",
     "UpdateBusy",
     "UpdateError",
@@ -171,14 +171,23 @@ class VerificationError(UpdateError):
     """The update is not trusted or not acceptable; never installed, never retried blindly."""
 
 
-class RefusedAfterRoots(VerificationError):
-    """A bundle refused after its root chain verified: the newer roots are trusted all the same,
-    as the TUF client workflow keeps each verified root (so rotated-out keys stop counting)."""
+class TrustRefused(VerificationError):
+    """Metadata refused by the TUF workflow: the newer roots that verified before the refusal
+    are trusted all the same, as the workflow keeps each verified root (so rotated-out keys stop
+    counting)."""
 
-    def __init__(self, message: str, roots: tuple[bytes, ...]) -> None:
+    def __init__(
+        self,
+        message: str,
+        roots: tuple[bytes, ...],
+        *,
+        rollback: bool = False,
+    ) -> None:
         super().__init__(message)
         self.roots = roots
         """The verified roots newer than the trusted one, oldest first."""
+        self.rollback = rollback
+        """The refusal is metadata older than what the device has seen."""
 
 
 class UpdateBusy(UpdateError):

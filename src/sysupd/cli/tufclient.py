@@ -2,7 +2,9 @@
 
 The suite (github.com/theupdateframework/tuf-conformance) runs this command against its own
 repositories to check the device's trust code from outside: ``--path online`` is the update
-server's channel (python-tuf's ngclient through sysupd's origin-locked fetcher). The protocol:
+server's channel (python-tuf's ngclient through sysupd's origin-locked fetcher), ``--path
+offline`` the walker every offline bundle goes through (``core.trustchain``), fed with what a
+bundle would carry from the suite's repository. The protocol:
 
 - ``--metadata-dir D init ROOT``: trust ``ROOT`` (stored as ``D/root.json``), no network;
 - ``--metadata-dir D --metadata-url U refresh``: the TUF client workflow, trusted metadata
@@ -21,7 +23,8 @@ from pathlib import Path
 
 import click
 
-from sysupd.conformance.online import download, initialize, refresh
+from sysupd.conformance import offline, online
+from sysupd.conformance.metadata_dir import initialize
 from sysupd.errors import SysupdError
 
 __all__ = ["tuf_client"]
@@ -33,7 +36,7 @@ __all__ = ["tuf_client"]
 @click.option(
     "--path",
     "mode",
-    type=click.Choice(["online"]),
+    type=click.Choice(["online", "offline"]),
     default="online",
     show_default=True,
     help="Which of the device's trust paths to test.",
@@ -62,12 +65,13 @@ def tuf_client(
             return
         if metadata_url is None:
             raise click.UsageError(f"{command} needs --metadata-url")
+        path = online if mode == "online" else offline
         if command == "refresh":
-            refresh(metadata_dir, metadata_url)
+            path.refresh(metadata_dir, metadata_url)
             return
         if target_base_url is None or target_dir is None or not target_names:
             raise click.UsageError("download needs --target-name, --target-base-url, --target-dir")
-        download(metadata_dir, metadata_url, target_base_url, target_dir, target_names)
+        path.download(metadata_dir, metadata_url, target_base_url, target_dir, target_names)
     except SysupdError as exc:
         click.echo(f"tuf-client {mode} {command}: {exc}", err=True)
         sys.exit(1)

@@ -8,7 +8,6 @@ transfer), so the command exits 1 saying why.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import quote
@@ -19,20 +18,7 @@ from sysupd.errors import AcquireError, StateError, VerificationError
 from sysupd.sources.online import open_updater
 from sysupd.sources.tuf_fetcher import FetcherLimits, OriginFetcher
 
-__all__ = ["download", "initialize", "refresh"]
-
-
-def initialize(metadata_dir: Path, trusted_root: Path) -> None:
-    """Trust ``trusted_root`` from now on (no checks, no network, as the protocol says).
-
-    Raises:
-        StateError: it cannot be read or stored.
-    """
-    try:
-        metadata_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(trusted_root, metadata_dir / "root.json")
-    except OSError as exc:
-        raise StateError(f"cannot store the trusted root: {exc}") from exc
+__all__ = ["download", "refresh"]
 
 
 def refresh(metadata_dir: Path, metadata_url: str) -> None:

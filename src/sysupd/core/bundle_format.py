@@ -12,7 +12,8 @@ header's metadata texts are *untrusted* until the device has verified them again
 
 Invariants: ``decode_bundle_header(encode_bundle_header(h)[BUNDLE_PREFIX_BYTES:]) == h``; the
 decoders accept exactly the documented shape (a JSON object with exactly the keys ``format``,
-``target``, ``roots``, ``targets``, ``releases``, ``chunks``; ``format`` the integer 1; no
+``target``, ``roots``, ``timestamp``, ``snapshot``, ``targets``, ``releases``, ``chunks``;
+``format`` the integer 2 (format 1 bundles carried no timestamp or snapshot); no
 duplicate keys; ``chunks`` strict base64 of whole SHA-256 digests) and raise ``VerificationError``
 naming the first thing that is wrong; a header longer than ``MAX_HEADER_BYTES`` is refused before
 it is read.
@@ -41,12 +42,12 @@ __all__ = [
 ]
 
 BUNDLE_MAGIC = b"SYSUPDB\x01"
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2
 BUNDLE_PREFIX_BYTES = 16  # magic (8) + header length (8)
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 CHUNK_DIGEST_BYTES = 32  # one SHA-256 digest per chunk in the chunk list
 
-_KEYS = ("format", "target", "roots", "targets", "releases", "chunks")
+_KEYS = ("format", "target", "roots", "timestamp", "snapshot", "targets", "releases", "chunks")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,10 @@ class BundleHeader:
     """The payload's target path in the ``releases`` role, e.g. ``releases/demo-1.2.0.tar``."""
     roots: tuple[str, ...]
     """The texts of ``1.root.json``, ``2.root.json``, … up to the newest, in order."""
+    timestamp: str
+    """The text of ``timestamp.json`` (its expiry is not enforced offline: see trust.md)."""
+    snapshot: str
+    """The text of the ``N.snapshot.json`` the timestamp names."""
     targets: str
     """The text of the newest ``N.targets.json``."""
     releases: str
@@ -75,6 +80,8 @@ def encode_bundle_header(header: BundleHeader) -> bytes:
         "format": BUNDLE_FORMAT,
         "target": header.target,
         "roots": list(header.roots),
+        "timestamp": header.timestamp,
+        "snapshot": header.snapshot,
         "targets": header.targets,
         "releases": header.releases,
         "chunks": base64.b64encode(header.chunks).decode("ascii"),
@@ -134,24 +141,32 @@ def decode_bundle_header(raw: bytes) -> BundleHeader:
         raise VerificationError(f"bundle header is not valid JSON: {exc}") from exc
     if not isinstance(document, dict):
         _bad("is not a JSON object")
+    version = document.get("format")
+    if version == 1 and type(version) is int:
+        _bad(
+            "format 1 is no longer supported: it carries no timestamp or snapshot metadata. "
+            "Make the bundle again with this release tool ('sysupd release bundle')"
+        )
+    if type(version) is not int or version != BUNDLE_FORMAT:
+        _bad(f"format {version!r} is not supported (expected {BUNDLE_FORMAT})")
     for key in _KEYS:
         if key not in document:
             _bad(f"lacks {key!r}")
     for key in document:
         if key not in _KEYS:
             _bad(f"has an unknown key {key!r}")
-    version = document["format"]
-    if type(version) is not int or version != BUNDLE_FORMAT:
-        _bad(f"format {version!r} is not supported (expected {BUNDLE_FORMAT})")
     roots = document["roots"]
     if not isinstance(roots, list) or not roots:
         _bad("'roots' is not a non-empty list")
     for index, text in enumerate(roots):
         if not isinstance(text, str) or not text:
             _bad(f"'roots'[{index}] is not a non-empty string")
+        _check_utf8(text, f"'roots'[{index}]")
     return BundleHeader(
         target=_text(document, "target"),
         roots=tuple(roots),
+        timestamp=_text(document, "timestamp"),
+        snapshot=_text(document, "snapshot"),
         targets=_text(document, "targets"),
         releases=_text(document, "releases"),
         chunks=_chunk_list(_text(document, "chunks", allow_empty=True)),
@@ -162,7 +177,16 @@ def _text(document: dict[str, Any], key: str, *, allow_empty: bool = False) -> s
     value = document[key]
     if not isinstance(value, str) or (not value and not allow_empty):
         _bad(f"{key!r} is not a non-empty string")
+    _check_utf8(value, repr(key))
     return value
+
+
+def _check_utf8(value: str, name: str) -> None:
+    """JSON's ``\\ud800`` escapes decode to lone surrogates, which are no text."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise VerificationError(f"bundle header {name} is not valid Unicode text") from exc
 
 
 def _chunk_list(encoded: str) -> bytes:

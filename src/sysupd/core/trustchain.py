@@ -1,189 +1,182 @@
-"""Verifying an offline bundle's metadata against the device's trust: bytes in, a decision out.
+"""The TUF client workflow over metadata the caller hands in: bytes in, a decision out.
 
-Following the TUF client workflow with python-tuf's Metadata API, minus the online-only
-freshness roles (snapshot, timestamp):
+This is the offline path's trust check (an offline bundle carries its metadata; the conformance
+client reads a repository), with python-tuf's Metadata API, in the specification's order:
 
 1. the trusted root must be signed by a threshold of its own keys; walk the root chain from it,
    one version at a time, each new root signed by the previous one's threshold and by its own
-   (only roots newer than the trusted one are parsed: an old root that cannot be read is
-   ignored; two different roots of one version are refused); the newest root must not be
-   expired;
-2. ``targets`` signed by the root's targets keys, not expired, not older than the device has seen
-   — a floor that binds while the metadata that set it (which the device kept) still verifies
-   under the current root; once a key rotation removed the keys that signed it, it no longer
-   binds (the TUF specification's recovery from a fast-forward attack); likewise ``releases``
-   under the current ``targets`` delegation. A bundle whose metadata is older than what the
-   device has seen is not refused for that when the device kept that newer metadata: it is
-   checked against the device's copy instead (signed by today's keys, not expired), which must
-   still list the bundle's target — a release withdrawn since is refused, saying so;
-3. ``releases`` signed by the keys ``targets`` delegates to it, not expired, not older than seen,
-   and delegated the bundle's target path;
-4. the target entry and its chunk list (checked against its signed length and hash);
-5. the release policy: the configured product, and no version below the device's floor unless an
-   administrator allowed downgrades.
+   (only roots newer than the trusted one are asked for, at most 256); the newest root must not
+   be expired;
+2. ``timestamp`` signed by the root's timestamp keys, not older than the device has seen, and not
+   naming an older snapshot;
+3. ``snapshot`` the one the timestamp names (version, and length and hashes where it gives
+   them), signed by the root's snapshot keys, listing every role the device's kept snapshot
+   lists at no lower version;
+4. ``targets`` the version the snapshot names, signed by the root's targets keys, not expired;
+5. ``releases`` (sysupd's one delegated role) likewise, signed by the keys ``targets`` delegates
+   to it, not expired.
 
-Nothing here reads files or the clock; the caller persists what ``VerifiedBundle`` says is newly
-trusted (newer roots, metadata versions) only after this returned.
+The offline expiry rule (``docs/design/trust.md``): the freshness roles' expiry (timestamp: a day,
+snapshot: a week) is not enforced here — an offline bundle must outlive them; root, ``targets``
+and ``releases`` expiry is. Version floors follow python-tuf's ngclient: timestamp and snapshot
+bind while the device's kept copy still verifies under the current root, ``targets`` and
+``releases`` at the versions that kept snapshot names; a rotation of the keys that signed them
+lifts them (the specification's recovery from a fast-forward attack). A store that kept no
+snapshot binds ``targets`` and ``releases`` by its own copies of them; a floor known only as a
+number always binds. A kept copy of the version its parent names is used without asking again.
+
+Nothing here reads files or the clock; the ``MetadataSource`` may (it is the caller's port). The
+caller persists what ``VerifiedMetadata`` says is trusted once it accepts it, and the roots a
+``TrustRefused`` carries in any case.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from tuf.api.exceptions import LengthOrHashMismatchError, UnsignedMetadataError
-from tuf.api.metadata import DelegatedRole, Metadata, Root, Targets
+from tuf.api.metadata import (
+    DelegatedRole,
+    Metadata,
+    MetaFile,
+    Root,
+    Snapshot,
+    Targets,
+    Timestamp,
+)
 from tuf.api.serialization import DeserializationError
 
-from sysupd.core.bundle_format import BundleHeader
-from sysupd.core.manifest import Manifest, parse_manifest
-from sysupd.core.versions import Version
-from sysupd.errors import RefusedAfterRoots, VerificationError
+from sysupd.errors import TrustRefused, VerificationError
 
 __all__ = [
-    "ReleasePolicy",
+    "MAX_ROOT_ROTATIONS",
+    "RELEASES_ROLE",
+    "ROLES",
+    "MetadataSource",
     "TrustState",
-    "VerifiedBundle",
     "VerifiedMetadata",
-    "check_policy",
     "metadata_version",
+    "releases_delegation",
+    "role_floor",
     "seen_floors",
-    "verify_bundle",
     "verify_metadata",
 ]
 
 RELEASES_ROLE = "releases"
+ROLES = ("timestamp", "snapshot", "targets", RELEASES_ROLE)
+"""The roles below the root that the device keeps, in the order they are verified."""
+MAX_ROOT_ROTATIONS = 256
+"""As python-tuf's ngclient: at most this many newer roots in one walk (the next walk goes on)."""
+
+_KINDS: dict[str, type[Root] | type[Timestamp] | type[Snapshot] | type[Targets]] = {
+    "root": Root,
+    "timestamp": Timestamp,
+    "snapshot": Snapshot,
+    "targets": Targets,
+    RELEASES_ROLE: Targets,
+}
 
 
 @dataclass(frozen=True, slots=True)
 class TrustState:
-    """What the device trusts before looking at the bundle."""
+    """What the device trusts before looking at new metadata."""
 
     root: bytes
     """The newest verified root metadata (initially the configured ``trust_root``)."""
-    targets_version: int = 0
-    releases_version: int = 0
-    targets: bytes | None = None
-    """The newest verified ``targets`` metadata the device has seen, if it kept it."""
-    releases: bytes | None = None
-    """The newest verified ``releases`` metadata the device has seen, if it kept it."""
+    seen: Mapping[str, int] = field(default_factory=dict)
+    """The newest version of each role in ``ROLES`` the device has seen (absent: 0)."""
+    kept: Mapping[str, bytes] = field(default_factory=dict)
+    """The newest verified metadata of each role in ``ROLES`` the device kept, if it did."""
+
+    def version(self, role: str) -> int:
+        """The newest version of ``role`` the device has seen."""
+        return self.seen.get(role, 0)
 
 
-@dataclass(frozen=True, slots=True)
-class ReleasePolicy:
-    """The device's rules for accepting a release."""
+class MetadataSource(Protocol):
+    """Where ``verify_metadata`` reads metadata, asked in the workflow's order and only for what
+    it needs (a bundle's header answers from memory; the conformance client from a server)."""
 
-    product: str
-    floor: Version | None
-    """The lowest version the device accepts (its last good version), ``None`` for any."""
-    allow_downgrade: bool = False
+    def root(self, version: int) -> bytes | None:
+        """Root metadata of exactly ``version``, or ``None`` if there is none."""
+        ...
 
+    def timestamp(self) -> bytes | None:
+        """The newest timestamp metadata, or ``None`` if there is none."""
+        ...
 
-@dataclass(frozen=True, slots=True)
-class VerifiedBundle:
-    """A bundle whose metadata checked out: the release and what the device should now trust."""
-
-    manifest: Manifest
-    chunk_list: bytes
-    new_roots: tuple[bytes, ...]
-    """Verified roots newer than the trusted one, oldest first, to persist."""
-    trust: TrustState
-    """The trust state to persist once the bundle is accepted."""
-    downgrade: bool
-    """Whether the release is below the floor (allowed by the policy)."""
+    def role(self, role: str, version: int) -> bytes | None:
+        """``snapshot``, ``targets`` or ``releases`` metadata at the ``version`` its verified
+        parent names, or ``None`` if there is none."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
 class VerifiedMetadata:
-    """Metadata that checked out against the device's trust: the newest root, and the
-    ``targets`` and ``releases`` in force — the offered ones, or the device's kept newer copies
-    where the offered ones are older than what it has seen."""
+    """Metadata that checked out: the newest root and every role in force, with their exact
+    bytes (what the device keeps)."""
 
     root: Metadata[Root]
+    timestamp: Metadata[Timestamp]
+    snapshot: Metadata[Snapshot]
     targets: Metadata[Targets]
-    releases: Metadata[Targets]
+    releases: Metadata[Targets] | None
+    """``None`` when the walk stopped at the top-level roles."""
     new_roots: tuple[bytes, ...]
     """Verified roots newer than the trusted one, oldest first."""
-    kept_releases: bool
-    """``releases`` is the device's kept copy, not the offered one."""
+    data: Mapping[str, bytes]
+    """The exact bytes of each role in force (``root`` included)."""
 
-    def trust(self, previous: TrustState) -> TrustState:
+    def trust(self) -> TrustState:
         """The trust to persist once what this verified is accepted."""
+        kept = {role: self.data[role] for role in ROLES if role in self.data}
         return TrustState(
-            root=self.new_roots[-1] if self.new_roots else previous.root,
-            targets_version=self.targets.signed.version,
-            releases_version=self.releases.signed.version,
-            targets=self.targets.to_bytes(),
-            releases=self.releases.to_bytes(),
+            root=self.data["root"],
+            seen={role: _version(data) for role, data in kept.items()},
+            kept=kept,
         )
 
 
 def verify_metadata(
-    trust: TrustState, roots: tuple[str, ...], targets: str, releases: str, now: datetime
-) -> VerifiedMetadata:
-    """Verify offered ``roots`` (any order), ``targets`` and ``releases`` metadata against
-    ``trust`` at time ``now``: the offline path's TUF checks, without any release policy.
-
-    Raises:
-        VerificationError: naming the first check that failed; ``RefusedAfterRoots`` (with the
-            verified newer roots, to keep all the same) when it failed after the root chain.
-    """
-    trusted = _load(trust.root, Root, "root")
-    root, new_roots = _walk_roots(trusted, roots)
-    try:
-        return _verify_roles(trust, targets, releases, now, root, new_roots)
-    except VerificationError as exc:
-        if not new_roots:
-            raise
-        raise RefusedAfterRoots(str(exc), new_roots) from exc
-
-
-def verify_bundle(
-    header: BundleHeader, trust: TrustState, policy: ReleasePolicy, now: datetime
-) -> VerifiedBundle:
-    """Verify ``header`` against ``trust`` and ``policy`` at time ``now``: ``verify_metadata``,
-    then the bundle's target in the ``releases`` in force, its chunk list, and the policy.
-
-    Raises:
-        VerificationError: naming the first check that failed; ``RefusedAfterRoots`` (with the
-            verified newer roots, to keep all the same) when it failed after the root chain.
-    """
-    verified = verify_metadata(trust, header.roots, header.targets, header.releases, now)
-    try:
-        return _verify_release(header, trust, policy, verified)
-    except VerificationError as exc:
-        if not verified.new_roots:
-            raise
-        raise RefusedAfterRoots(str(exc), verified.new_roots) from exc
-
-
-def _verify_roles(
     trust: TrustState,
-    offered_targets: str,
-    offered_releases: str,
+    source: MetadataSource,
     now: datetime,
-    root: Metadata[Root],
-    new_roots: tuple[bytes, ...],
+    *,
+    delegated: bool = True,
+    keep: Callable[[str, bytes], None] | None = None,
 ) -> VerifiedMetadata:
-    """``verify_metadata`` from the newest verified root on."""
-    if root.signed.is_expired(now):
-        raise VerificationError(f"root metadata v{root.signed.version} has expired")
-    floor = _floor(trust.targets, trust.targets_version, root.signed, "targets")
-    targets, _ = _newest(offered_targets, trust.targets, floor, Targets, "targets")
-    _check_signed(root.signed, "targets", targets)
-    _check_fresh(targets, "targets", floor, now)
+    """Verify what ``source`` offers against ``trust`` at time ``now``: the TUF checks alone,
+    without any release policy; ``delegated=False`` stops after the top-level roles.
+    ``keep(role, data)`` is told each role as it comes into force, before the next is read
+    (as ngclient persists each file; a refusal later leaves what was kept trusted).
 
-    _releases_role(targets)
-    floor = _floor(trust.releases, trust.releases_version, targets.signed, RELEASES_ROLE)
-    releases, kept = _newest(offered_releases, trust.releases, floor, Targets, RELEASES_ROLE)
-    _check_signed(targets.signed, RELEASES_ROLE, releases)
-    _check_fresh(releases, RELEASES_ROLE, floor, now)
-    return VerifiedMetadata(root, targets, releases, new_roots, kept)
+    Raises:
+        TrustRefused: naming the first check that failed, with the verified newer roots
+            (trusted all the same, as the workflow keeps each verified root) and whether it
+            was a rollback.
+        Whatever ``source`` raises, unchanged.
+    """
+    walk = _Walk(trust, now, keep)
+    try:
+        walk.trusted_root()
+        walk.roots(source)
+        walk.timestamp(source)
+        walk.snapshot(source)
+        walk.role(source, "targets")
+        if delegated:
+            walk.role(source, RELEASES_ROLE)
+    except _Rollback as exc:
+        raise walk.refused(str(exc), rollback=True) from exc
+    except VerificationError as exc:
+        raise walk.refused(str(exc), rollback=False) from exc
+    return walk.result(delegated)
 
 
-def _releases_role(targets: Metadata[Targets]) -> DelegatedRole:
+def releases_delegation(targets: Metadata[Targets]) -> DelegatedRole:
     """The ``releases`` role ``targets`` delegates to.
 
     Raises:
@@ -196,164 +189,283 @@ def _releases_role(targets: Metadata[Targets]) -> DelegatedRole:
     return role
 
 
-def _verify_release(
-    header: BundleHeader, trust: TrustState, policy: ReleasePolicy, verified: VerifiedMetadata
-) -> VerifiedBundle:
-    """The bundle's target, chunk list and policy, in the ``releases`` ``verified`` holds."""
-    if not _releases_role(verified.targets).is_delegated_path(header.target):
-        raise VerificationError(f"{header.target} is not a path the releases role may sign")
-    releases = verified.releases
-    if verified.kept_releases and header.target not in releases.signed.targets:
-        raise VerificationError(
-            f"{header.target} was withdrawn: the releases metadata v{releases.signed.version} "
-            "this device has seen no longer lists it"
-        )
-    entry = releases.signed.targets.get(header.target)
-    if entry is None:
-        raise VerificationError(f"the releases metadata does not list {header.target}")
-    manifest = parse_manifest(entry.path, entry.length, entry.hashes, entry.custom)
-    chunks_entry = releases.signed.targets.get(manifest.chunks_target)
-    if chunks_entry is None:
-        raise VerificationError(f"the releases metadata does not list {manifest.chunks_target}")
-    try:
-        chunks_entry.verify_length_and_hashes(header.chunks)
-    except LengthOrHashMismatchError as exc:
-        raise VerificationError(f"the chunk list does not match its signed hash: {exc}") from exc
-    downgrade = check_policy(manifest, policy)
-    return VerifiedBundle(
-        manifest=manifest,
-        chunk_list=header.chunks,
-        new_roots=verified.new_roots,
-        trust=verified.trust(trust),
-        downgrade=downgrade,
-    )
-
-
-def seen_floors(trust: TrustState, root: bytes, targets: bytes) -> tuple[int, int]:
-    """The versions of ``targets`` and ``releases`` below which metadata is a rollback, for a
-    channel whose verified root and targets are ``root`` and ``targets`` (the online path).
-
-    A floor binds while the metadata that set it still verifies under the current trust: after
-    a key rotation removed the keys that signed it, it no longer does, and the floor is lifted
-    (the TUF specification's recovery from a fast-forward attack). Where the device kept only a
-    version number, the floor always binds.
+def seen_floors(trust: TrustState, root: bytes, targets: bytes) -> dict[str, int]:
+    """For each role in ``ROLES``, the version below which metadata is a rollback, for a channel
+    whose verified root and targets are ``root`` and ``targets`` (the online path), by the rules
+    ``verify_metadata`` follows (``role_floor``).
 
     Raises:
         VerificationError: ``root`` or ``targets`` cannot be parsed.
     """
-    current_root = _load(root, Root, "root")
-    current_targets = _load(targets, Targets, "targets")
-    return (
-        _floor(trust.targets, trust.targets_version, current_root.signed, "targets"),
-        _floor(trust.releases, trust.releases_version, current_targets.signed, RELEASES_ROLE),
-    )
+    current_root = _load(root, "root").signed
+    current_targets = _load(targets, "targets").signed
+    floors = {}
+    for role in ROLES:
+        floors[role] = role_floor(trust, role, current_root, current_targets)
+        if role in ("targets", RELEASES_ROLE) and _governs(trust, role, current_root):
+            snapshot = _kept(trust, "snapshot")
+            info = snapshot[0].signed.meta.get(f"{role}.json") if snapshot else None
+            floors[role] = info.version if info is not None else 0
+    return floors
 
 
-def check_policy(manifest: Manifest, policy: ReleasePolicy) -> bool:
-    """Whether the device accepts ``manifest``'s release; returns whether it is a downgrade.
+def role_floor(trust: TrustState, role: str, root: Root, targets: Targets | None) -> int:
+    """The version below which ``role`` is a rollback by itself, under the current ``root``
+    (and ``targets``, for ``releases``): what the device has seen, unless the keys that signed
+    its kept copy were rotated out (0: the fast-forward recovery). For ``targets`` and
+    ``releases`` this is 0 where the device's kept snapshot governs them instead (it is
+    checked against the new snapshot; ``seen_floors`` reads its versions).
 
-    Raises:
-        VerificationError: another product, or below the floor without ``allow_downgrade``.
+    A kept copy whose signatures fail while the keys that made them are still trusted is
+    damage, not a rotation: the number binds, as it does where nothing was kept.
     """
-    if manifest.product != policy.product:
-        raise VerificationError(
-            f"the release is for product {manifest.product!r}, this device is {policy.product!r}"
-        )
-    downgrade = policy.floor is not None and manifest.version < policy.floor
-    if downgrade and not policy.allow_downgrade:
-        raise VerificationError(
-            f"version {manifest.version} is older than the installed floor {policy.floor}; "
-            "set allow_downgrade to install it"
-        )
-    return downgrade
+    if role in ("targets", RELEASES_ROLE):
+        snapshot = _kept(trust, "snapshot")
+        if _governs(trust, role, root):
+            return 0
+        if snapshot is not None and _rotated_out(root, "snapshot", snapshot[0]):
+            return 0  # lifted with the snapshot it was pinned by
+    delegator: Root | Targets | None = targets if role == RELEASES_ROLE else root
+    kept = _kept(trust, role)
+    if kept is not None and delegator is not None and _rotated_out(delegator, role, kept[0]):
+        return 0
+    return trust.version(role)
 
 
-def _walk_roots(
-    trusted: Metadata[Root], offered: tuple[str, ...]
-) -> tuple[Metadata[Root], tuple[bytes, ...]]:
-    root = trusted
+def _governs(trust: TrustState, role: str, root: Root) -> bool:
+    """Whether the device's kept snapshot binds ``role``: it verifies under ``root`` and names
+    at least the version the device has seen (a snapshot left behind by an older sysupd, which
+    kept no snapshot, names less and does not)."""
+    snapshot = _kept(trust, "snapshot")
+    if snapshot is None or not _verifies(root, "snapshot", snapshot[0]):
+        return False
+    info = snapshot[0].signed.meta.get(f"{role}.json")
+    return info is not None and info.version >= trust.version(role)
+
+
+def _rotated_out(delegator: Root | Targets, role: str, md: Metadata[Any]) -> bool:
+    """Whether the keys that signed ``md`` no longer meet ``role``'s threshold under
+    ``delegator``: a rotation (or the role no longer delegated)."""
     try:
-        root.signed.verify_delegate("root", root.signed_bytes, root.signatures)
-    except UnsignedMetadataError as exc:
-        raise VerificationError(
-            f"the trusted root v{root.signed.version} is not signed by a threshold of its own keys"
-        ) from exc
-    by_version: dict[int, bytes] = {}
-    for text in offered:
-        version = metadata_version(text)
-        if version is None or version <= root.signed.version:
-            continue  # not needed: the chain starts above the trusted root
-        data = text.encode("utf-8")
-        if by_version.setdefault(version, data) != data:
-            raise VerificationError(f"the bundle holds two different roots of version {version}")
-    newest = max(by_version, default=0)
-    accepted: list[bytes] = []
-    while root.signed.version < newest:
-        try:
-            root = _next_root(root, by_version)
-        except VerificationError as exc:
-            if not accepted:
-                raise
-            raise RefusedAfterRoots(str(exc), tuple(accepted)) from exc  # each kept as verified
-        accepted.append(by_version[root.signed.version])
-    return root, tuple(accepted)
-
-
-def _next_root(root: Metadata[Root], by_version: dict[int, bytes]) -> Metadata[Root]:
-    """The root after ``root``, verified: signed by ``root``'s threshold and by its own."""
-    version = root.signed.version + 1
-    found = by_version.get(version)
-    if found is None:
-        raise VerificationError(f"the bundle's root chain is missing version {version}")
-    new_root = _load(found, Root, "root")
-    if new_root.signed.version != version:
-        raise VerificationError(f"root v{version} cannot be parsed as that version")
-    try:
-        root.signed.verify_delegate("root", new_root.signed_bytes, new_root.signatures)
-        new_root.signed.verify_delegate("root", new_root.signed_bytes, new_root.signatures)
-    except UnsignedMetadataError as exc:
-        raise VerificationError(
-            f"root v{version} is not signed by the keys of v{version - 1} and its own"
-        ) from exc
-    return new_root
+        delegated = delegator.get_delegated_role(role)
+    except ValueError:
+        return True
+    signers = {sig.keyid for sig in md.signatures.values()} & set(delegated.keyids)
+    return len(signers) < delegated.threshold
 
 
 def metadata_version(data: str | bytes) -> int | None:
     """The version metadata claims, read without parsing the rest (``None`` if it has none)."""
     try:
         version = json.loads(data)["signed"]["version"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return None
     return version if isinstance(version, int) and not isinstance(version, bool) else None
 
 
-def _floor(kept: bytes | None, seen: int, delegator: Root | Targets, role: str) -> int:
-    """``seen``, while the kept metadata that set it still verifies under ``delegator`` (keys
-    added or a threshold lowered keep it binding; the signing keys rotated out lift it: 0)."""
-    if kept is None:
-        return seen
+class _Rollback(VerificationError):
+    """Metadata older than what the device has seen."""
+
+
+class _Walk:
+    """One run of the workflow: what is trusted so far, updated step by step."""
+
+    def __init__(
+        self, trust: TrustState, now: datetime, keep: Callable[[str, bytes], None] | None
+    ) -> None:
+        self._trust = trust
+        self._now = now
+        self._keep = keep
+        self._new_roots: list[bytes] = []
+        self._in_force: dict[str, tuple[Metadata[Any], bytes]] = {}
+        self._root: Metadata[Root]
+
+    def trusted_root(self) -> None:
+        root = _load(self._trust.root, "root")
+        if not _verifies(root.signed, "root", root):
+            raise VerificationError(
+                f"the trusted root v{root.signed.version} is not signed by a threshold of its "
+                "own keys"
+            )
+        self._root = root
+        self._in_force["root"] = (root, self._trust.root)
+
+    def _enter(self, role: str, md: Metadata[Any], data: bytes) -> None:
+        self._in_force[role] = (md, data)
+        if self._keep is not None:
+            self._keep(role, data)
+
+    def roots(self, source: MetadataSource) -> None:
+        for _ in range(MAX_ROOT_ROTATIONS):  # then stop, as ngclient does
+            version = self._root.signed.version + 1
+            data = source.root(version)
+            if data is None:
+                break
+            new_root = _load(data, "root")
+            if new_root.signed.version != version:
+                raise VerificationError(f"root v{version} is version {new_root.signed.version}")
+            if not (
+                _verifies(self._root.signed, "root", new_root)
+                and _verifies(new_root.signed, "root", new_root)
+            ):
+                raise VerificationError(
+                    f"root v{version} is not signed by the keys of v{version - 1} and its own"
+                )
+            self._root = new_root
+            self._new_roots.append(data)
+            self._enter("root", new_root, data)
+        if self._root.signed.is_expired(self._now):
+            raise VerificationError(f"root metadata v{self._root.signed.version} has expired")
+
+    def timestamp(self, source: MetadataSource) -> None:
+        kept = self._kept_under("timestamp", self._root.signed)
+        floor = role_floor(self._trust, "timestamp", self._root.signed, None)
+        data = source.timestamp()
+        if data is None:
+            raise VerificationError("there is no timestamp metadata")
+        new = _load(data, "timestamp")
+        _check_signed(self._root.signed, "timestamp", new)
+        if new.signed.version < floor:
+            raise _Rollback(_older("timestamp", new.signed.version, floor))
+        if kept is not None:
+            old_meta = kept[0].signed.snapshot_meta.version
+            if new.signed.snapshot_meta.version < old_meta:
+                raise _Rollback(
+                    f"timestamp metadata v{new.signed.version} names snapshot "
+                    f"v{new.signed.snapshot_meta.version}, older than v{old_meta}, which this "
+                    "device has already seen (a rollback)"
+                )
+            if new.signed.version == kept[0].signed.version:
+                new, data = kept  # the one the device has: as ngclient, it stays in force
+        self._enter("timestamp", new, data)
+
+    def snapshot(self, source: MetadataSource) -> None:
+        meta: MetaFile = self._in_force["timestamp"][0].signed.snapshot_meta
+        kept = self._kept_under("snapshot", self._root.signed)
+        floor = role_floor(self._trust, "snapshot", self._root.signed, None)
+        new, data = self._fetch(source, "snapshot", meta, kept, self._root.signed, floor)
+        if kept is not None:
+            for name, old in kept[0].signed.meta.items():
+                info = new.signed.meta.get(name)
+                if info is None:
+                    raise VerificationError(
+                        f"snapshot metadata v{new.signed.version} no longer lists {name}"
+                    )
+                if info.version < old.version:
+                    raise _Rollback(
+                        f"snapshot metadata v{new.signed.version} names {name} v{info.version}, "
+                        f"older than v{old.version}, which this device has already seen "
+                        "(a rollback)"
+                    )
+        self._enter("snapshot", new, data)
+
+    def role(self, source: MetadataSource, role: str) -> None:
+        """``targets`` (under the root) or ``releases`` (under ``targets``)."""
+        if role == RELEASES_ROLE:
+            delegator: Root | Targets = self._in_force["targets"][0].signed
+            releases_delegation(self._in_force["targets"][0])
+        else:
+            delegator = self._root.signed
+        meta = self._in_force["snapshot"][0].signed.meta.get(f"{role}.json")
+        if meta is None:
+            raise VerificationError(f"the snapshot metadata does not list {role}")
+        kept = self._kept_under(role, delegator)
+        targets = self._in_force["targets"][0].signed if role == RELEASES_ROLE else None
+        floor = role_floor(self._trust, role, self._root.signed, targets)
+        expired = kept is not None and kept[0].signed.is_expired(self._now)
+        # an expired copy is not reused (ngclient asks again)
+        new, data = self._fetch(source, role, meta, None if expired else kept, delegator, floor)
+        if new.signed.is_expired(self._now):
+            raise VerificationError(
+                f"{role} metadata v{new.signed.version} expired on {new.signed.expires:%Y-%m-%d}"
+            )
+        self._enter(role, new, data)
+
+    def refused(self, message: str, *, rollback: bool) -> TrustRefused:
+        return TrustRefused(message, tuple(self._new_roots), rollback=rollback)
+
+    def result(self, delegated: bool) -> VerifiedMetadata:
+        md = self._in_force
+        return VerifiedMetadata(
+            root=self._root,
+            timestamp=md["timestamp"][0],
+            snapshot=md["snapshot"][0],
+            targets=md["targets"][0],
+            releases=md[RELEASES_ROLE][0] if delegated else None,
+            new_roots=tuple(self._new_roots),
+            data={role: data for role, (_, data) in md.items()},
+        )
+
+    def _fetch(
+        self,
+        source: MetadataSource,
+        role: str,
+        meta: MetaFile,
+        kept: tuple[Metadata[Any], bytes] | None,
+        delegator: Root | Targets,
+        floor: int,
+    ) -> tuple[Metadata[Any], bytes]:
+        """``role`` at the version ``meta`` names: the kept copy when it is that one, else
+        asked for, matched against ``meta``, signed by ``delegator``'s keys for it, not below
+        ``floor``."""
+        if kept is not None and kept[0].signed.version == meta.version and _matches(meta, kept):
+            return kept
+        if meta.version < floor:
+            raise _Rollback(_older(role, meta.version, floor))
+        data = source.role(role, meta.version)
+        if data is None:
+            raise VerificationError(f"there is no {role} metadata v{meta.version}")
+        try:
+            meta.verify_length_and_hashes(data)
+        except LengthOrHashMismatchError as exc:
+            raise VerificationError(
+                f"{role} metadata does not match the length and hashes its parent signed: {exc}"
+            ) from exc
+        new = _load(data, role)
+        _check_signed(delegator, role, new)
+        if new.signed.version != meta.version:
+            raise VerificationError(
+                f"{role} metadata is version {new.signed.version}, not the v{meta.version} "
+                "its parent names"
+            )
+        return new, data
+
+    def _kept_under(
+        self, role: str, delegator: Root | Targets
+    ) -> tuple[Metadata[Any], bytes] | None:
+        """The device's kept copy of ``role``, if it still verifies under ``delegator``."""
+        kept = _kept(self._trust, role)
+        if kept is None or not _verifies(delegator, role, kept[0]):
+            return None
+        return kept
+
+
+def _kept(trust: TrustState, role: str) -> tuple[Metadata[Any], bytes] | None:
+    """The device's kept copy of ``role``, parsed; a damaged copy is as none (its version number
+    still binds: it never weakens the floor)."""
+    data = trust.kept.get(role)
+    if data is None:
+        return None
     try:
-        md = _load(kept, Targets, role)
+        return _load(data, role), data
     except VerificationError:
-        return seen  # a damaged copy never weakens the floor
+        return None
+
+
+def _matches(meta: MetaFile, kept: tuple[Metadata[Any], bytes]) -> bool:
+    try:
+        meta.verify_length_and_hashes(kept[1])
+    except LengthOrHashMismatchError:
+        return False
+    return True
+
+
+def _verifies(delegator: Root | Targets, role: str, md: Metadata[Any]) -> bool:
     try:
         delegator.verify_delegate(role, md.signed_bytes, md.signatures)
     except (UnsignedMetadataError, ValueError):
-        return 0
-    return seen
-
-
-def _newest(
-    offered: str, kept: bytes | None, seen: int, kind: type[Targets], role: str
-) -> tuple[Metadata[Any], bool]:
-    """The bundle's ``role`` metadata, or (``True``) the device's kept copy where the bundle's is
-    older than what the device has seen and the copy is that version or newer (still checked by
-    the caller like the bundle's own)."""
-    md = _load(offered, kind, role)
-    if md.signed.version >= seen or kept is None:
-        return md, False
-    copy = _load(kept, kind, role)
-    return (copy, True) if copy.signed.version >= seen else (md, False)
+        return False
+    return True
 
 
 def _check_signed(delegator: Root | Targets, role: str, md: Metadata[Any]) -> None:
@@ -367,31 +479,28 @@ def _check_signed(delegator: Root | Targets, role: str, md: Metadata[Any]) -> No
         raise VerificationError(f"{role} metadata cannot be checked: {exc}") from exc
 
 
-def _check_fresh(md: Metadata[Targets], role: str, seen_version: int, now: datetime) -> None:
-    if md.signed.version < seen_version:
-        raise VerificationError(
-            f"{role} metadata v{md.signed.version} is older than v{seen_version}, which this "
-            "device has already seen (a rollback): the bundle was made before the release "
-            "repository's latest change, or it is replayed. Make it again from the current "
-            "repository ('sysupd release bundle') and install that one"
-        )
-    if md.signed.is_expired(now):
-        raise VerificationError(
-            f"{role} metadata v{md.signed.version} expired on {md.signed.expires:%Y-%m-%d}"
-        )
+def _older(role: str, version: int, floor: int) -> str:
+    return (
+        f"{role} metadata v{version} is older than v{floor}, which this device has already "
+        "seen (a rollback)"
+    )
 
 
-def _load(data: str | bytes, kind: type[Root] | type[Targets], role: str) -> Metadata[Any]:
+def _version(data: bytes) -> int:
+    return metadata_version(data) or 0  # verified metadata: it has one
+
+
+def _load(data: str | bytes, role: str) -> Metadata[Any]:
     raw = data.encode("utf-8") if isinstance(data, str) else data
     try:
         json.loads(raw, object_pairs_hook=_refuse_duplicates)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise VerificationError(f"{role} metadata cannot be parsed: {exc}") from exc
     try:
         md: Metadata[Any] = Metadata.from_bytes(raw)
-    except (DeserializationError, ValueError, KeyError, TypeError) as exc:
+    except (DeserializationError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise VerificationError(f"{role} metadata cannot be parsed: {exc}") from exc
-    if md.signed.type != kind.type:
+    if md.signed.type != _KINDS[role].type:
         raise VerificationError(f"expected {role} metadata, found {md.signed.type!r}")
     return md
 

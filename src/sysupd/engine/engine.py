@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING
 
 from sysupd.boot.adapter import Bootloader, make_bootloader
 from sysupd.core.bootenv import BootEnv
+from sysupd.core.bundletrust import ReleasePolicy, check_policy, verify_bundle
 from sysupd.core.chunks import ChunkVerifier
 from sysupd.core.job import JobState, JobStateMachine
 from sysupd.core.manifest import Manifest
 from sysupd.core.settings import Settings
-from sysupd.core.trustchain import ReleasePolicy, check_policy, metadata_version, verify_bundle
+from sysupd.core.trustchain import metadata_version
 from sysupd.core.units import human_rate, human_size
 from sysupd.core.versions import parse_version
 from sysupd.engine.boottrial import BootReport, BootTrial, slot_version, stamp
@@ -43,8 +44,8 @@ from sysupd.errors import (
     AcquireError,
     BootError,
     InstallError,
-    RefusedAfterRoots,
     StateError,
+    TrustRefused,
     VerificationError,
 )
 from sysupd.slots.base import PayloadSpec, SlotWriter
@@ -270,7 +271,7 @@ class Engine:
             verified = verify_bundle(
                 header, self.trust.load(), self.policy(state), self.clock.utcnow()
             )
-        except RefusedAfterRoots as exc:
+        except TrustRefused as exc:
             self._keep_roots(exc.roots, say)
             raise
         # Each verified root is trusted at once, whatever becomes of this install (the TUF

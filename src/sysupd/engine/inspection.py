@@ -38,15 +38,10 @@ from sysupd.core.bundle_format import (
     decode_bundle_header,
     decode_bundle_prefix,
 )
+from sysupd.core.bundletrust import ReleasePolicy, VerifiedBundle, check_policy, verify_bundle
 from sysupd.core.chunks import ChunkVerifier
 from sysupd.core.manifest import Manifest, parse_manifest
-from sysupd.core.trustchain import (
-    ReleasePolicy,
-    TrustState,
-    VerifiedBundle,
-    check_policy,
-    verify_bundle,
-)
+from sysupd.core.trustchain import TrustState
 from sysupd.engine.engine import Engine
 from sysupd.engine.stream import VerifiedReader, drain
 from sysupd.engine.trust import MAX_METADATA_BYTES

@@ -1,8 +1,9 @@
 """The device's persisted trust: the newest verified root and the metadata versions it has seen.
 
 Kept in ``<state_dir>/trust/``: ``root.json`` (newest verified root), ``N.root.json`` (each root
-as it was accepted), ``versions.json``, and ``targets.json`` and ``releases.json``: the newest
-verified metadata of an installed bundle, against which an older bundle of a release still
+as it was accepted), ``versions.json``, and ``timestamp.json``, ``snapshot.json``,
+``targets.json`` and ``releases.json``: the newest verified metadata an installed release came
+with (from a bundle or the update server), against which an older bundle of a release still
 listed there verifies. The first start copies the file named by the
 ``trust_root`` setting into ``root.json``; from then on the device's trust changes only by signed
 root rotation, never by editing that setting.
@@ -19,10 +20,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sysupd.core.trustchain import TrustState, VerifiedBundle, metadata_version
+from sysupd.core.bundletrust import VerifiedBundle
+from sysupd.core.trustchain import ROLES, TrustState, metadata_version
 from sysupd.errors import ConfigError, StateError
 from sysupd.fsutil import atomic_write, read_capped
 from sysupd.sources.base import SignedRelease
@@ -40,12 +43,10 @@ class TrustUpdate:
     """Verified roots newer than the trusted one, oldest first."""
     root: bytes
     """The newest verified root."""
-    targets_version: int
-    releases_version: int
-    targets: bytes | None = None
-    """The verified ``targets`` metadata to keep, if the release brought it."""
-    releases: bytes | None = None
-    """The verified ``releases`` metadata to keep, if the release brought it."""
+    seen: Mapping[str, int]
+    """The version of each role in ``ROLES`` the release came with."""
+    kept: Mapping[str, bytes]
+    """The verified metadata of each role to keep (a role absent: its kept copy is dropped)."""
 
 
 class TrustStore:
@@ -113,34 +114,26 @@ class TrustStore:
         if versions_path.exists():
             try:
                 loaded = json.loads(self._read(versions_path))
-                versions = {k: int(loaded[k]) for k in ("targets", "releases")}
-            except (ValueError, KeyError, TypeError) as exc:
+                # a store written before timestamp and snapshot were kept lacks them: 0
+                versions = {k: int(loaded[k]) for k in ROLES if k in loaded}
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise StateError(f"{versions_path} is corrupt: {exc}") from exc
-        kept = {
-            role: self._read(self._dir / f"{role}.json")
-            for role in ("targets", "releases")
-            if (self._dir / f"{role}.json").exists()
-        }
-        return TrustState(
-            root,
-            versions.get("targets", 0),
-            versions.get("releases", 0),
-            kept.get("targets"),
-            kept.get("releases"),
-        )
+        kept = {}
+        for role in ROLES:
+            path = self._dir / f"{role}.json"
+            if path.exists():
+                data = self._read(path)
+                # Only the copy versions.json names: an older sysupd (the other slot) kept no
+                # timestamp or snapshot and leaves a stale one behind when it commits.
+                if metadata_version(data) == versions.get(role):
+                    kept[role] = data
+        return TrustState(root, versions, kept)
 
     @staticmethod
     def update_for(verified: VerifiedBundle) -> TrustUpdate:
         """The trust an offline bundle brings."""
         trust = verified.trust
-        return TrustUpdate(
-            verified.new_roots,
-            trust.root,
-            trust.targets_version,
-            trust.releases_version,
-            trust.targets,
-            trust.releases,
-        )
+        return TrustUpdate(verified.new_roots, trust.root, trust.seen, trust.kept)
 
     def update_online(self, signed: SignedRelease) -> TrustUpdate:
         """The trust the online channel verified: its newest root, and its versions and
@@ -149,10 +142,8 @@ class TrustStore:
         return TrustUpdate(
             () if signed.root == current.root else (signed.root,),
             signed.root,
-            signed.targets_version,
-            signed.releases_version,
-            signed.targets,
-            signed.releases,
+            {role: metadata_version(data) or 0 for role, data in signed.metadata.items()},
+            signed.metadata,
         )
 
     def stage(self, update: TrustUpdate, slot: str) -> None:
@@ -161,12 +152,12 @@ class TrustStore:
             "slot": slot,
             "new_roots": [base64.b64encode(r).decode("ascii") for r in update.new_roots],
             "root": base64.b64encode(update.root).decode("ascii"),
-            "targets": update.targets_version,
-            "releases": update.releases_version,
+            "versions": dict(update.seen),
+            # as an older sysupd (the slot this may boot back into) reads a staged trust
+            "targets": update.seen.get("targets", 0),
+            "releases": update.seen.get("releases", 0),
             "metadata": {
-                role: base64.b64encode(data).decode("ascii")
-                for role, data in (("targets", update.targets), ("releases", update.releases))
-                if data is not None
+                role: base64.b64encode(data).decode("ascii") for role, data in update.kept.items()
             },
         }
         self._dir.mkdir(parents=True, exist_ok=True)
@@ -183,15 +174,15 @@ class TrustStore:
         try:
             record = json.loads(self._read(self._pending))
             metadata = {k: base64.b64decode(v) for k, v in record.get("metadata", {}).items()}
+            # staged by an older sysupd (the one that installed this slot): two version numbers
+            versions = record.get("versions") or {k: record[k] for k in ("targets", "releases")}
             update = TrustUpdate(
                 tuple(base64.b64decode(r) for r in record["new_roots"]),
                 base64.b64decode(record["root"]),
-                int(record["targets"]),
-                int(record["releases"]),
-                metadata.get("targets"),
-                metadata.get("releases"),
+                {k: int(v) for k, v in versions.items() if k in ROLES},
+                {k: v for k, v in metadata.items() if k in ROLES},
             )
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise StateError(f"{self._pending} is corrupt: {exc}") from exc
         self._commit(update)
         self._pending.unlink()
@@ -247,12 +238,13 @@ class TrustStore:
 
     def _commit(self, update: TrustUpdate) -> None:
         self._write_roots(update.new_roots, update.root)
-        for role, metadata in (("targets", update.targets), ("releases", update.releases)):
+        for role in ROLES:
+            metadata = update.kept.get(role)
             if metadata is not None:
                 atomic_write(self._dir / f"{role}.json", metadata)
             else:  # newer versions came without their metadata: the kept copy no longer speaks
                 (self._dir / f"{role}.json").unlink(missing_ok=True)
-        versions = {"targets": update.targets_version, "releases": update.releases_version}
+        versions = {role: update.seen.get(role, 0) for role in ROLES}
         atomic_write(self._dir / "versions.json", json.dumps(versions).encode())
 
     def _read(self, path: Path) -> bytes:

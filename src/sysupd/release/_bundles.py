@@ -5,8 +5,10 @@ The format is ``docs/design/release-format.md`` (framing: ``sysupd.core.bundle_f
 Invariants:
 
 - A bundle carries every root version, so a device can walk its trust forward from any root it
-  holds, and the current targets and releases metadata with the release's chunk list.
-- Metadata a device would refuse as expired is refused here, before anything is written.
+  holds, and the current timestamp, snapshot, targets and releases metadata with the release's
+  chunk list.
+- Metadata a device would refuse as expired (root, targets, releases: the freshness roles'
+  expiry is not enforced offline) is refused here, before anything is written.
 - The payload is streamed from the repository and checked against its signed length and SHA-256
   on the way; ``output`` is replaced only by a complete, matching bundle.
 """
@@ -52,6 +54,14 @@ def _write(md: RepositoryMetadata, info: ReleaseInfo, output: Path) -> int:
                 f"{role} metadata expired at {signed.signed.expires.isoformat()}; a device "
                 "would refuse the bundle (see docs/release-keys.md on renewing it)"
             )
+    for role in ("targets", RELEASES):
+        pinned = md.snapshot.signed.meta.get(f"{role}.json")
+        if pinned is None or not pinned.hashes:
+            raise ConfigError(
+                f"the repository's snapshot names {role} by version only (signed by an older "
+                "release tool), and devices refuse such a bundle: run 'sysupd release publish' "
+                "first"
+            )
     chunks = md.releases.signed.targets.get(info.chunks)
     payload = md.releases.signed.targets[info.target]
     if chunks is None:
@@ -59,6 +69,8 @@ def _write(md: RepositoryMetadata, info: ReleaseInfo, output: Path) -> int:
     header = BundleHeader(
         target=info.target,
         roots=tuple(md.read_text(f"{n}.root.json") for n in range(1, md.root.signed.version + 1)),
+        timestamp=md.read_text("timestamp.json"),
+        snapshot=md.read_text(f"{md.snapshot.signed.version}.snapshot.json"),
         targets=md.read_text(f"{md.targets.signed.version}.targets.json"),
         releases=md.read_text(f"{md.releases.signed.version}.releases.json"),
         chunks=read_target(md.dir, chunks),

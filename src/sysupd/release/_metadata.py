@@ -349,8 +349,12 @@ class RepositoryMetadata:
         """
         meta = self.snapshot.signed.meta
         meta.clear()
-        meta["targets.json"] = MetaFile(self.targets.signed.version)
-        meta[f"{RELEASES}.json"] = MetaFile(self.releases.signed.version)
+        # Length and hash too, not only the version: then a thief of the releases key alone
+        # cannot sign another releases of the current version (docs/design/trust.md).
+        for role, signed in (("targets", self.targets), (RELEASES, self.releases)):
+            version = signed.signed.version
+            data = self.read_bytes(f"{version}.{role}.json")
+            meta[f"{role}.json"] = MetaFile.from_data(version, data, ["sha256"])
         data = self.commit("snapshot", self.snapshot, bump=bump)
         self.timestamp.signed.snapshot_meta = MetaFile.from_data(
             self.snapshot.signed.version, data, ["sha256"]

@@ -15,13 +15,14 @@ run in the engine's worker thread and may block.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+from sysupd.core.bundletrust import ReleasePolicy
 from sysupd.core.manifest import Manifest
-from sysupd.core.trustchain import ReleasePolicy, TrustState
+from sysupd.core.trustchain import TrustState
 from sysupd.core.versions import Version
 
 __all__ = ["Acquired", "ByteSource", "DeviceView", "Log", "SignedRelease", "Source"]
@@ -68,12 +69,8 @@ class SignedRelease:
     """The payload's chunk hashes, verified against their signed target entry."""
     root: bytes
     """The newest root the channel verified, to keep once the release is installed."""
-    targets_version: int
-    releases_version: int
-    targets: bytes | None = None
-    """The verified ``targets`` metadata, for the device to keep."""
-    releases: bytes | None = None
-    """The verified ``releases`` metadata, for the device to keep."""
+    metadata: Mapping[str, bytes]
+    """The verified timestamp, snapshot, ``targets`` and ``releases`` metadata, to keep."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,13 +23,9 @@ from tuf.api.exceptions import DownloadError, RepositoryError
 from tuf.api.metadata import DelegatedRole, Metadata, TargetFile, Targets
 from tuf.ngclient import Updater, UpdaterConfig
 
+from sysupd.core.bundletrust import ReleasePolicy, check_policy
 from sysupd.core.manifest import Manifest, parse_manifest
-from sysupd.core.trustchain import (
-    ReleasePolicy,
-    TrustState,
-    check_policy,
-    seen_floors,
-)
+from sysupd.core.trustchain import ROLES, TrustState, metadata_version, seen_floors
 from sysupd.core.versions import Version
 from sysupd.errors import AcquireError, VerificationError
 from sysupd.fsutil import read_capped
@@ -113,7 +109,8 @@ class OnlineChannel:
             AcquireError: the server could not be reached or sent too little, too slowly.
             VerificationError: the metadata is not trusted (signatures, expiry, rollback, …).
         """
-        releases = self._check_seen(self._releases())
+        releases = self.refresh()
+        self.check_seen()
         delegation = self._delegation()
         best: Candidate | None = None
         passed_over: list[str] = []
@@ -175,15 +172,19 @@ class OnlineChannel:
         url = f"{self._targets_url}{directory}/{candidate.manifest.sha256}.{name}"
         return url, self.fetcher.open_stream(url, candidate.manifest.length)
 
-    def trusted_versions(self) -> tuple[bytes, int, int, bytes, bytes]:
-        """After ``newest``: the newest verified root, the targets and releases versions, and
-        the verified targets and releases metadata (for the device to keep)."""
-        root = read_capped(self._cache / "root.json", 4 * 1024 * 1024)
-        targets_bytes = read_capped(self._cache / "targets.json", 2**24)
-        releases_bytes = read_capped(self._cache / "releases.json", 2**24)
-        targets = Metadata[Targets].from_bytes(targets_bytes)
-        releases = Metadata[Targets].from_bytes(releases_bytes)
-        return root, targets.signed.version, releases.signed.version, targets_bytes, releases_bytes
+    def trusted(self) -> tuple[bytes, dict[str, bytes]]:
+        """After ``refresh``: the newest verified root, and the verified metadata of each role
+        in ``ROLES`` (for the device to keep).
+
+        Raises:
+            VerificationError: ngclient's cache lacks one (``refresh`` did not complete).
+        """
+        try:
+            root = read_capped(self._cache / "root.json", 4 * 1024 * 1024)
+            metadata = {role: read_capped(self._cache / f"{role}.json", 2**24) for role in ROLES}
+        except OSError as exc:
+            raise VerificationError(f"the verified metadata is missing: {exc}") from exc
+        return root, metadata
 
     def _delegation(self) -> DelegatedRole:
         targets = Metadata[Targets].from_bytes(read_capped(self._cache / "targets.json", 2**24))
@@ -193,30 +194,37 @@ class OnlineChannel:
             raise VerificationError("the update server's targets metadata delegates no releases")
         return role
 
-    def _check_seen(self, releases: Metadata[Targets]) -> Metadata[Targets]:
-        """Refuse metadata older than what the device already trusts from any path (an offline
-        bundle may have brought newer versions than this server's cache has seen), while those
-        floors bind (see ``seen_floors``: a key rotation lifts them)."""
-        root = read_capped(self._cache / "root.json", 4 * 1024 * 1024)
-        targets_bytes = read_capped(self._cache / "targets.json", 2**24)
-        targets = Metadata[Targets].from_bytes(targets_bytes)
-        floors = seen_floors(self._seen, root, targets_bytes)
-        for role, version, seen in (
-            ("targets", targets.signed.version, floors[0]),
-            ("releases", releases.signed.version, floors[1]),
-        ):
-            if version < seen:
+    def check_seen(self) -> None:
+        """After ``refresh``: refuse metadata older than what the device already trusts from any
+        path (an offline bundle may have brought newer versions than this server's cache has
+        seen), while those floors bind (``seen_floors``: a key rotation lifts them).
+
+        Raises:
+            VerificationError: a role is older than its binding floor.
+        """
+        root, metadata = self.trusted()
+        floors = seen_floors(self._seen, root, metadata["targets"])
+        for role in ROLES:
+            version = metadata_version(metadata[role]) or 0
+            if version < floors[role]:
                 raise VerificationError(
-                    f"the update server's {role} metadata v{version} is older than v{seen}, "
-                    "which this device has already seen (rollback or a stale mirror)"
+                    f"the update server's {role} metadata v{version} is older than "
+                    f"v{floors[role]}, which this device has already seen (rollback or a stale "
+                    "mirror)"
                 )
-        return releases
 
     def close(self) -> None:
         """Close the fetcher's connections."""
         self.fetcher.close()
 
-    def _releases(self) -> Metadata[Targets]:
+    def refresh(self) -> Metadata[Targets]:
+        """The TUF client workflow against the server, down to the ``releases`` role, which it
+        returns (verified by ngclient; not yet checked against the device's floors).
+
+        Raises:
+            AcquireError: the server could not be read.
+            VerificationError: its metadata is not trusted.
+        """
         try:
             self._updater.refresh()
             self._updater.get_targetinfo(_PROBE)  # loads and verifies the releases role

@@ -72,12 +72,10 @@ class ServerSource:
                 f"{manifest.length} bytes, metadata verified"
             )
             chunks = channel.chunk_list(candidate)
-            root, targets_version, releases_version, targets, releases = channel.trusted_versions()
+            root, metadata = channel.trusted()
             url, stream = channel.open_payload(candidate)
             with stream:
-                release = SignedRelease(
-                    manifest, chunks, root, targets_version, releases_version, targets, releases
-                )
+                release = SignedRelease(manifest, chunks, root, metadata)
                 yield Acquired(stream, url, release)
 
     @contextlib.contextmanager
