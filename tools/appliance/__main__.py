@@ -1,14 +1,16 @@
-"""``python -m tools.appliance build``: build the appliance disk (or reuse the cached one)."""
+"""``python -m tools.appliance build|boot``: build the appliance disk, or boot a copy and ask it."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import sys
 from pathlib import Path
 
 from tools.appliance.build import build
 from tools.appliance.commands import BuildError
+from tools.appliance.vm import demo
 
 
 def main() -> int:
@@ -20,9 +22,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.appliance", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("build", parents=[common], help="build the disk (or reuse the cached one)")
+    commands.add_parser("boot", parents=[common], help="boot a copy, print sys/info, power off")
     args = parser.parse_args()
     try:
-        build(args.cache, args.version, force=args.force, log=functools.partial(print, flush=True))
+        appliance = build(
+            args.cache, args.version, force=args.force, log=functools.partial(print, flush=True)
+        )
+        if args.command == "boot":
+            asyncio.run(demo(appliance))
     except BuildError as exc:
         print(f"appliance: {exc}", file=sys.stderr)
         return 1
