@@ -9,35 +9,13 @@ once and reused from ``.cache/appliance`` while its inputs are unchanged (a cold
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from tests.programs import need
+from tests.appliance import need_appliance_tools
 from tools.appliance.build import build
-from tools.appliance.vm import OVMF_CODE, OVMF_VARS, Vm, read_grubenv
-
-PROGRAMS = (
-    "qemu-system-x86_64",
-    "debootstrap",
-    "sfdisk",
-    "mkfs.vfat",
-    "mcopy",
-    "mke2fs",
-    "grub-mkstandalone",
-    "grub-editenv",
-)
-
-
-def need_appliance_tools() -> None:
-    """Fail now, saying what to install, unless the builder and the harness can run here."""
-    need(*PROGRAMS)
-    missing = [str(f) for f in (OVMF_CODE, OVMF_VARS) if not f.exists()]
-    if missing:
-        pytest.fail(f"this test boots UEFI firmware {', '.join(missing)}: apt-get install ovmf")
-    if os.geteuid() != 0:
-        pytest.fail("building the appliance image needs root (debootstrap, chroot, bind mounts)")
+from tools.appliance.vm import Vm, read_grubenv
 
 
 @pytest.mark.timeout(1800)

@@ -33,7 +33,15 @@ from tools.appliance.commands import run
 from tools.appliance.grubcfg import grub_cfg, selection_snippet
 from tools.appliance.layout import DISK
 
-__all__ = ["PRODUCT", "Appliance", "build", "default_cache", "input_key", "release_image"]
+__all__ = [
+    "PRODUCT",
+    "Appliance",
+    "build",
+    "default_cache",
+    "input_key",
+    "release_bundle",
+    "release_image",
+]
 
 PRODUCT = "sysupd-appliance"
 CHECKOUT = Path(__file__).resolve().parents[2]
@@ -119,7 +127,7 @@ def build(
     def clock(step: str) -> contextlib.AbstractContextManager[None]:
         return _timed(timings, step, log)
 
-    with clock("base tree (debootstrap, cached)"):
+    with clock("base tree (debootstrap, unless cached)"):
         base = rootfs.base_tree(cache)
     with clock("wheelhouse (pip wheel)"):
         wheelhouse = _wheelhouse(cache / "wheelhouse")
@@ -165,6 +173,26 @@ def release_image(appliance: Appliance, version: str, unhealthy: str | None = No
         return rootfs.slot_image(appliance.root_tree, version, out)
     finally:
         marker.unlink(missing_ok=True)
+
+
+def release_bundle(appliance: Appliance, version: str, work: Path, image: Path) -> Path:
+    """A signed offline bundle of ``image`` as release ``version``, made with ``sysupd release``.
+
+    Signed in a copy of the appliance's repository (made in ``work``): the keys are the ones the
+    device trusts, and the cached repository never accumulates a run's releases.
+
+    Raises:
+        BuildError: ``sysupd release`` fails.
+    """
+    repo = work / "repo"
+    if repo.exists():
+        shutil.rmtree(repo)
+    shutil.copytree(appliance.repo, repo)
+    sysupd = Path(sys.executable).with_name("sysupd")
+    run([sysupd, "release", "add", "--repo", repo, "--version", version, "--image", image])
+    bundle = work / f"{appliance.product}-{version}.bundle"
+    run([sysupd, "release", "bundle", "--repo", repo, "--version", version, "--output", bundle])
+    return bundle
 
 
 def _input_files(checkout: Path) -> Iterator[Path]:

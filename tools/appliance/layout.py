@@ -104,7 +104,8 @@ class DiskLayout:
 
 
 DISK = DiskLayout.of(
-    {"esp": 32, "slot-a": 1024, "slot-b": 1024, "data": 128},
+    {"esp": 32, "slot-a": 1024, "slot-b": 1024, "data": 1024},
     {"A": "slot-a", "B": "slot-b"},
 )
-"""The reference appliance: slots of 1 GiB (the root image is smaller; a raw image may be)."""
+"""The reference appliance: slots of 1 GiB (the root image is smaller; a raw image may be), and
+a data partition that holds an uploaded bundle of a whole slot image besides the state."""

@@ -161,8 +161,11 @@ class Vm:
             await asyncio.sleep(1.0)
         raise self._failure(f"the guest's API did not answer in {timeout_s:g} s ({last})")
 
-    async def wait_for_serial(self, pattern: str, timeout_s: float = 300.0) -> re.Match[str]:
-        """The first match of ``pattern`` in the serial log, once it appears.
+    async def wait_for_serial(
+        self, pattern: str, timeout_s: float = 300.0, *, since: int = 0
+    ) -> re.Match[str]:
+        """The first match of ``pattern`` in the serial log after offset ``since`` (a
+        ``len(serial_text())`` taken earlier), once it appears.
 
         Raises:
             BuildError: it did not appear before the deadline, or QEMU exited.
@@ -170,7 +173,7 @@ class Vm:
         compiled = re.compile(pattern)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if (found := compiled.search(self.serial_text())) is not None:
+            if (found := compiled.search(self.serial_text(), since)) is not None:
                 return found
             self._check_running()
             await asyncio.sleep(0.5)
