@@ -33,7 +33,7 @@ from tools.appliance.commands import BuildError, find_program, run
 from tools.appliance.grubcfg import ESP_GRUB_DIR
 from tools.appliance.layout import DISK
 
-__all__ = ["OVMF_CODE", "OVMF_VARS", "Vm", "demo", "read_grubenv"]
+__all__ = ["BOOT_MARKS", "OVMF_CODE", "OVMF_VARS", "Answer", "Vm", "demo", "read_grubenv"]
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
@@ -207,11 +207,6 @@ class Vm:
             self._proc.kill()
         if self._proc is not None:
             self._proc.wait()
-
-    @property
-    def exited(self) -> bool:
-        """QEMU has ended (the guest powered off, or it was killed)."""
-        return self._proc is not None and self._proc.poll() is not None
 
     async def _qmp(self, command: str) -> dict[str, Any]:
         reader, writer = await asyncio.open_unix_connection(str(self.qmp_path))
