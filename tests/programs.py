@@ -25,6 +25,12 @@ PACKAGES = {
     "debugfs": "e2fsprogs",
     "nginx": "nginx",
     "systemd-analyze": "systemd",
+    "qemu-system-x86_64": "qemu-system-x86",
+    "debootstrap": "debootstrap",
+    "sfdisk": "fdisk",
+    "mkfs.vfat": "dosfstools",
+    "mcopy": "mtools",
+    "grub-mkstandalone": "grub-efi-amd64-bin",
 }
 _SBIN = (Path("/usr/sbin"), Path("/sbin"))
 

@@ -1,0 +1,1 @@
+"""Tools that build and drive things around sysupd (not part of the installed package)."""
