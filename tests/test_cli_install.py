@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from sysupd.release.repository import ReleaseRepository
+from sysupd.servicelog import ServiceLog
+from sysupd.system.clock import SystemClock
 from tests.procs import run_cli, write_config
 from tests.releases import PRODUCT, make_repo
 
@@ -73,6 +75,29 @@ async def test_failed_health_check_exits_2(tmp_path: Path, repo: ReleaseReposito
     assert code == 0  # the established slot is kept: there is nothing better to go to
     assert "booted slot A (0.0.0)" in out
     assert "kept despite the failed check" in out
+
+
+async def test_boot_says_the_rollback_in_the_service_log(
+    tmp_path: Path, repo: ReleaseRepository
+) -> None:
+    """Found on the appliance's real boots (issue 12, scenario 2): ``sysupd boot`` in the unit's
+    ExecStartPre abandoned the new slot and the machine rebooted into the previous one, but the
+    service log (``sys/middleware_log``) of that next start never said so, or why."""
+    bundle = tmp_path / "u.bundle"
+    repo.write_bundle("1.1.0", bundle)
+    device = _args(tmp_path, repo)
+    assert (await run_cli("install", str(bundle), *device))[0] == 0
+    with Path(device[1]).open("a") as config:
+        config.write("health_check_command = \"sh -c 'echo disk full; exit 3'\"\n")
+    assert (await run_cli("boot", *device))[0] == 2
+    # What the next start of the service preloads and sys/middleware_log answers.
+    log = ServiceLog(tmp_path / "state" / "log" / "sysupd.log", SystemClock(), 1 << 20)
+    lines = log.lines()
+    log.close()
+    rolled_back = [line for line in lines if "WARNING boot: rolled back: slot B (1.1.0)" in line]
+    assert len(rolled_back) == 1, lines
+    assert "failed its health check" in rolled_back[0]
+    assert rolled_back[0].endswith("exited with status 3: disk full")
 
 
 async def test_install_killed_part_way(tmp_path: Path) -> None:
