@@ -33,6 +33,20 @@ def _args(tmp_path: Path, repo: ReleaseRepository) -> list[str]:
     return ["--config", str(config), "--state-dir", str(tmp_path / "state")]
 
 
+async def _installed_with_check(
+    tmp_path: Path, repo: ReleaseRepository, settings: str
+) -> list[str]:
+    """A device with 1.1.0 installed into B, on trial, and ``settings`` (TOML lines, e.g. a
+    failing health check) added to its configuration; its command-line arguments."""
+    bundle = tmp_path / "u.bundle"
+    repo.write_bundle("1.1.0", bundle)
+    device = _args(tmp_path, repo)
+    assert (await run_cli("install", str(bundle), *device))[0] == 0
+    with Path(device[1]).open("a") as config:
+        config.write(settings)
+    return device
+
+
 async def test_install_status_boot(tmp_path: Path, repo: ReleaseRepository) -> None:
     bundle = tmp_path / "u.bundle"
     repo.write_bundle("1.1.0", bundle)
@@ -62,12 +76,7 @@ async def test_refused_bundle_is_one_clear_line(tmp_path: Path, repo: ReleaseRep
 
 
 async def test_failed_health_check_exits_2(tmp_path: Path, repo: ReleaseRepository) -> None:
-    bundle = tmp_path / "u.bundle"
-    repo.write_bundle("1.1.0", bundle)
-    device = _args(tmp_path, repo)
-    assert (await run_cli("install", str(bundle), *device))[0] == 0
-    with Path(device[1]).open("a") as config:
-        config.write('health_check_command = "false"\n')
+    device = await _installed_with_check(tmp_path, repo, 'health_check_command = "false"\n')
     code, out, _ = await run_cli("boot", *device)
     assert code == 2
     assert "rolled back" in out
@@ -83,12 +92,8 @@ async def test_boot_says_the_rollback_in_the_service_log(
     """Found on the appliance's real boots (issue 12, scenario 2): ``sysupd boot`` in the unit's
     ExecStartPre abandoned the new slot and the machine rebooted into the previous one, but the
     service log (``sys/middleware_log``) of that next start never said so, or why."""
-    bundle = tmp_path / "u.bundle"
-    repo.write_bundle("1.1.0", bundle)
-    device = _args(tmp_path, repo)
-    assert (await run_cli("install", str(bundle), *device))[0] == 0
-    with Path(device[1]).open("a") as config:
-        config.write("health_check_command = \"sh -c 'echo disk full; exit 3'\"\n")
+    check = "health_check_command = \"sh -c 'echo disk full; exit 3'\"\n"
+    device = await _installed_with_check(tmp_path, repo, check)
     assert (await run_cli("boot", *device))[0] == 2
     # What the next start of the service preloads and sys/middleware_log answers.
     log = ServiceLog(tmp_path / "state" / "log" / "sysupd.log", SystemClock(), 1 << 20)
@@ -149,13 +154,10 @@ async def test_install_killed_part_way(tmp_path: Path) -> None:
 async def test_boot_reboot_runs_the_reboot_command_when_the_slot_is_abandoned(
     tmp_path: Path, repo: ReleaseRepository
 ) -> None:
-    bundle = tmp_path / "u.bundle"
-    repo.write_bundle("1.1.0", bundle)
-    device = _args(tmp_path, repo)
-    assert (await run_cli("install", str(bundle), *device))[0] == 0
     asked = tmp_path / "reboot-asked"
-    with Path(device[1]).open("a") as config:
-        config.write(f'health_check_command = "false"\nreboot_command = "touch {asked}"\n')
+    device = await _installed_with_check(
+        tmp_path, repo, f'health_check_command = "false"\nreboot_command = "touch {asked}"\n'
+    )
     code, out, _ = await run_cli("boot", "--reboot", *device)
     assert code == 2
     assert asked.exists(), "the previous slot boots only after a reboot"
