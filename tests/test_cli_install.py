@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from sysupd.release.repository import ReleaseRepository
+from sysupd.servicelog import ServiceLog
+from sysupd.system.clock import SystemClock
 from tests.procs import run_cli, write_config
 from tests.releases import PRODUCT, make_repo
 
@@ -29,6 +31,20 @@ def _args(tmp_path: Path, repo: ReleaseRepository) -> list[str]:
         trust_root=str(repo.path / "metadata" / "1.root.json"),
     )
     return ["--config", str(config), "--state-dir", str(tmp_path / "state")]
+
+
+async def _installed_with_check(
+    tmp_path: Path, repo: ReleaseRepository, settings: str
+) -> list[str]:
+    """A device with 1.1.0 installed into B, on trial, and ``settings`` (TOML lines, e.g. a
+    failing health check) added to its configuration; its command-line arguments."""
+    bundle = tmp_path / "u.bundle"
+    repo.write_bundle("1.1.0", bundle)
+    device = _args(tmp_path, repo)
+    assert (await run_cli("install", str(bundle), *device))[0] == 0
+    with Path(device[1]).open("a") as config:
+        config.write(settings)
+    return device
 
 
 async def test_install_status_boot(tmp_path: Path, repo: ReleaseRepository) -> None:
@@ -60,12 +76,7 @@ async def test_refused_bundle_is_one_clear_line(tmp_path: Path, repo: ReleaseRep
 
 
 async def test_failed_health_check_exits_2(tmp_path: Path, repo: ReleaseRepository) -> None:
-    bundle = tmp_path / "u.bundle"
-    repo.write_bundle("1.1.0", bundle)
-    device = _args(tmp_path, repo)
-    assert (await run_cli("install", str(bundle), *device))[0] == 0
-    with Path(device[1]).open("a") as config:
-        config.write('health_check_command = "false"\n')
+    device = await _installed_with_check(tmp_path, repo, 'health_check_command = "false"\n')
     code, out, _ = await run_cli("boot", *device)
     assert code == 2
     assert "rolled back" in out
@@ -73,6 +84,25 @@ async def test_failed_health_check_exits_2(tmp_path: Path, repo: ReleaseReposito
     assert code == 0  # the established slot is kept: there is nothing better to go to
     assert "booted slot A (0.0.0)" in out
     assert "kept despite the failed check" in out
+
+
+async def test_boot_says_the_rollback_in_the_service_log(
+    tmp_path: Path, repo: ReleaseRepository
+) -> None:
+    """Found on the appliance's real boots (issue 12, scenario 2): ``sysupd boot`` in the unit's
+    ExecStartPre abandoned the new slot and the machine rebooted into the previous one, but the
+    service log (``sys/middleware_log``) of that next start never said so, or why."""
+    check = "health_check_command = \"sh -c 'echo disk full; exit 3'\"\n"
+    device = await _installed_with_check(tmp_path, repo, check)
+    assert (await run_cli("boot", *device))[0] == 2
+    # What the next start of the service preloads and sys/middleware_log answers.
+    log = ServiceLog(tmp_path / "state" / "log" / "sysupd.log", SystemClock(), 1 << 20)
+    lines = log.lines()
+    log.close()
+    rolled_back = [line for line in lines if "WARNING boot: rolled back: slot B (1.1.0)" in line]
+    assert len(rolled_back) == 1, lines
+    assert "failed its health check" in rolled_back[0]
+    assert rolled_back[0].endswith("exited with status 3: disk full")
 
 
 async def test_install_killed_part_way(tmp_path: Path) -> None:
@@ -124,13 +154,10 @@ async def test_install_killed_part_way(tmp_path: Path) -> None:
 async def test_boot_reboot_runs_the_reboot_command_when_the_slot_is_abandoned(
     tmp_path: Path, repo: ReleaseRepository
 ) -> None:
-    bundle = tmp_path / "u.bundle"
-    repo.write_bundle("1.1.0", bundle)
-    device = _args(tmp_path, repo)
-    assert (await run_cli("install", str(bundle), *device))[0] == 0
     asked = tmp_path / "reboot-asked"
-    with Path(device[1]).open("a") as config:
-        config.write(f'health_check_command = "false"\nreboot_command = "touch {asked}"\n')
+    device = await _installed_with_check(
+        tmp_path, repo, f'health_check_command = "false"\nreboot_command = "touch {asked}"\n'
+    )
     code, out, _ = await run_cli("boot", "--reboot", *device)
     assert code == 2
     assert asked.exists(), "the previous slot boots only after a reboot"

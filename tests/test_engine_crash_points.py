@@ -158,3 +158,37 @@ def test_install_goes_to_the_slot_the_firmware_did_not_boot(
     engine.install(BundleFile(bundle_file(repo, tmp_path, "1.2.0")))
     assert (state / "slots" / "A" / "etc" / "version").read_text() == "1.2.0\n"
     assert (state / "slots" / "B" / "etc" / "version").read_text() == "1.1.0\n"
+
+
+def test_slot_that_never_came_up_is_marked_bad_and_reported_once(
+    tmp_path: Path, repo: ReleaseRepository
+) -> None:
+    """Found on the appliance's real boots (issue 12, scenario 3): after GRUB used up B's three
+    attempts and booted A, the grubenv still had B good and first in ORDER, and every later
+    start of the service reported the same rollback again, as new."""
+    state = tmp_path / "state"
+    engine, firmware = _firmware(state, repo, "A")
+    engine.start()
+    engine.confirm(True, "")
+    engine.install(BundleFile(bundle_file(repo, tmp_path, "1.1.0")))
+    env = firmware.load()
+    for _ in range(3):  # GRUB counts B's attempts; each boot panics before the service runs
+        env = env.choose_boot(3).env
+    firmware.env = env.choose_boot(3).env  # the fourth power-on: B is out of attempts, A boots
+    assert firmware.env.order == ("B", "A")
+    report = make_engine(state, repo, boot_twin=firmware).start()
+    assert report.slot == "A"
+    assert report.rolled_back is not None
+    assert "slot B (1.1.0) did not come up within 3 boot attempts" in report.rolled_back
+    assert firmware.env.order == ("A", "B")
+    assert not firmware.env.slots["B"].ok
+    engine = make_engine(state, repo, boot_twin=firmware)
+    engine.confirm(True, "")
+    status = engine.status().to_json()
+    assert status["slots"]["B"]["bootable"] is False
+    assert status["next_boot"] == "A"
+    said = status["last_result"]
+    assert said["result"] == "rolled back"
+    again = make_engine(state, repo, boot_twin=firmware)  # the service restarts, or a reboot
+    assert again.start().rolled_back is None
+    assert again.status().to_json()["last_result"] == said  # still said, not said anew

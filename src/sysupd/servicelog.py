@@ -49,13 +49,13 @@ class ServiceLog:
         """Record a line; ``console=False`` keeps it off stderr (the command printed it already)."""
         self._write("INFO", message, console=console)
 
-    def warning(self, message: str) -> None:
+    def warning(self, message: str, *, console: bool = True) -> None:
         """Record a line about something that went wrong but was handled."""
-        self._write("WARNING", message)
+        self._write("WARNING", message, console=console)
 
-    def error(self, message: str) -> None:
+    def error(self, message: str, *, console: bool = True) -> None:
         """Record a line about a failure."""
-        self._write("ERROR", message)
+        self._write("ERROR", message, console=console)
 
     def text(self) -> str:
         """The tail as ``sys/middleware_log`` returns it: HTML-escaped lines joined by ``<br>``."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import secrets
 import shutil
 import sys
@@ -53,8 +54,8 @@ _INPUTS = (
     "tools/appliance",
 )
 _SKIPPED = ("__pycache__", ".egg-info", ".mypy_cache")
-# The harness and the documentation are no input of the disk: editing them keeps the cache.
-_NOT_INPUTS = ("vm.py", "__main__.py", "README.md")
+# The harness, the scenarios and the docs are no input of the disk: editing them keeps the cache.
+_NOT_INPUTS = ("vm.py", "scenarios.py", "__main__.py", "README.md")
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,20 +160,45 @@ def build(
     return built
 
 
-def release_image(appliance: Appliance, version: str, unhealthy: str | None = None) -> Path:
+def release_image(
+    appliance: Appliance,
+    version: str,
+    *,
+    unhealthy: str | None = None,
+    init_panics: bool = False,
+) -> Path:
     """A slot image of the appliance's root tree naming ``version`` (a raw release payload).
 
     ``unhealthy`` puts ``/etc/appliance/unhealthy`` with that reason into it, which the
-    appliance's health check reports as a failure.
+    appliance's health check reports as a failure. ``init_panics`` makes its ``/sbin/init`` a
+    script that exits at once: the kernel panics ("Attempted to kill init!") and, with
+    ``panic=10``, reboots, so the release never comes up and GRUB counts its attempts. The
+    shared root tree is put back as it was afterwards.
     """
     marker = appliance.root_tree / "etc" / "appliance" / "unhealthy"
+    init = appliance.root_tree / "usr" / "sbin" / "init"  # /sbin is /usr/sbin (merged /usr)
+    systemd_init = os.readlink(init)
     if unhealthy is not None:
         marker.write_text(unhealthy + "\n")
+    if init_panics:
+        init.unlink()
+        init.write_text(_PANICKING_INIT)
+        init.chmod(0o755)
     try:
         out = appliance.disk.with_name(f"slot-{version}.img")
         return rootfs.slot_image(appliance.root_tree, version, out)
     finally:
         marker.unlink(missing_ok=True)
+        if init_panics:
+            init.unlink()
+            init.symlink_to(systemd_init)
+
+
+_PANICKING_INIT = """#!/bin/sh
+# A release that never comes up (tools/appliance, scenario 3): init exits, the kernel panics.
+echo "appliance: this release's init exits at once: the kernel panics"
+exit 1
+"""
 
 
 def release_bundle(appliance: Appliance, version: str, work: Path, image: Path) -> Path:

@@ -12,10 +12,13 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from sysupd.cli.options import config_options, device_engine, fail
+from sysupd.cli.options import config_options, device_engine, fail, load
 from sysupd.core.job import JobState
+from sysupd.engine.state import Outcome
 from sysupd.errors import SysupdError
+from sysupd.servicelog import ServiceLog
 from sysupd.sources.bundlefile import BundleFile
+from sysupd.system.clock import SystemClock
 from sysupd.system.health import run_health_check
 from sysupd.system.reboot import RebootKind, run_reboot_action
 
@@ -91,31 +94,44 @@ def boot(reboot_now: bool, config_file: Path | None, state_dir: Path | None) -> 
     reboot then, and the previous slot boots (--reboot runs reboot_command right away).
     """
     engine = device_engine(config_file, state_dir)
+    config = load(config_file, state_dir)
+    # Its lines go to the service log too: the service preloads that file's tail, so after the
+    # reboot into the previous slot sys/middleware_log still says why the new one was abandoned.
+    log = ServiceLog(config.log_path, SystemClock(), config.log_max_bytes)
+
+    def say(line: str, *, warning: bool = False) -> None:
+        click.echo(line)
+        (log.warning if warning else log.info)(f"boot: {line}", console=False)
+
     try:
         report = engine.start()
         if report.interrupted:
-            click.echo(report.interrupted)
+            say(report.interrupted, warning=True)
         if report.rolled_back:
-            click.echo(f"rolled back: {report.rolled_back}")
+            say(f"rolled back: {report.rolled_back}", warning=True)
         ok, detail = asyncio.run(run_health_check(engine.settings.health_check_command))
         verdict = engine.settle_boot(ok, detail)
-    except SysupdError as exc:
-        fail(str(exc))
-    click.echo(f"booted slot {report.slot} ({report.version}): {detail}")
-    if verdict.settled is not None:
-        click.echo(f"{verdict.settled.result}: {verdict.settled.detail}")
-    if verdict.reboot:
-        if reboot_now:
-            settings = engine.settings
-            outcome = asyncio.run(
-                run_reboot_action(
-                    "command",
-                    RebootKind.RESTART,
-                    settings.reboot_command,
-                    settings.poweroff_command,
+        say(f"booted slot {report.slot} ({report.version}): {detail}", warning=not ok)
+        if verdict.settled is not None:
+            rolled_back = verdict.settled.result is Outcome.ROLLED_BACK
+            say(f"{verdict.settled.result}: {verdict.settled.detail}", warning=rolled_back)
+        if verdict.reboot:
+            if reboot_now:
+                settings = engine.settings
+                outcome = asyncio.run(
+                    run_reboot_action(
+                        "command",
+                        RebootKind.RESTART,
+                        settings.reboot_command,
+                        settings.poweroff_command,
+                    )
                 )
-            )
-            click.echo(outcome.log_line)
-        sys.exit(2)
-    if not ok:
-        click.echo(f"slot {report.slot} is not on trial, so it is kept despite the failed check")
+                say(outcome.log_line, warning=outcome.failed)
+            sys.exit(2)
+        if not ok:
+            say(f"slot {report.slot} is not on trial, so it is kept despite the failed check")
+    except SysupdError as exc:
+        log.error(f"boot: {exc}", console=False)
+        fail(str(exc))
+    finally:
+        log.close()

@@ -117,6 +117,11 @@ class BootTrial:
         if booted not in state.slots:  # the slot the device shipped with
             state = state.with_slot(booted, SlotRecord(version=self.settings.factory_version))
         self.state_file.save(state)
+        if fell_back:
+            # Marked bad as a failed health check marks it, after the rollback is recorded (a
+            # power cut between the two records it again): the bootloader's record says so, and
+            # the next start does not find the same fallback and report it anew.
+            self.bootloader.save(env.reject(preferred))
         return BootReport(
             booted,
             self._version(state, booted),
