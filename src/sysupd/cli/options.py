@@ -15,7 +15,7 @@ from sysupd.store.db import Database
 from sysupd.store.settings import SettingsStore
 from sysupd.system.clock import SystemClock
 
-__all__ = ["config_options", "device_engine", "existing_state", "fail", "load"]
+__all__ = ["config_options", "device_engine", "engine_for", "existing_state", "fail", "load"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -71,6 +71,12 @@ def device_engine(
     then those changed over the API); a database that does not exist yet is not created, nor
     (without ``create``) a state directory. A configuration or state problem is a clean exit."""
     config = load(config_file, state_dir) if create else existing_state(config_file, state_dir)
+    return engine_for(config)
+
+
+def engine_for(config: ServiceConfig) -> Engine:
+    """The update engine for ``config``, with the settings changed over the API applied (a
+    problem is a clean exit)."""
     try:
         settings = config.settings
         if config.db_path.exists():

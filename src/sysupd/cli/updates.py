@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from sysupd.cli.options import config_options, device_engine, fail, load
+from sysupd.cli.options import config_options, device_engine, engine_for, fail, load
 from sysupd.core.job import JobState
 from sysupd.engine.state import Outcome
 from sysupd.errors import SysupdError
@@ -93,8 +93,8 @@ def boot(reboot_now: bool, config_file: Path | None, state_dir: Path | None) -> 
     Exits 0 when the booted slot is good, 2 when it failed its health check and was abandoned:
     reboot then, and the previous slot boots (--reboot runs reboot_command right away).
     """
-    engine = device_engine(config_file, state_dir)
     config = load(config_file, state_dir)
+    engine = engine_for(config)
     # Its lines go to the service log too: the service preloads that file's tail, so after the
     # reboot into the previous slot sys/middleware_log still says why the new one was abandoned.
     log = ServiceLog(config.log_path, SystemClock(), config.log_max_bytes)
