@@ -61,7 +61,6 @@ __all__ = [
     "VerifiedMetadata",
     "metadata_version",
     "releases_delegation",
-    "role_floor",
     "seen_floors",
     "verify_metadata",
 ]
@@ -192,55 +191,68 @@ def releases_delegation(targets: Metadata[Targets]) -> DelegatedRole:
 def seen_floors(trust: TrustState, root: bytes, targets: bytes) -> dict[str, int]:
     """For each role in ``ROLES``, the version below which metadata is a rollback, for a channel
     whose verified root and targets are ``root`` and ``targets`` (the online path), by the rules
-    ``verify_metadata`` follows (``role_floor``).
+    ``verify_metadata`` follows (``_role_floor``), the kept snapshot's versions included.
 
     Raises:
         VerificationError: ``root`` or ``targets`` cannot be parsed.
     """
     current_root = _load(root, "root").signed
     current_targets = _load(targets, "targets").signed
+    kept = _parse_kept(trust)
     floors = {}
     for role in ROLES:
-        floors[role] = role_floor(trust, role, current_root, current_targets)
-        if role in ("targets", RELEASES_ROLE) and _governs(trust, role, current_root):
-            snapshot = _kept(trust, "snapshot")
-            info = snapshot[0].signed.meta.get(f"{role}.json") if snapshot else None
-            floors[role] = info.version if info is not None else 0
+        pinned = _pinned_by_snapshot(trust, kept, role, current_root)
+        if pinned is not None:
+            floors[role] = pinned.version
+        else:
+            floors[role] = _role_floor(trust, kept, role, current_root, current_targets)
     return floors
 
 
-def role_floor(trust: TrustState, role: str, root: Root, targets: Targets | None) -> int:
+_Kept = dict[str, tuple[Metadata[Any], bytes]]
+"""The device's kept copies that parse, by role, with their exact bytes."""
+
+
+def _parse_kept(trust: TrustState) -> _Kept:
+    return {role: copy for role in ROLES if (copy := _kept(trust, role)) is not None}
+
+
+def _role_floor(
+    trust: TrustState, kept: _Kept, role: str, root: Root, targets: Targets | None
+) -> int:
     """The version below which ``role`` is a rollback by itself, under the current ``root``
     (and ``targets``, for ``releases``): what the device has seen, unless the keys that signed
     its kept copy were rotated out (0: the fast-forward recovery). For ``targets`` and
-    ``releases`` this is 0 where the device's kept snapshot governs them instead (it is
-    checked against the new snapshot; ``seen_floors`` reads its versions).
+    ``releases`` this is 0 where the device's kept snapshot pins them instead (it is checked
+    against the new snapshot).
 
     A kept copy whose signatures fail while the keys that made them are still trusted is
     damage, not a rotation: the number binds, as it does where nothing was kept.
     """
     if role in ("targets", RELEASES_ROLE):
-        snapshot = _kept(trust, "snapshot")
-        if _governs(trust, role, root):
+        snapshot = kept.get("snapshot")
+        if _pinned_by_snapshot(trust, kept, role, root) is not None:
             return 0
         if snapshot is not None and _rotated_out(root, "snapshot", snapshot[0]):
             return 0  # lifted with the snapshot it was pinned by
     delegator: Root | Targets | None = targets if role == RELEASES_ROLE else root
-    kept = _kept(trust, role)
-    if kept is not None and delegator is not None and _rotated_out(delegator, role, kept[0]):
+    copy = kept.get(role)
+    if copy is not None and delegator is not None and _rotated_out(delegator, role, copy[0]):
         return 0
     return trust.version(role)
 
 
-def _governs(trust: TrustState, role: str, root: Root) -> bool:
-    """Whether the device's kept snapshot binds ``role``: it verifies under ``root`` and names
-    at least the version the device has seen (a snapshot left behind by an older sysupd, which
-    kept no snapshot, names less and does not)."""
-    snapshot = _kept(trust, "snapshot")
-    if snapshot is None or not _verifies(root, "snapshot", snapshot[0]):
-        return False
-    info = snapshot[0].signed.meta.get(f"{role}.json")
-    return info is not None and info.version >= trust.version(role)
+def _pinned_by_snapshot(trust: TrustState, kept: _Kept, role: str, root: Root) -> MetaFile | None:
+    """The entry by which the device's kept snapshot binds ``role`` (``targets``, ``releases``),
+    if it does: it verifies under ``root`` and names at least the version the device has seen (a
+    snapshot left behind by an older sysupd, which kept no snapshot, names less and does not)."""
+    snapshot = kept.get("snapshot")
+    if role not in ("targets", RELEASES_ROLE) or snapshot is None:
+        return None
+    if not _verifies(root, "snapshot", snapshot[0]):
+        return None
+    info: MetaFile | None = snapshot[0].signed.meta.get(f"{role}.json")
+    return info if info is not None and info.version >= trust.version(role) else None
 
 
 def _rotated_out(delegator: Root | Targets, role: str, md: Metadata[Any]) -> bool:
@@ -277,7 +289,8 @@ class _Walk:
         self._now = now
         self._keep = keep
         self._new_roots: list[bytes] = []
-        self._in_force: dict[str, tuple[Metadata[Any], bytes]] = {}
+        self._in_force: _Kept = {}
+        self._kept = _parse_kept(trust)
         self._root: Metadata[Root]
 
     def trusted_root(self) -> None:
@@ -319,7 +332,7 @@ class _Walk:
 
     def timestamp(self, source: MetadataSource) -> None:
         kept = self._kept_under("timestamp", self._root.signed)
-        floor = role_floor(self._trust, "timestamp", self._root.signed, None)
+        floor = _role_floor(self._trust, self._kept, "timestamp", self._root.signed, None)
         data = source.timestamp()
         if data is None:
             raise VerificationError("there is no timestamp metadata")
@@ -342,7 +355,7 @@ class _Walk:
     def snapshot(self, source: MetadataSource) -> None:
         meta: MetaFile = self._in_force["timestamp"][0].signed.snapshot_meta
         kept = self._kept_under("snapshot", self._root.signed)
-        floor = role_floor(self._trust, "snapshot", self._root.signed, None)
+        floor = _role_floor(self._trust, self._kept, "snapshot", self._root.signed, None)
         new, data = self._fetch(source, "snapshot", meta, kept, self._root.signed, floor)
         if kept is not None:
             for name, old in kept[0].signed.meta.items():
@@ -361,17 +374,16 @@ class _Walk:
 
     def role(self, source: MetadataSource, role: str) -> None:
         """``targets`` (under the root) or ``releases`` (under ``targets``)."""
+        targets: Targets | None = None
+        delegator: Root | Targets = self._root.signed
         if role == RELEASES_ROLE:
-            delegator: Root | Targets = self._in_force["targets"][0].signed
-            releases_delegation(self._in_force["targets"][0])
-        else:
-            delegator = self._root.signed
+            releases_delegation(self._in_force["targets"][0])  # refused if there is none
+            targets = delegator = self._in_force["targets"][0].signed
         meta = self._in_force["snapshot"][0].signed.meta.get(f"{role}.json")
         if meta is None:
             raise VerificationError(f"the snapshot metadata does not list {role}")
         kept = self._kept_under(role, delegator)
-        targets = self._in_force["targets"][0].signed if role == RELEASES_ROLE else None
-        floor = role_floor(self._trust, role, self._root.signed, targets)
+        floor = _role_floor(self._trust, self._kept, role, self._root.signed, targets)
         expired = kept is not None and kept[0].signed.is_expired(self._now)
         # an expired copy is not reused (ngclient asks again)
         new, data = self._fetch(source, role, meta, None if expired else kept, delegator, floor)
@@ -434,7 +446,7 @@ class _Walk:
         self, role: str, delegator: Root | Targets
     ) -> tuple[Metadata[Any], bytes] | None:
         """The device's kept copy of ``role``, if it still verifies under ``delegator``."""
-        kept = _kept(self._trust, role)
+        kept = self._kept.get(role)
         if kept is None or not _verifies(delegator, role, kept[0]):
             return None
         return kept
