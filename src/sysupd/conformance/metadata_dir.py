@@ -9,7 +9,6 @@ ngclient does (a copy that no longer verifies simply stops counting at the next 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
 from pathlib import Path
 
 from sysupd.core.trustchain import ROLES, TrustState, metadata_version
@@ -53,16 +52,15 @@ def load_trust(metadata_dir: Path) -> TrustState:
     return TrustState(root, seen, kept)
 
 
-def persist(metadata_dir: Path, trusted: Mapping[str, bytes]) -> None:
-    """Write each role in ``trusted`` (exact bytes) as ``D/<role>.json``.
+def persist(metadata_dir: Path, role: str, data: bytes) -> None:
+    """Write ``role``'s metadata (exact bytes) as ``D/<role>.json``, unless it holds them already.
 
     Raises:
-        StateError: a file cannot be written.
+        StateError: the file cannot be written.
     """
+    path = metadata_dir / f"{role}.json"
     try:
-        for role, data in trusted.items():
-            path = metadata_dir / f"{role}.json"
-            if not path.exists() or path.read_bytes() != data:
-                atomic_write(path, data)
+        if not path.exists() or path.read_bytes() != data:
+            atomic_write(path, data)
     except OSError as exc:
         raise StateError(f"cannot store the trusted metadata: {exc}") from exc

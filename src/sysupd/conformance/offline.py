@@ -129,7 +129,7 @@ def _walk(
             source,
             SystemClock().utcnow(),
             delegated=delegated,
-            keep=lambda role, data: persist(metadata_dir, {role: data}),
+            keep=lambda role, data: persist(metadata_dir, role, data),
         )
     except DownloadError as exc:
         raise AcquireError(str(exc) or type(exc).__name__) from exc
