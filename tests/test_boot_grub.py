@@ -129,6 +129,38 @@ def test_save_through_a_symlink_replaces_the_target(tmp_path: Path) -> None:
     assert _no_temp_files(esp)
 
 
+@needs_editenv
+def test_save_writes_the_block_in_place(tmp_path: Path) -> None:
+    """The same file, the same length, nothing else in its directory: on FAT (an ESP) no
+    cluster is allocated or freed, which a power cut could leave half done (scenario 4)."""
+    esp = tmp_path / "esp"
+    esp.mkdir()
+    path = esp / "grubenv"
+    before = make_grubenv(path)
+    inode = path.stat().st_ino
+    env = BootEnv.fresh(SLOTS).begin_install("B").activate("B")
+    grub(path).save(env)
+    after = path.read_bytes()
+    assert path.stat().st_ino == inode
+    assert len(after) == len(before) == 1024
+    assert [p.name for p in esp.iterdir()] == ["grubenv"]
+    assert grub(path).load() == env
+    assert run_editenv(path, "list").splitlines()[0] == "ORDER=B A"
+
+
+@needs_editenv
+def test_save_keeps_a_larger_block_in_place(tmp_path: Path) -> None:
+    """A block of another size (GRUB takes any multiple of 512) is rewritten at its own size."""
+    path = tmp_path / "grubenv"
+    path.write_bytes(b"# GRUB Environment Block\nsaved_entry=1\n".ljust(2048, b"#"))
+    inode = path.stat().st_ino
+    grub(path).save(BootEnv.fresh(SLOTS))
+    assert path.stat().st_ino == inode
+    assert path.stat().st_size == 2048
+    assert run_editenv(path, "list").splitlines()[0] == "saved_entry=1"
+    assert grub(path).load() == BootEnv.fresh(SLOTS)
+
+
 def test_missing_grubenv_is_fresh_and_not_created(tmp_path: Path) -> None:
     path = tmp_path / "grubenv"
     assert grub(path, editenv="/nonexistent/grub-editenv").load() == BootEnv.fresh(SLOTS)
@@ -243,7 +275,7 @@ def test_save_refuses_other_slots(tmp_path: Path) -> None:
 
 def test_save_into_a_missing_directory(tmp_path: Path) -> None:
     path = tmp_path / "missing" / "grubenv"
-    with pytest.raises(BootError, match="cannot be replaced"):
+    with pytest.raises(BootError, match="cannot be created"):
         grub(path).save(BootEnv.fresh(SLOTS))
 
 

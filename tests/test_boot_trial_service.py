@@ -70,6 +70,47 @@ async def test_failed_health_check_reboots_into_the_previous_slot(
     assert "rolled back: rolled back" not in status["update_status"]
 
 
+def _processes_running(needle: str) -> list[int]:
+    """The pids whose command line contains ``needle``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if needle in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+async def test_a_hanging_health_check_is_stopped_and_counts_as_failed(
+    tmp_path: Path, start_service: ServiceFactory, connect: ClientFactory
+) -> None:
+    """health_check_timeout_s ends it — the script and the child it waits on — and the new slot
+    is abandoned as for a failed check."""
+    repo, state = _installed(tmp_path)
+    settings = {
+        "product": PRODUCT,
+        "trust_root": str(repo.path / "metadata" / "1.root.json"),
+        "health_check_command": "sh -c 'echo waiting for the database; sleep 4871; true'",
+        "health_check_timeout_s": 1,
+        "auto_reboot_delay_s": 0,
+        "reboot_action": "exit",
+    }
+    service = await start_service(state_dir=state, **settings)
+    assert await boot_settled(service) == "failed"
+    await asyncio.wait_for(service.wait_exit_requested(), 5)
+    log = "\n".join(service.log.lines())
+    assert "sleep 4871; true" in log
+    assert "did not finish within 1 s" in log
+    assert _processes_running("sleep 4871") == [], "the check's child outlived the deadline"
+    await service.stop()
+    after = await start_service(state_dir=state, **{**settings, "health_check_command": ""})
+    assert await boot_settled(after) == "rolled back"
+    info = await (await connect(after, login=ADMIN)).call("sys", "info")
+    assert (info["slot"], info["boot_status"]) == ("A", "rolled back")
+
+
 async def test_a_boot_trial_that_cannot_run_says_why_in_sys_info(
     tmp_path: Path, start_service: ServiceFactory, connect: ClientFactory
 ) -> None:

@@ -166,3 +166,24 @@ async def test_boot_reboot_runs_the_reboot_command_when_the_slot_is_abandoned(
     code, _, _ = await run_cli("boot", "--reboot", *device)
     assert code == 0
     assert not asked.exists(), "a good boot reboots nothing"
+
+
+async def test_boot_keep_going_lets_the_service_start_and_report(
+    tmp_path: Path, repo: ReleaseRepository
+) -> None:
+    """A trial that cannot be settled fails ``sysupd boot`` (exit 1, one line); with
+    ``--keep-going`` (the unit's ExecStartPre) it says why and exits 0, so that the service still
+    starts and reports it, rather than the unit failing and nothing answering. Here the grub
+    adapter finds no ``sysupd.slot`` on this (host) machine's kernel command line."""
+    device = _args(tmp_path, repo)
+    with Path(device[1]).open("a") as config:
+        config.write(f'bootloader = "grub"\ngrubenv = "{tmp_path / "grubenv"}"\n')
+    code, _, err = await run_cli("boot", *device)
+    assert code == 1
+    assert "kernel command line names no sysupd.slot" in err
+    code, _, err = await run_cli("boot", "--reboot", "--keep-going", *device)
+    assert code == 0, err
+    assert "kernel command line names no sysupd.slot" in err
+    assert "the service starts all the same and reports it" in err
+    log = (tmp_path / "state" / "log" / "sysupd.log").read_text()
+    assert "boot: the kernel command line names no sysupd.slot" in log

@@ -133,6 +133,7 @@ def test_what_the_device_is_is_provisioned_and_the_rest_is_the_operators() -> No
         "reboot_command",
         "poweroff_command",
         "health_check_command",
+        "health_check_timeout_s",
         "fetch_networks",
     } == DEVICE_SETTINGS
 
@@ -143,6 +144,7 @@ DEVICE_CHANGES = [
     pytest.param({"reboot_action": "command"}, "reboot_action", id="reboot-action"),
     pytest.param({"poweroff_command": "sh -c x"}, "poweroff_command", id="poweroff-command"),
     pytest.param({"health_check_command": "true"}, "health_check_command", id="health-check"),
+    pytest.param({"health_check_timeout_s": 3600}, "health_check_timeout_s", id="health-limit"),
     pytest.param({"slots": ["A:directory:/etc", "B:directory:/srv"]}, "slots", id="slots"),
     pytest.param({"bootloader": "grub"}, "bootloader", id="bootloader"),
     pytest.param({"grubenv": "/srv/grubenv"}, "grubenv", id="grubenv"),

@@ -73,7 +73,10 @@ class BootWatch:
 
     async def _run(self) -> None:
         service = self._service
-        ok, detail = await run_health_check(service.settings.health_check_command)
+        settings = service.settings
+        ok, detail = await run_health_check(
+            settings.health_check_command, settings.health_check_timeout_s
+        )
         try:
             verdict = await asyncio.to_thread(service.engine().settle_boot, ok, detail)
         except SysupdError as exc:

@@ -16,22 +16,30 @@ Invariants:
   sysupd's variables); a grubenv with some but not all of them, or with a value GRUB's snippet
   would not understand, is a ``BootError`` naming the variables;
 - variables of other tools (``saved_entry``, ``next_entry`` …) are kept as they are;
-- ``save`` replaces the grubenv as a whole or not at all (below).
+- ``save`` leaves the old block or the new one, never a mixture or none (below).
 
 Crash safety. ``grub-editenv FILE set`` (GRUB 2.06, checked with strace) does not rewrite its
 1 KiB block in place: it reads the file, then ``open(O_WRONLY|O_CREAT|O_TRUNC)``, writes the
 1024-byte block and fsyncs. A power cut between the truncate and the fsync leaves an empty or
 short file, which GRUB's ``load_env`` rejects ("invalid environment block"), so every variable
-would be unset at the next boot. ``grub-editenv FILE create`` resets an existing file. So
-``save`` never edits the live file: it copies it (or creates a new block) into a temp file in the
-same directory, runs ONE ``grub-editenv TEMP set ORDER=… A_OK=… A_TRY=… …`` on the copy, fsyncs
-it, renames it over the grubenv with ``os.replace`` and fsyncs the directory. A crash leaves the
-old or the new block. Symlinks are resolved first so the file GRUB reads is the one replaced. GRUB
-itself (``save_env`` at boot) does write the block in place, through the file's sector list; it
-refuses sparse or unmappable files (btrfs, ZFS, LVM/RAID: "sparse file not allowed"), so the
-grubenv must live on a filesystem GRUB can write (ext2/3/4, FAT), or no attempt is ever counted.
-On FAT a rename is not journaled; the window is one directory-entry update instead of the whole
-truncate-write-fsync sequence.
+would be unset at the next boot. So ``save`` never runs it on the live file: it runs ONE
+``grub-editenv COPY set ORDER=… A_OK=… A_TRY=… …`` on a copy in a temp directory *off* the
+grubenv's file system, then writes the resulting block over the live file's bytes in place
+(``pwrite`` at offset 0, same length, ``fsync``) — what GRUB's own ``save_env`` does at boot.
+
+In place, not a temp file renamed over it: the grubenv usually lives on the ESP, and FAT has no
+journal. A rename there allocates clusters for the new file and frees the old one's, in FAT
+tables, directory entries and FSINFO that reach the disk in no particular order; the appliance's
+power-cut scenario (``tools/appliance``, scenario 4) caught a cut leaving a FAT whose chains
+pointed past the end, which the kernel answers by remounting the ESP read-only — and then no
+grubenv can be written at all. An overwrite of the same length changes only the block's own
+sectors (sysupd's variables fit in the first 512 bytes, so even a write torn between sectors
+leaves the old or the new variables) and the entry's modification time. Only a grubenv that does
+not exist yet (or whose size would change) is created as a temp file in the same directory,
+fsynced and renamed into place. Symlinks are resolved first so the file GRUB reads is the one
+written. GRUB refuses sparse or unmappable files (btrfs, ZFS, LVM/RAID: "sparse file not
+allowed"), so the grubenv must live on a file system GRUB can write (ext2/3/4, FAT), or no
+attempt is ever counted.
 """
 
 from __future__ import annotations
@@ -157,24 +165,57 @@ class GrubBootloader:
             record = env.slots[slot]
             assignments += [f"{slot}_OK={int(record.ok)}", f"{slot}_TRY={record.tries}"]
         target = self._target()
+        with tempfile.TemporaryDirectory(prefix="sysupd-grubenv-") as scratch:
+            # The new block is made off the ESP: a temp file there would allocate clusters.
+            edited = Path(scratch) / "grubenv"
+            current = self._prepare_copy(target, edited)
+            self._run(edited, "set", *assignments, shown=target)
+            block = read_capped(edited, MAX_GRUBENV_BYTES)
+        if current is not None and len(block) == current:
+            self._overwrite(target, block)
+        else:
+            self._create(target, block)
+
+    def _overwrite(self, target: Path, block: bytes) -> None:
+        """Write ``block`` over the grubenv's bytes where they are, as GRUB's ``save_env`` does:
+        no cluster is allocated or freed and no directory entry moves (see the module's text)."""
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise self._error(target, f"cannot be written: {exc.strerror or exc}") from exc
+        try:
+            if os.pwrite(fd, block, 0) != len(block):
+                raise self._error(target, "was written short")
+            os.fsync(fd)
+        except OSError as exc:
+            raise self._error(target, f"cannot be written: {exc.strerror or exc}") from exc
+        finally:
+            os.close(fd)
+
+    def _create(self, target: Path, block: bytes) -> None:
+        """Put a grubenv where there is none (or one of another size): a temp file renamed
+        into place, so that GRUB never finds a partial one."""
         try:
             fd, tmp_name = tempfile.mkstemp(
                 dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
             )
         except OSError as exc:
-            raise self._error(target, f"cannot be replaced: {exc.strerror}") from exc
+            raise self._error(target, f"cannot be created: {exc.strerror}") from exc
         tmp = Path(tmp_name)
         try:
-            os.close(fd)
-            self._prepare_copy(target, tmp)
-            self._run(tmp, "set", *assignments, shown=target)
-            _fsync_file(tmp)
+            try:
+                os.write(fd, block)
+                with contextlib.suppress(PermissionError):  # FAT (an ESP) refuses chmod
+                    os.fchmod(fd, 0o644)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(tmp, target)
             fsync_dir(target.parent)
         except OSError as exc:
-            raise self._error(target, f"cannot be replaced: {exc.strerror or exc}") from exc
+            raise self._error(target, f"cannot be created: {exc.strerror or exc}") from exc
         finally:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # gone, or the file system went read-only
                 tmp.unlink()
 
     def booted_slot(self) -> str | None:
@@ -204,23 +245,22 @@ class GrubBootloader:
         # A symlinked grubenv (/boot/grub2/grubenv -> the ESP) must be replaced where it points.
         return Path(os.path.realpath(self.grubenv))
 
-    def _prepare_copy(self, target: Path, tmp: Path) -> None:
-        """Fill ``tmp`` with the current block, or a new empty one if there is none."""
+    def _prepare_copy(self, target: Path, copy: Path) -> int | None:
+        """Fill ``copy`` with the current block, or a new empty one if there is none; the
+        current block's size (``None``: there is none)."""
         try:
             current = read_capped(target, MAX_GRUBENV_BYTES)
-            mode = stat.S_IMODE(target.stat().st_mode)
         except FileNotFoundError:
-            self._run(tmp, "create", shown=target)
-            mode = 0o644
+            self._run(copy, "create", shown=target)
+            return None
         except FileTooLargeError as exc:
             raise self._error(
                 target, f"larger than {MAX_GRUBENV_BYTES} bytes, so not a grubenv"
             ) from exc
-        else:
-            tmp.write_bytes(current)
-        # A FAT filesystem (an ESP) refuses chmod; the mode is cosmetic there.
-        with contextlib.suppress(PermissionError):
-            tmp.chmod(mode)
+        except OSError as exc:
+            raise self._error(target, f"cannot be read: {exc.strerror or exc}") from exc
+        copy.write_bytes(current)
+        return len(current)
 
     def _parse(self, target: Path, text: str) -> BootEnv:
         variables: dict[str, str] = {}
@@ -295,11 +335,3 @@ class GrubBootloader:
     @staticmethod
     def _error(target: Path, problem: str) -> BootError:
         return BootError(f"grubenv {target}: {problem}")
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

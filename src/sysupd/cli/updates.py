@@ -86,12 +86,22 @@ def show_local_status(config_file: Path | None, state_dir: Path | None, as_json:
     is_flag=True,
     help="When the new slot is abandoned, run reboot_command at once (for ExecStartPre).",
 )
+@click.option(
+    "--keep-going",
+    is_flag=True,
+    help="When the trial cannot be settled (a boot record or state that cannot be read or "
+    "written), say why and exit 0 all the same, so that the service still starts and reports "
+    "it in sys/info (for ExecStartPre).",
+)
 @config_options
-def boot(reboot_now: bool, config_file: Path | None, state_dir: Path | None) -> None:
+def boot(
+    reboot_now: bool, keep_going: bool, config_file: Path | None, state_dir: Path | None
+) -> None:
     """Settle the boot trial before the service starts (for a unit's ExecStartPre).
 
     Exits 0 when the booted slot is good, 2 when it failed its health check and was abandoned:
-    reboot then, and the previous slot boots (--reboot runs reboot_command right away).
+    reboot then, and the previous slot boots (--reboot runs reboot_command right away). Exits 1
+    when the trial cannot be settled, unless --keep-going.
     """
     config = load(config_file, state_dir)
     engine = engine_for(config)
@@ -109,7 +119,10 @@ def boot(reboot_now: bool, config_file: Path | None, state_dir: Path | None) -> 
             say(report.interrupted, warning=True)
         if report.rolled_back:
             say(f"rolled back: {report.rolled_back}", warning=True)
-        ok, detail = asyncio.run(run_health_check(engine.settings.health_check_command))
+        settings = engine.settings
+        ok, detail = asyncio.run(
+            run_health_check(settings.health_check_command, settings.health_check_timeout_s)
+        )
         verdict = engine.settle_boot(ok, detail)
         say(f"booted slot {report.slot} ({report.version}): {detail}", warning=not ok)
         if verdict.settled is not None:
@@ -117,7 +130,6 @@ def boot(reboot_now: bool, config_file: Path | None, state_dir: Path | None) -> 
             say(f"{verdict.settled.result}: {verdict.settled.detail}", warning=rolled_back)
         if verdict.reboot:
             if reboot_now:
-                settings = engine.settings
                 outcome = asyncio.run(
                     run_reboot_action(
                         "command",
@@ -132,6 +144,9 @@ def boot(reboot_now: bool, config_file: Path | None, state_dir: Path | None) -> 
             say(f"slot {report.slot} is not on trial, so it is kept despite the failed check")
     except SysupdError as exc:
         log.error(f"boot: {exc}", console=False)
-        fail(str(exc))
+        if not keep_going:
+            fail(str(exc))
+        click.echo(f"Error: {exc}", err=True)
+        click.echo("the service starts all the same and reports it (--keep-going)", err=True)
     finally:
         log.close()

@@ -204,6 +204,12 @@ class Settings:
         "Command whose exit status 0 confirms a newly booted slot; empty: starting is enough.",
         _no_nul,
     )
+    health_check_timeout_s: int = _device(
+        120,
+        "Seconds the health check may run; one that takes longer is stopped and counts as "
+        "failed. Keep the unit's TimeoutStartSec above it.",
+        _range(1, 3600),
+    )
     allow_downgrade: bool = _setting(False, "Accept releases older than the installed floor.")
     factory_version: str = _device(
         "0.0.0", "Version of the first slot until an update replaces it.", _version

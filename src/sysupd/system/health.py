@@ -1,13 +1,18 @@
 """The health check that confirms a newly booted slot: the configured command, exit status 0.
 
 An empty command means "the service started, which is health enough". The command runs without a
-shell, with a deadline; its last line of output explains a failure in the log.
+shell, with a deadline (the device setting ``health_check_timeout_s``); its last line of output
+explains a failure in the log. It runs in a session of its own, so that at the deadline the whole
+process group is killed: a script stuck in a child (``curl``, ``sleep``) leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import shlex
+import signal
 
 __all__ = ["run_health_check"]
 
@@ -19,7 +24,11 @@ async def run_health_check(command: str, timeout_s: float = 120.0) -> tuple[bool
     try:
         argv = shlex.split(command)
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
         )
     except ValueError as exc:
         return False, f"health check {command!r} cannot be parsed: {exc}"
@@ -28,7 +37,8 @@ async def run_health_check(command: str, timeout_s: float = 120.0) -> tuple[bool
     try:
         output, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
     except TimeoutError:
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
         return False, f"health check {command!r} did not finish within {timeout_s:g} s"
     lines = output.decode("utf-8", "replace").strip().splitlines()
