@@ -42,6 +42,7 @@ __all__ = [
     "input_key",
     "release_bundle",
     "release_image",
+    "release_repository",
 ]
 
 PRODUCT = "sysupd-appliance"
@@ -55,7 +56,10 @@ _INPUTS = (
 )
 _SKIPPED = ("__pycache__", ".egg-info", ".mypy_cache")
 # The harness, the scenarios and the docs are no input of the disk: editing them keeps the cache.
-_NOT_INPUTS = ("vm.py", "scenarios.py", "__main__.py", "README.md")
+_NOT_INPUTS = (
+    *("vm.py", "scenarios.py", "powercuts.py", "online.py", "badinput.py", "suite.py"),
+    *("__main__.py", "README.md"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,21 +169,26 @@ def release_image(
     version: str,
     *,
     unhealthy: str | None = None,
+    check_hangs: bool = False,
     init_panics: bool = False,
 ) -> Path:
     """A slot image of the appliance's root tree naming ``version`` (a raw release payload).
 
     ``unhealthy`` puts ``/etc/appliance/unhealthy`` with that reason into it, which the
-    appliance's health check reports as a failure. ``init_panics`` makes its ``/sbin/init`` a
-    script that exits at once: the kernel panics ("Attempted to kill init!") and, with
-    ``panic=10``, reboots, so the release never comes up and GRUB counts its attempts. The
+    appliance's health check reports as a failure; ``check_hangs`` puts
+    ``/etc/appliance/hangs``, which makes that check sleep for ever. ``init_panics`` makes its
+    ``/sbin/init`` a script that exits at once: the kernel panics ("Attempted to kill init!")
+    and, with ``panic=10``, reboots, so the release never comes up and GRUB counts its attempts. The
     shared root tree is put back as it was afterwards.
     """
     marker = appliance.root_tree / "etc" / "appliance" / "unhealthy"
+    hangs = marker.with_name("hangs")
     init = appliance.root_tree / "usr" / "sbin" / "init"  # /sbin is /usr/sbin (merged /usr)
     systemd_init = os.readlink(init)
     if unhealthy is not None:
         marker.write_text(unhealthy + "\n")
+    if check_hangs:
+        hangs.write_text("the health check of this release never ends\n")
     if init_panics:
         init.unlink()
         init.write_text(_PANICKING_INIT)
@@ -189,6 +198,7 @@ def release_image(
         return rootfs.slot_image(appliance.root_tree, version, out)
     finally:
         marker.unlink(missing_ok=True)
+        hangs.unlink(missing_ok=True)
         if init_panics:
             init.unlink()
             init.symlink_to(systemd_init)
@@ -201,22 +211,42 @@ exit 1
 """
 
 
-def release_bundle(appliance: Appliance, version: str, work: Path, image: Path) -> Path:
-    """A signed offline bundle of ``image`` as release ``version``, made with ``sysupd release``.
+def release_repository(
+    appliance: Appliance, version: str, work: Path, image: Path, *, repo: Path | None = None
+) -> Path:
+    """``image`` added as release ``version`` by ``sysupd release add`` to ``repo``, or to a
+    copy of the appliance's repository made in ``work``: what an update server publishes.
 
-    Signed in a copy of the appliance's repository (made in ``work``): the keys are the ones the
-    device trusts, and the cached repository never accumulates a run's releases.
+    Signed with the keys the device trusts; in a copy, so that the cached repository never
+    accumulates a run's releases. A run that makes several releases in turn passes the same
+    ``repo`` for each, as a vendor's one repository would have them: releases cut from separate
+    copies are forks of each other, whose metadata a device that saw one refuses for the other.
 
     Raises:
         BuildError: ``sysupd release`` fails.
     """
-    repo = work / "repo"
-    if repo.exists():
-        shutil.rmtree(repo)
-    shutil.copytree(appliance.repo, repo)
+    if repo is None:
+        repo = work / "repo"
+        if repo.exists():
+            shutil.rmtree(repo)
+        shutil.copytree(appliance.repo, repo)
     sysupd = Path(sys.executable).with_name("sysupd")
     run([sysupd, "release", "add", "--repo", repo, "--version", version, "--image", image])
+    return repo
+
+
+def release_bundle(
+    appliance: Appliance, version: str, work: Path, image: Path, *, repo: Path | None = None
+) -> Path:
+    """A signed offline bundle of ``image`` as release ``version``, made with ``sysupd release``
+    in ``work`` from a ``release_repository`` (``repo`` as there).
+
+    Raises:
+        BuildError: ``sysupd release`` fails.
+    """
+    repo = release_repository(appliance, version, work, image, repo=repo)
     bundle = work / f"{appliance.product}-{version}.bundle"
+    sysupd = Path(sys.executable).with_name("sysupd")
     run([sysupd, "release", "bundle", "--repo", repo, "--version", version, "--output", bundle])
     return bundle
 

@@ -45,6 +45,7 @@ BASE_PACKAGES = (
     "python3",
     "python3-venv",
     "grub-common",  # grub-editenv, which the grub adapter runs
+    "dosfstools",  # fsck.vfat: the ESP is checked at boot (etc/fstab)
     "linux-image-cloud-amd64",
     "initramfs-tools",
     "zstd",  # initramfs-tools' compressor

@@ -12,8 +12,7 @@ Invariants: a scenario either returns a one-line summary or raises ``ScenarioFai
 the guest reported instead (with the serial console's last lines when a wait ran out); its QEMU
 process has ended when it returns, whatever happened.
 
-Scenarios 4 (power cuts) and 5 (an online update from nginx on the host) plug into ``SCENARIOS``
-as further ``Scenario`` entries with the same signature.
+Every scenario, in order, is listed in ``tools.appliance.suite``.
 """
 
 from __future__ import annotations
@@ -21,23 +20,24 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sysupd.client import ApiError, ClientFailure
 from tools.appliance.build import Appliance, release_bundle, release_image
 from tools.appliance.vm import Answer, Vm, read_grubenv
 
 __all__ = [
-    "SCENARIOS",
     "Device",
     "Report",
-    "Scenario",
     "ScenarioFailed",
     "boot_factory",
     "expect",
+    "kernel_slot",
     "make_release",
+    "powered_on",
     "rollback_on_failed_health_check",
     "rollback_when_never_up",
     "update_into_other_slot",
@@ -84,26 +84,75 @@ class Device:
         self.mark = 0
         """An offset into the serial console: where the current boot's output begins."""
 
-    async def install(self, bundle: Path) -> dict[str, Any]:
-        """Upload ``bundle``, start the update and follow its events to the final one, which
-        must say success; afterwards ``mark`` is where the reboot's output will begin."""
+    async def install(self, bundle: Path | None) -> dict[str, Any]:
+        """Upload ``bundle`` (``None``: an online update from the update server), start the
+        update and follow its events to the final one, which must say success; afterwards
+        ``mark`` is where the reboot's output will begin."""
+        final = await self.update(bundle)
+        expect(final.get("result") == "success", f"the install failed: {final}")
         async with self.vm.client() as client:
             await client.login("admin", self.appliance.admin_password)
-            stored = await client.upload(bundle)
-            started = await client.call("sys/update_now", {"file_upload": stored["file_upload"]})
-            expect(started.get("result") == "success", f"update_now refused: {started}")
-            final: dict[str, Any] | None = None
-            async for event in client.events():
-                if event.name == "sys/update_now" and not event.args.get("update_running"):
-                    final = event.args
-                    break
-            expect(final is not None, "the connection ended before the update did")
-            assert final is not None
-            expect(final.get("result") == "success", f"the install failed: {final}")
             status = await client.call("sys/update_status")
             expect(status["reboot_required"] is True, f"no reboot required: {status}")
         self.mark = len(self.vm.serial_text())
         return final
+
+    async def install_until_cut(
+        self, bundle: Path, cut_when: Callable[[dict[str, Any]], bool]
+    ) -> dict[str, Any]:
+        """Upload ``bundle``, start the update, and cut the power (SIGKILL of QEMU) on the
+        first of its events — running or final — for which ``cut_when`` is true: that event."""
+        return await self.update(bundle, until=cut_when, cut=True)
+
+    async def update(
+        self,
+        source: Path | str | None,
+        *,
+        until: Callable[[dict[str, Any]], bool] = lambda args: not args["update_running"],
+        cut: bool = False,
+    ) -> dict[str, Any]:
+        """Start an update — of a bundle uploaded from this path, from this ``fetch_url``, or
+        (``None``) online — and follow its events to the first for which ``until`` is true (by
+        default the final one, whatever its result): that event. ``cut``: then cut the power."""
+        seen: dict[str, Any] | None = None
+        try:
+            async with self.vm.client() as client:
+                await client.login("admin", self.appliance.admin_password)
+                args: dict[str, Any] = {}
+                if isinstance(source, Path):
+                    args["file_upload"] = (await client.upload(source))["file_upload"]
+                elif source is not None:
+                    args["fetch_url"] = source
+                started = await client.call("sys/update_now", args)
+                expect(started.get("result") == "success", f"update_now refused: {started}")
+                async for event in client.events():
+                    if event.name != "sys/update_now":
+                        continue
+                    if until(event.args):
+                        seen = event.args
+                        if cut:
+                            self.vm.kill()
+                        break
+                    expect(event.args["update_running"], f"the update ended: {event.args}")
+        except (ClientFailure, ApiError, OSError):
+            if seen is None or not cut:
+                raise
+            # Closing the connection to a machine whose power is gone may fail: that is the cut.
+        expect(seen is not None, "the connection ended before the update did")
+        assert seen is not None
+        return seen
+
+    async def configure(self, **settings: Any) -> None:
+        """Change the operator's settings (``sys/set_config``)."""
+        async with self.vm.client() as client:
+            await client.login("admin", self.appliance.admin_password)
+            answer = await client.call("sys/set_config", settings)
+            expect(answer.get("result") == "success", f"set_config refused: {answer}")
+
+    def power_on_again(self) -> None:
+        """Start the machine again on its disk as the last run left it (after a power cut)."""
+        self.vm.power_on()
+        self.mark = 0
 
     async def next_boot(self, timeout_s: float = _BOOT_S) -> str:
         """Wait for GRUB's next start after ``mark``; the serial output of the boot it ends
@@ -132,11 +181,14 @@ class Device:
         return Report(info, status, str(log))
 
 
-def make_release(appliance: Appliance, version: str, work: Path, **defect: Any) -> Path:
+def make_release(
+    appliance: Appliance, version: str, work: Path, *, repo: Path | None = None, **defect: Any
+) -> Path:
     """A signed offline bundle of a raw release ``version`` of the appliance's root tree, with
-    ``defect`` as ``release_image`` takes it (``unhealthy=WHY``, ``init_panics=True``)."""
+    ``defect`` as ``release_image`` takes it (``unhealthy=WHY``, ``init_panics=True``), made in
+    ``work`` (``repo``: add it to that repository, as ``release_repository`` says)."""
     image = release_image(appliance, version, **defect)
-    return release_bundle(appliance, version, work, image)
+    return release_bundle(appliance, version, work, image, repo=repo)
 
 
 @contextlib.asynccontextmanager
@@ -159,11 +211,23 @@ async def boot_factory(appliance: Appliance, work: Path) -> AsyncIterator[Device
             vm.kill()
 
 
+@contextlib.asynccontextmanager
+async def powered_on(device: Device) -> AsyncIterator[Answer]:
+    """The machine of ``device`` (off) powered on again on its disk as it is, to its first
+    answer; powered off (or killed) when the block ends."""
+    device.power_on_again()
+    try:
+        yield await device.wait_for_api()
+    finally:
+        if not await device.vm.poweroff():
+            device.vm.kill()
+
+
 def _grubenv(device: Device, work: Path) -> dict[str, str]:
     return read_grubenv(device.vm.disk, work)
 
 
-def _kernel_slot(output: str) -> str | None:
+def kernel_slot(output: str) -> str | None:
     """The ``sysupd.slot=`` GRUB put on the kernel command line in ``output``."""
     found = re.search(r"(?i)command line:.*\bsysupd\.slot=(\w+)", output)
     return found.group(1) if found else None
@@ -180,7 +244,7 @@ async def update_into_other_slot(appliance: Appliance, work: Path) -> str:
         installed_s = time.monotonic() - began
         await device.next_boot()  # the service reboots by itself (auto_reboot, 10 s)
         answer = await device.wait_for_api()
-        expect(_kernel_slot(device.boot_output()) == "B", "GRUB did not boot slot B")
+        expect(kernel_slot(device.boot_output()) == "B", "GRUB did not boot slot B")
         report = await device.report()
         expect(
             (report.info["slot"], report.info["system_version"], report.info["boot_status"])
@@ -212,11 +276,11 @@ async def rollback_on_failed_health_check(appliance: Appliance, work: Path) -> s
         await device.next_boot()
         began = time.monotonic()
         trial = await device.next_boot()  # B's boot, ended by the service's own reboot
-        expect(_kernel_slot(trial) == "B", "GRUB did not boot the new slot B")
+        expect(kernel_slot(trial) == "B", "GRUB did not boot the new slot B")
         expect(why in trial, f"B's console does not show the failed check ({why!r})")
         await device.wait_for_api()
         back_s = time.monotonic() - began
-        expect(_kernel_slot(device.boot_output()) == "A", "GRUB did not boot slot A again")
+        expect(kernel_slot(device.boot_output()) == "A", "GRUB did not boot slot A again")
         report = await device.report()
     env = _grubenv(device, work)
     detail = _check_rolled_back(report, appliance.version, new, "failed its health check")
@@ -238,11 +302,11 @@ async def rollback_when_never_up(appliance: Appliance, work: Path) -> str:
         for attempt in range(1, BOOT_ATTEMPTS + 1):
             output = await device.next_boot()
             attempts.append(time.monotonic() - began - sum(attempts))
-            expect(_kernel_slot(output) == "B", f"attempt {attempt} did not boot B")
+            expect(kernel_slot(output) == "B", f"attempt {attempt} did not boot B")
             expect("Kernel panic" in output, f"attempt {attempt} of B did not panic")
         answer = await device.wait_for_api()
         back_s = time.monotonic() - began
-        expect(_kernel_slot(device.boot_output()) == "A", "GRUB did not fall back to A")
+        expect(kernel_slot(device.boot_output()) == "A", "GRUB did not fall back to A")
         report = await device.report()
     env = _grubenv(device, work)
     detail = _check_rolled_back(report, appliance.version, new, "did not come up")
@@ -273,20 +337,3 @@ def _check_rolled_back(report: Report, version: str, bad: str, cause: str) -> st
 
 def _env_line(env: dict[str, str]) -> str:
     return " ".join(f"{k}={v}" for k, v in sorted(env.items()))
-
-
-@dataclass(frozen=True, slots=True)
-class Scenario:
-    """One scenario of issue 12: its number, its title, and how to run it."""
-
-    number: int
-    title: str
-    run: Callable[[Appliance, Path], Awaitable[str]]
-
-
-SCENARIOS = (
-    Scenario(1, "update into the other slot over a real reboot", update_into_other_slot),
-    Scenario(2, "failed health check: rolled back", rollback_on_failed_health_check),
-    Scenario(3, "a release that never comes up: GRUB falls back", rollback_when_never_up),
-)
-"""Every scenario, in order (4, power cuts, and 5, an online update, are still to come)."""

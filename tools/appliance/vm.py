@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import re
+import shutil
 import socket
+import sqlite3
 import subprocess
 import time
 from dataclasses import dataclass
@@ -33,11 +36,24 @@ from tools.appliance.commands import BuildError, find_program, run
 from tools.appliance.grubcfg import ESP_GRUB_DIR
 from tools.appliance.layout import DISK
 
-__all__ = ["BOOT_MARKS", "OVMF_CODE", "OVMF_VARS", "Answer", "Vm", "demo", "read_grubenv"]
+__all__ = [
+    "BOOT_MARKS",
+    "OVMF_CODE",
+    "OVMF_VARS",
+    "Answer",
+    "Vm",
+    "demo",
+    "read_grubenv",
+    "replace_esp_file",
+    "slot_digest",
+    "state_database_check",
+]
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 GUEST_HTTP_PORT = 5183
+STATE_DB = "sysupd.db"
+"""The state database's name at the root of the data partition (``/var/lib/sysupd``)."""
 
 
 BOOT_MARKS = (
@@ -75,6 +91,8 @@ class Vm:
         self.port = _free_port()
         self.started = 0.0
         self._proc: subprocess.Popen[bytes] | None = None
+        self.power_ons = 0
+        """How often QEMU was started on this copy of the disk."""
         self.timeline: dict[str, float] = {}
         """Seconds from start to each of ``BOOT_MARKS`` first seen (since the last reset)."""
         self._seen = 0
@@ -90,15 +108,32 @@ class Vm:
         Raises:
             BuildError: QEMU or OVMF is not installed.
         """
-        qemu = find_program("qemu-system-x86_64")
         for firmware in (OVMF_CODE, OVMF_VARS):
             if not firmware.exists():
                 raise BuildError(f"{firmware} is needed and missing: apt-get install ovmf")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        for stale in (self.serial_log, self.qmp_path):  # a previous run's, read as this one's
-            stale.unlink(missing_ok=True)
+        stale_files = (self.serial_log, self.qmp_path, self.workdir / "qemu.log")
+        for stale in (*stale_files, *self.workdir.glob("serial.*.log")):
+            stale.unlink(missing_ok=True)  # a previous run's, which would be read as this one's
+        self.power_ons = 0
         run(["cp", "--sparse=always", self.appliance.disk, self.disk])
         run(["cp", OVMF_VARS, self.workdir / "vars.fd"])
+        self.power_on()
+
+    def power_on(self) -> None:
+        """Start QEMU on this machine's disk as it is now (after ``start``, and again after a
+        power cut): a new serial log, the previous one kept as ``serial.N.log``.
+
+        Raises:
+            BuildError: QEMU is not installed, or the machine is still running.
+        """
+        qemu = find_program("qemu-system-x86_64")
+        if self._proc is not None and self._proc.poll() is None:
+            raise BuildError("power_on() while the machine is still running")
+        if self.serial_log.exists():
+            self.serial_log.rename(self.workdir / f"serial.{self.power_ons}.log")
+        self.qmp_path.unlink(missing_ok=True)
+        self.power_ons += 1
         argv = [
             qemu,
             *("-machine", "q35", "-accel", "tcg"),
@@ -114,7 +149,7 @@ class Vm:
             *("-serial", f"file:{self.serial_log}"),
             *("-qmp", f"unix:{self.qmp_path},server=on,wait=off"),
         ]
-        log = (self.workdir / "qemu.log").open("wb")
+        log = (self.workdir / "qemu.log").open("ab")
         self.started = time.monotonic()
         self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         log.close()
@@ -268,6 +303,77 @@ def read_grubenv(disk: Path, work: Path) -> dict[str, str]:
     run(["mcopy", "-n", f"-i{disk}@@{offset}", f"::{ESP_GRUB_DIR}/grubenv", copy])
     listing = run(["grub-editenv", copy, "list"]).decode()
     return dict(line.split("=", 1) for line in listing.splitlines() if "=" in line)
+
+
+def replace_esp_file(disk: Path, work: Path, name: str, content: bytes | None) -> None:
+    """Put ``content`` at ``name`` (e.g. ``EFI/sysupd/grubenv``) on the ESP of ``disk`` (a
+    stopped machine's), or remove the file when ``content`` is ``None``.
+
+    Raises:
+        BuildError: mtools fails.
+    """
+    image = f"-i{disk}@@{DISK.partition('esp').offset_bytes}"
+    if content is None:
+        run(["mdel", image, f"::{name}"])
+        return
+    source = work / "esp-file"
+    source.write_bytes(content)
+    run(["mcopy", "-o", image, source, f"::{name}"])
+
+
+def state_database_check(disk: Path, work: Path) -> str:
+    """``PRAGMA integrity_check`` of the state database on the data partition of ``disk`` (a
+    stopped machine's, e.g. just after a power cut): ``"ok"``, or what SQLite found.
+
+    The partition is copied out and its journal replayed by ``e2fsck`` first, as the guest's next
+    mount would; SQLite then recovers its own journal or WAL from the copied files, as the
+    service's next start would. The disk itself is not changed.
+
+    Raises:
+        BuildError: the file system cannot be repaired or the database is not on it.
+    """
+    part = DISK.partition("data")
+    copy, files = work / "data.part", work / "state-copy"
+    shutil.rmtree(files, ignore_errors=True)
+    files.mkdir(parents=True)
+    copy.unlink(missing_ok=True)
+    run(
+        [
+            "dd", f"if={disk}", f"of={copy}", "bs=4M", "conv=sparse", "status=none",
+            "iflag=skip_bytes,count_bytes", f"skip={part.offset_bytes}", f"count={part.size_bytes}",
+        ]
+    )  # fmt: skip
+    fsck = subprocess.run(
+        [find_program("e2fsck"), "-fy", str(copy)], capture_output=True, check=False
+    )
+    if fsck.returncode >= 4:  # 1 and 2: errors corrected (a replayed journal is one)
+        raise BuildError(f"e2fsck could not repair the data partition: {fsck.stdout[-800:]!r}")
+    for name in (STATE_DB, f"{STATE_DB}-wal", f"{STATE_DB}-journal"):
+        with contextlib.suppress(BuildError):  # the journal files exist only at times
+            run([find_program("debugfs"), "-R", f"dump /{name} {files / name}", copy])
+    database = files / STATE_DB
+    if not database.exists() or database.stat().st_size == 0:
+        raise BuildError(f"the data partition holds no {STATE_DB}")
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        rows = db.execute("PRAGMA integrity_check").fetchall()
+    copy.unlink()
+    return "; ".join(str(row[0]) for row in rows)
+
+
+def slot_digest(disk: Path, label: str, length: int | None = None) -> str:
+    """The sha256 of partition ``label`` of ``disk`` (its first ``length`` bytes if given)."""
+    part = DISK.partition(label)
+    remaining = part.size_bytes if length is None else length
+    digest = hashlib.sha256()
+    with disk.open("rb") as source:
+        source.seek(part.offset_bytes)
+        while remaining > 0:
+            block = source.read(min(4 * 1024 * 1024, remaining))
+            if not block:
+                break
+            digest.update(block)
+            remaining -= len(block)
+    return digest.hexdigest()
 
 
 async def demo(appliance: Appliance) -> None:
