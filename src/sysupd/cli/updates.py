@@ -105,6 +105,8 @@ def boot(reboot_now: bool, config_file: Path | None, state_dir: Path | None) -> 
 
     try:
         report = engine.start()
+        if report.repaired:
+            say(report.repaired, warning=True)
         if report.interrupted:
             say(report.interrupted, warning=True)
         if report.rolled_back:
