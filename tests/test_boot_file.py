@@ -13,7 +13,10 @@ from sysupd.boot.adapter import Bootloader, MemoryBootloader, make_bootloader
 from sysupd.boot.filestate import MAX_STATE_BYTES, FileBootloader
 from sysupd.boot.grub import GrubBootloader
 from sysupd.core.bootenv import BootEnv, SlotBoot
-from sysupd.errors import BootError, ConfigError
+from sysupd.core.settings import Settings
+from sysupd.engine.engine import Engine
+from sysupd.errors import BootError, BootRecordMissing, BootRecordUnusable, ConfigError
+from sysupd.system.clock import SystemClock
 
 SLOTS = ("A", "B")
 MAX_ATTEMPTS = 3
@@ -111,6 +114,8 @@ def test_missing_file_is_fresh_and_not_written(tmp_path: Path) -> None:
     path = tmp_path / "bootenv.json"
     boot = FileBootloader(path, SLOTS)
     assert boot.load() == BootEnv.fresh(SLOTS)
+    with pytest.raises(BootRecordMissing, match=f"{re.escape(str(path))} does not exist"):
+        boot.load(missing_ok=False)
     assert not path.exists()
     assert boot.booted_slot() is None
 
@@ -183,11 +188,37 @@ def test_bad_file_is_a_boot_error_and_left_untouched(tmp_path: Path, case: str) 
     content, problem = BAD_FILES[case]
     path = tmp_path / "bootenv.json"
     path.write_bytes(content)
-    with pytest.raises(BootError) as caught:
+    with pytest.raises(BootRecordUnusable) as caught:
         FileBootloader(path, SLOTS).load()
     assert str(path) in str(caught.value)
     assert problem in str(caught.value)
     assert path.read_bytes() == content
+
+
+def test_recreate_keeps_the_unusable_file(tmp_path: Path) -> None:
+    path = tmp_path / "bootenv.json"
+    path.write_bytes(b'{"format": 1, "ord')
+    boot = FileBootloader(path, SLOTS)
+    env = BootEnv.recreated(SLOTS, "B")
+    assert boot.recreate(env) == f"{path}.unusable"
+    assert (tmp_path / "bootenv.json.unusable").read_bytes() == b'{"format": 1, "ord'
+    assert boot.load() == env
+    path.unlink()
+    assert boot.recreate(env) is None
+    assert boot.load() == env
+
+
+def test_start_never_recreates_the_file_bootloaders_record(tmp_path: Path) -> None:
+    """sysupd chooses the slot from this file itself: no firmware booted around the damage, so
+    the start stops and names it, for an operator to look at."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "bootenv.json").write_bytes(b"{}")
+    engine = Engine.from_settings(state, Settings(), SystemClock())
+    with pytest.raises(BootRecordUnusable, match="expected exactly the keys format"):
+        engine.start()
+    assert (state / "bootenv.json").read_bytes() == b"{}"
+    assert not (state / "bootenv.json.unusable").exists()
 
 
 def test_other_slot_names_than_configured(tmp_path: Path) -> None:
@@ -262,3 +293,34 @@ def test_memory_twin_records_saves_and_can_fail() -> None:
     boot.fail_with = BootError("store is gone")
     with pytest.raises(BootError, match="store is gone"):
         boot.load()
+
+
+def test_memory_twin_can_hold_an_unusable_record() -> None:
+    boot = MemoryBootloader(SLOTS, booted="B")
+    with pytest.raises(BootRecordMissing):
+        boot.load(missing_ok=False)
+    boot.damage = "ORDER is 'A C'"
+    with pytest.raises(BootRecordUnusable, match="ORDER is 'A C'"):
+        boot.load()
+    with pytest.raises(BootError, match="refusing to edit an unusable record"):
+        boot.save(BootEnv.fresh(SLOTS))
+    assert boot.recreate(BootEnv.recreated(SLOTS, "B")) == "memory: kept"
+    assert boot.kept == "ORDER is 'A C'"
+    assert boot.load() == BootEnv.recreated(SLOTS, "B")  # the damage is gone
+
+
+def test_engine_rules_recreate_a_firmwares_unusable_record(tmp_path: Path) -> None:
+    """The start's rule with the in-memory twin as the firmware's store: the slot that booted
+    is good and first, the rest bad, and the report says what was wrong."""
+    boot = MemoryBootloader(SLOTS, booted="B")
+    boot.damage = "truncated"
+    engine = Engine.from_settings(tmp_path / "state", Settings(), SystemClock(), bootloader=boot)
+    report = engine.start()
+    assert report.repaired == (
+        "memory: truncated: recreated it with slot B (0.0.0) good and first, slot A marked bad "
+        "until the next install; the unusable copy is kept as memory: kept"
+    )
+    assert boot.saved == [BootEnv.recreated(SLOTS, "B")]
+    boot.booted, boot.damage = None, "garbage"
+    with pytest.raises(BootError, match="garbage; it cannot be recreated: the kernel command"):
+        engine.start()

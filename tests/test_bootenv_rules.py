@@ -85,3 +85,14 @@ def test_marks_by_hand_follow_the_same_rules() -> None:
     assert (good.order, good.slots["B"]) == (("A", "B"), SlotBoot(ok=True, tries=0))
     active = good.activate("B")  # mark active: good and first in line
     assert (active.order, active.choose_boot(3).slot) == (("B", "A"), "B")
+
+
+def test_a_recreated_record_trusts_only_the_slot_that_booted() -> None:
+    env = BootEnv.recreated(("A", "B", "C"), "B")
+    assert env.order == ("B", "A", "C")
+    assert env.slots == {"A": SlotBoot(ok=False), "B": SlotBoot(ok=True), "C": SlotBoot(ok=False)}
+    assert env.bootable(3) == ("B",)
+    assert env.choose_boot(3).env.confirm("B") == env
+    assert BootEnv.recreated(("A", "B"), "A") == BootEnv.fresh(("A", "B"))
+    with pytest.raises(ValueError, match="'C' is not one of"):
+        BootEnv.recreated(("A", "B"), "C")

@@ -16,6 +16,7 @@ from sysupd.release.repository import ReleaseRepository
 from sysupd.servicelog import ServiceLog
 from sysupd.system.clock import SystemClock
 from tests.procs import run_cli, write_config
+from tests.programs import requires
 from tests.releases import PRODUCT, make_repo
 
 
@@ -105,6 +106,71 @@ async def test_boot_says_the_rollback_in_the_service_log(
     assert rolled_back[0].endswith("exited with status 3: disk full")
 
 
+def _service_log(tmp_path: Path) -> list[str]:
+    """What the next start of the service preloads and sys/middleware_log answers."""
+    log = ServiceLog(tmp_path / "state" / "log" / "sysupd.log", SystemClock(), 1 << 20)
+    lines = log.lines()
+    log.close()
+    return lines
+
+
+def _grub_device(tmp_path: Path, slot: str | None) -> tuple[list[str], Path]:
+    """The command-line arguments of a grub device that booted ``slot`` (its kernel command
+    line says so), and its grubenv's path."""
+    cmdline = tmp_path / "cmdline"
+    named = f" sysupd.slot={slot}" if slot else ""
+    cmdline.write_text(f"BOOT_IMAGE=/vmlinuz root=/dev/vda2 ro quiet{named}\n")
+    grubenv = tmp_path / "esp" / "grubenv"
+    grubenv.parent.mkdir(exist_ok=True)
+    config = write_config(
+        tmp_path / "grub.toml",
+        bootloader="grub",
+        grubenv=str(grubenv),
+        kernel_cmdline=str(cmdline),
+    )
+    return ["--config", str(config), "--state-dir", str(tmp_path / "state")], grubenv
+
+
+@requires("grub-editenv")
+async def test_boot_recreates_a_truncated_grubenv_and_says_so(tmp_path: Path) -> None:
+    """Issue 12 in the unit's ExecStartPre: GRUB could not read the grubenv and booted B;
+    ``sysupd boot`` recreates it around B, says so, and so does the service log."""
+    device, grubenv = _grub_device(tmp_path, "B")
+    cut = b"# GRUB Environment Block\nORDER=B A\nA_OK=1\nA_"
+    grubenv.write_bytes(cut)
+    code, out, err = await run_cli("boot", *device)
+    assert code == 0, err
+    said = (
+        f"grubenv {grubenv.resolve()}: only {len(cut)} bytes, shorter than the 1024-byte block "
+        "grub-editenv writes (truncated, or not a grubenv): recreated it with slot B (0.0.0) "
+        "good and first, slot A marked bad until the next install; the unusable copy is kept "
+        f"as {grubenv.resolve()}.unusable"
+    )
+    assert out.splitlines()[0] == said
+    assert "booted slot B (0.0.0)" in out
+    warned = [line for line in _service_log(tmp_path) if "WARNING boot: grubenv" in line]
+    assert len(warned) == 1
+    assert warned[0].endswith(f"WARNING boot: {said}")
+    assert Path(f"{grubenv}.unusable").read_bytes() == cut
+    code, out, _ = await run_cli("boot", *device)
+    assert code == 0
+    assert "grubenv" not in out  # recreated once
+
+
+@requires("grub-editenv")
+async def test_boot_that_cannot_recreate_the_grubenv_says_both_problems(tmp_path: Path) -> None:
+    device, grubenv = _grub_device(tmp_path, None)
+    grubenv.write_bytes(b"\0" * 1024)
+    code, out, err = await run_cli("boot", *device)
+    assert code == 1
+    assert out == ""
+    assert "invalid environment block; it cannot be recreated: the kernel command line" in err
+    errors = [line for line in _service_log(tmp_path) if "ERROR boot: " in line]
+    assert len(errors) == 1
+    assert "it cannot be recreated" in errors[0]
+    assert grubenv.read_bytes() == b"\0" * 1024
+
+
 async def test_install_killed_part_way(tmp_path: Path) -> None:
     big = make_repo(tmp_path / "big")
     tree = tmp_path / "big-tree"
@@ -186,4 +252,5 @@ async def test_boot_keep_going_lets_the_service_start_and_report(
     assert "kernel command line names no sysupd.slot" in err
     assert "the service starts all the same and reports it" in err
     log = (tmp_path / "state" / "log" / "sysupd.log").read_text()
-    assert "boot: the kernel command line names no sysupd.slot" in log
+    assert "ERROR boot: grubenv" in log
+    assert "names no sysupd.slot" in log

@@ -405,10 +405,14 @@ async def test_values_from_the_toml_file_appear_in_list_config(
 
 def test_load_config_reads_settings_and_service_keys(tmp_path: Path) -> None:
     config_file = tmp_path / "sysupd.toml"
-    config_file.write_text(TOML_FILE + "http_port = 8183\nlogin_timeout_s = 10\n", "utf-8")
+    config_file.write_text(
+        TOML_FILE + 'http_port = 8183\nlogin_timeout_s = 10\nkernel_cmdline = "/run/cmdline"\n',
+        "utf-8",
+    )
     config = load_config(config_file, state_dir=tmp_path / "state")
     assert config.state_dir == tmp_path / "state"
     assert config.http_port == 8183
+    assert config.kernel_cmdline == "/run/cmdline"
     assert config.login_timeout_s == 10
     assert config.settings.product == "acme-box"
     assert config.settings.auto_reboot is False
@@ -499,6 +503,8 @@ async def test_invalid_override_raises_config_error(start_service: ServiceFactor
         pytest.param('ws_port = "5182"\n', "ws_port", id="port-as-string"),
         pytest.param("ws_port = 70000\n", "ws_port", id="port-out-of-range"),
         pytest.param("login_timeout_s = 0\n", "login_timeout_s", id="zero-timeout"),
+        pytest.param('kernel_cmdline = ""\n', "kernel_cmdline", id="empty-cmdline"),
+        pytest.param("kernel_cmdline = 1\n", "kernel_cmdline", id="cmdline-as-number"),
     ],
 )
 def test_bad_key_or_value_in_the_file_raises_config_error(

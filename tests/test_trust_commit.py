@@ -46,9 +46,13 @@ class _AroundTheSwitch:
     def __init__(self, state: Path) -> None:
         self._real = make_bootloader("file", state, ("A", "B"), None)
         self.name = self._real.name
+        self.slot_names = self._real.slot_names
 
-    def load(self) -> BootEnv:
-        return self._real.load()
+    def load(self, *, missing_ok: bool = True) -> BootEnv:
+        return self._real.load(missing_ok=missing_ok)
+
+    def recreate(self, env: BootEnv) -> str | None:
+        return self._real.recreate(env)
 
     def booted_slot(self) -> str | None:
         return self._real.booted_slot()

@@ -71,6 +71,9 @@ class ServiceConfig:
     """A ``POST /upload`` body that sends nothing for this long is dropped like one that broke
     off (its temp file removed, its credentials handed back for a retry)."""
     log_max_bytes: int = 1 * MiB
+    kernel_cmdline: str = "/proc/cmdline"
+    """Where a firmware bootloader's choice is read (``sysupd.slot=``): the kernel's command
+    line, or a file standing in for it where ``/proc`` shows another one (a container, a test)."""
     kdf_time_cost: int = 3
     kdf_memory_kib: int = 65536
     kdf_parallelism: int = 4
@@ -166,6 +169,10 @@ def _check_ports_distinct(service: Mapping[str, Any]) -> None:
 
 
 def _check_service_value(name: str, value: Any) -> Any:
+    if name == "kernel_cmdline":
+        if not isinstance(value, str) or not value or "\0" in value:
+            raise ConfigError("'kernel_cmdline' must be a non-empty path")
+        return value
     if name == "server_names":
         if not isinstance(value, list | tuple) or not all(
             isinstance(v, str) and v.strip() for v in value

@@ -13,7 +13,9 @@
   ``VerificationError`` (the content is not trusted: signatures, hashes, expiry, product,
   version floor, unsafe archive members; never retried blindly),
   ``InstallError`` (writing the inactive slot failed: full disk, I/O), and
-  ``BootError`` (the bootloader adapter could not record or read the slot choice).
+  ``BootError`` (the bootloader adapter could not record or read the slot choice), with
+  ``BootRecordUnusable`` (the stored record exists but is corrupt or incomplete) and
+  ``BootRecordMissing`` (there is none) for the start-up that recreates a firmware's record.
 
 Foreign exceptions (sqlite3, OSError, aiohttp) are translated at the edge with ``raise … from``.
 Anything else reaching the dispatcher is a bug and is answered with a 500.
@@ -26,6 +28,8 @@ __all__ = [
     "ApiError",
     "BadRequest",
     "BootError",
+    "BootRecordMissing",
+    "BootRecordUnusable",
     "ClientError",
     "ConfigError",
     "DiskFull",
@@ -200,3 +204,14 @@ class InstallError(UpdateError):
 
 class BootError(UpdateError):
     """The bootloader adapter could not read or record the slot choice."""
+
+
+class BootRecordUnusable(BootError):
+    """The bootloader's stored record is there but cannot be used (corrupt, truncated,
+    incomplete, invalid values); the message names the file and what is wrong with it. A
+    firmware that cannot read it either boots as on a fresh device, so the start recreates it
+    around the slot that really booted."""
+
+
+class BootRecordMissing(BootRecordUnusable):
+    """No record is stored, where the caller asked for one (``load(missing_ok=False)``)."""

@@ -174,7 +174,7 @@ async def refuse_bad_input(appliance: Appliance, work: Path) -> str:
 
 def _grubenv_line(log: str) -> str:
     """The service log's line about the recreated grubenv."""
-    lines = [line for line in log.splitlines() if "grubenv" in line and "recreat" in line]
+    lines = [line for line in log.splitlines() if "grubenv" in line and "created it with" in line]
     expect(bool(lines), "the service log does not say the grubenv was recreated")
     return lines[-1].split(" ", 2)[-1]
 

@@ -1,8 +1,9 @@
 """This start's boot as the service tells it: the slot learned at start, then the boot trial.
 
 Before the listeners open, the engine learns the booted slot (settling an interrupted install,
-noticing a fallback); then, in the background, the health check runs and ``settle_boot`` confirms
-the slot or abandons a new one that failed, and the service reboots into the previous slot.
+noticing a fallback, recreating a lost or corrupt grubenv); then, in the background, the health
+check runs and ``settle_boot`` confirms the slot or abandons a new one that failed, and the
+service reboots into the previous slot.
 Engine steps run in a worker thread: the bootloader's tool may run.
 
 Invariants: ``settled`` is set exactly once, whatever happened, and after the trial's log line;
@@ -54,6 +55,8 @@ class BootWatch:
             return False
         self.report = report
         service.log.info(f"booted slot {report.slot}, version {report.version}")
+        if report.repaired:
+            service.log.warning(f"boot: {report.repaired}")
         if report.interrupted:
             service.log.warning(f"boot: {report.interrupted}; the booted slot is unchanged")
         if report.rolled_back:

@@ -307,7 +307,12 @@ class Service:
         key = engine_settings(settings)
         with self._engine_lock:  # called from the event loop and from worker threads
             if self._engine is None or self._engine[0] != key:
-                engine = Engine.from_settings(self.config.state_dir, settings, self.clock)
+                engine = Engine.from_settings(
+                    self.config.state_dir,
+                    settings,
+                    self.clock,
+                    cmdline=Path(self.config.kernel_cmdline),
+                )
                 self._engine = (key, engine)
             return self._engine[1]
 

@@ -4,10 +4,13 @@ The rules (which slot boots, trials, rollback) live in ``core.bootenv``; an adap
 a ``BootEnv`` and reads it back unchanged. Invariants every adapter keeps:
 
 - ``load`` after ``save(env)`` returns ``env`` (same order, same records);
-- a stored environment that cannot be read as exactly the configured slots is a ``BootError``
-  naming the file and the problem, never silently replaced by a fresh one: an operator must see
-  it. Only a store that does not exist yet loads as ``BootEnv.fresh``;
-- ``save`` replaces the stored environment as a whole or not at all.
+- a stored environment that cannot be read as exactly the configured slots is a
+  ``BootRecordUnusable`` naming the file and the problem, never silently replaced by a fresh one:
+  a store that does not exist yet loads as ``BootEnv.fresh`` (or is ``BootRecordMissing`` where
+  the caller asks). Only ``recreate`` replaces an unusable store, keeping it beside the new one
+  for an operator to inspect; the engine's start calls it for a firmware bootloader, whose
+  firmware booted such a device as a fresh one, and says so in its report;
+- ``save`` and ``recreate`` replace the stored environment as a whole or not at all.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Protocol
 from sysupd.boot.filestate import FileBootloader
 from sysupd.boot.grub import GrubBootloader
 from sysupd.core.bootenv import BootEnv
-from sysupd.errors import BootError, ConfigError
+from sysupd.errors import BootError, BootRecordMissing, BootRecordUnusable, ConfigError
 
 __all__ = ["BOOTLOADER_KINDS", "Bootloader", "MemoryBootloader", "make_bootloader"]
 
@@ -34,11 +37,16 @@ class Bootloader(Protocol):
     name: str
     """The adapter's kind, as configured (``file``, ``grub``)."""
 
-    def load(self) -> BootEnv:
+    slot_names: tuple[str, ...]
+    """The configured slots, in configured order."""
+
+    def load(self, *, missing_ok: bool = True) -> BootEnv:
         """The stored environment, or ``BootEnv.fresh`` if none was ever stored.
 
         Raises:
-            BootError: the store is unreadable, corrupt or names other slots.
+            BootRecordMissing: none was ever stored, and not ``missing_ok``.
+            BootRecordUnusable: the store is corrupt, truncated or names other slots.
+            BootError: the store cannot be read at all (its tool is missing, an I/O error).
         """
         ...
 
@@ -47,6 +55,16 @@ class Bootloader(Protocol):
 
         Raises:
             BootError: ``env`` names other slots, or the store cannot be written.
+        """
+        ...
+
+    def recreate(self, env: BootEnv) -> str | None:
+        """Replace a missing or unusable store with ``env``, durably, keeping the unusable one
+        beside it; where it is kept, ``None`` if there was none.
+
+        Raises:
+            BootError: ``env`` names other slots, or the store cannot be written; it is then as
+                it was.
         """
         ...
 
@@ -75,28 +93,52 @@ class MemoryBootloader:
         self.booted = booted
         self.saved: list[BootEnv] = []
         self.fail_with: BootError | None = None
-        """When set, ``load`` and ``save`` raise it (a broken store)."""
+        """When set, ``load``, ``save`` and ``recreate`` raise it (a broken store)."""
+        self.damage: str | None = None
+        """When set, the stored record is unusable: ``load`` raises ``BootRecordUnusable`` with
+        it, ``save`` refuses to edit it, and ``recreate`` moves it to ``kept``."""
+        self.kept: str | None = None
+        """The damage the last ``recreate`` replaced."""
 
-    def load(self) -> BootEnv:
+    def load(self, *, missing_ok: bool = True) -> BootEnv:
         """The last saved environment, or a fresh one."""
         if self.fail_with is not None:
             raise self.fail_with
+        if self.damage is not None:
+            raise BootRecordUnusable(f"memory: {self.damage}")
+        if self.env is None and not missing_ok:
+            raise BootRecordMissing("memory: no boot record was ever stored")
         return self.env if self.env is not None else BootEnv.fresh(self.slot_names)
 
     def save(self, env: BootEnv) -> None:
         """Keep ``env`` and record it."""
         if self.fail_with is not None:
             raise self.fail_with
-        if set(env.order) != set(self.slot_names):
-            raise BootError(
-                f"memory: refusing to save slots {env.order}, configured {self.slot_names}"
-            )
+        if self.damage is not None:
+            raise BootError(f"memory: refusing to edit an unusable record ({self.damage})")
+        self._check(env)
         self.env = env
         self.saved.append(env)
+
+    def recreate(self, env: BootEnv) -> str | None:
+        """Keep ``env`` and record it; the damage it replaced (if any) goes to ``kept``."""
+        if self.fail_with is not None:
+            raise self.fail_with
+        self._check(env)
+        self.kept, self.damage = self.damage, None
+        self.env = env
+        self.saved.append(env)
+        return None if self.kept is None else "memory: kept"
 
     def booted_slot(self) -> str | None:
         """What the test said the firmware booted."""
         return self.booted
+
+    def _check(self, env: BootEnv) -> None:
+        if set(env.order) != set(self.slot_names):
+            raise BootError(
+                f"memory: refusing to save slots {env.order}, configured {self.slot_names}"
+            )
 
 
 def make_bootloader(

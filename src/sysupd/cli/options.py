@@ -85,6 +85,8 @@ def engine_for(config: ServiceConfig) -> Engine:
                 settings = SettingsStore(db).load(config.settings)[0]
             finally:
                 db.close()
-        return Engine.from_settings(config.state_dir, settings, SystemClock())
+        return Engine.from_settings(
+            config.state_dir, settings, SystemClock(), cmdline=Path(config.kernel_cmdline)
+        )
     except SysupdError as exc:
         fail(str(exc))

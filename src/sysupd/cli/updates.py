@@ -115,6 +115,8 @@ def boot(
 
     try:
         report = engine.start()
+        if report.repaired:
+            say(report.repaired, warning=True)
         if report.interrupted:
             say(report.interrupted, warning=True)
         if report.rolled_back:

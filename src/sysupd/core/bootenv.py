@@ -12,7 +12,10 @@ the decisions live here, free of I/O:
 - a slot that fails its health check is marked bad and sent to the back (``reject``); a slot that
   never comes up uses its attempts up, and the next good slot boots by itself;
 - an operator's marks (``sysupd mark``) apply the same rules (``confirm``, ``reject``,
-  ``activate``), and ``bootable`` says which slots a power-on could still choose.
+  ``activate``), and ``bootable`` says which slots a power-on could still choose;
+- a record the firmware could not read (lost, corrupt) is rebuilt around the slot that booted
+  anyway (``recreated``): it is the one slot known to work, and nothing says what the others
+  hold, so they are bad until an install rewrites them.
 
 Invariant: every slot named in ``order`` has an entry in ``slots`` and vice versa.
 """
@@ -63,6 +66,20 @@ class BootEnv:
     def fresh(cls, names: tuple[str, ...]) -> BootEnv:
         """A new environment: the first slot good and preferred, the others empty (bad)."""
         return cls(names, {name: SlotBoot(ok=(i == 0)) for i, name in enumerate(names)})
+
+    @classmethod
+    def recreated(cls, names: tuple[str, ...], booted: str) -> BootEnv:
+        """The record rebuilt while ``booted`` runs: it good and first with no attempts counted
+        (the health check's ``confirm`` resets them anyway), every other slot bad, after it in
+        configured order. ``recreated(names, names[0])`` is ``fresh(names)``.
+
+        Raises:
+            ValueError: ``booted`` is not one of ``names``.
+        """
+        if booted not in names:
+            raise ValueError(f"booted slot {booted!r} is not one of {names}")
+        order = (booted, *[name for name in names if name != booted])
+        return cls(order, {name: SlotBoot(ok=(name == booted)) for name in names})
 
     def choose_boot(self, max_attempts: int) -> BootChoice:
         """What a bootloader does at power-on."""

@@ -6,6 +6,14 @@ slot that booted (the file bootloader chooses it here; a firmware bootloader say
 kernel command line) and whether that is a fallback from a slot that never came up. After the
 health check: confirm the slot, or abandon a newly installed one that failed (the previous slot
 boots next). Every step runs under the update lock.
+
+A firmware bootloader's record that is missing or unusable (a lost or corrupt grubenv) did not
+stop the firmware: it booted as on a fresh device. The start then recreates the record around
+the slot that booted (``BootEnv.recreated``: it good and first, the others bad until an install
+rewrites them), keeps the unusable one for inspection and says so in ``BootReport.repaired``;
+where it cannot (no slot on the kernel command line, an unwritable directory), the start fails
+with a ``BootError`` naming both problems. The file bootloader's record is never recreated:
+sysupd chooses from it, and a missing one is a fresh device.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from sysupd.engine.state import (
 )
 from sysupd.engine.status import BootVerdict
 from sysupd.engine.trust import TrustStore
-from sysupd.errors import BootError
+from sysupd.errors import BootError, BootRecordMissing, BootRecordUnusable
 from sysupd.system.clock import Clock
 
 __all__ = ["BootReport", "BootTrial", "slot_version", "stamp"]
@@ -46,6 +54,8 @@ class BootReport:
     """The install that a crash or power cut interrupted, if any."""
     trust_warning: str | None = None
     """Why the configured trust root is ignored, if it is."""
+    repaired: str | None = None
+    """The bootloader's record that was missing or unusable and recreated, and how, if one was."""
 
 
 class BootTrial:
@@ -80,7 +90,7 @@ class BootTrial:
     def _start(self) -> BootReport:
         trust_warning = self.trust.adopt()
         state = self.state_file.load()
-        env = self.bootloader.load()
+        env, repaired = self._boot_env(state)
         self.trust.settle_pending(env.order[0], env.slots[env.order[0]].ok)
         state, interrupted = self._settle_job(state, env)
         preferred = env.order[0]
@@ -114,6 +124,8 @@ class BootTrial:
             )
             state = self._rolled_back(state, rolled_back)
         state = replace(state, booted=booted)
+        if repaired is not None and state.trial not in (None, booted):
+            state = replace(state, trial=None)  # its slot is marked bad now: it never boots
         if booted not in state.slots:  # the slot the device shipped with
             state = state.with_slot(booted, SlotRecord(version=self.settings.factory_version))
         self.state_file.save(state)
@@ -128,7 +140,48 @@ class BootTrial:
             rolled_back,
             interrupted,
             trust_warning,
+            repaired,
         )
+
+    def _boot_env(self, state: EngineState) -> tuple[BootEnv, str | None]:
+        """The bootloader's record, and for a firmware bootloader whose record was missing or
+        unusable, the one recreated around the slot that booted, with the sentence saying so.
+
+        Raises:
+            BootError: the record cannot be read, or is unusable and cannot be recreated.
+        """
+        if self.bootloader.name == "file":  # sysupd chooses: no record is a fresh device
+            return self.bootloader.load(), None
+        try:
+            return self.bootloader.load(missing_ok=False), None
+        except BootRecordUnusable as exc:
+            return self._recreate(state, exc)
+
+    def _recreate(self, state: EngineState, unusable: BootRecordUnusable) -> tuple[BootEnv, str]:
+        """The firmware booted without the record: write it anew around the slot it booted."""
+        problem = str(unusable).rstrip(".")
+        try:
+            booted = self.bootloader.booted_slot()
+            if booted is None:
+                raise BootError(
+                    "the kernel command line names no sysupd.slot, so nothing says which slot "
+                    "booted"
+                )
+            env = BootEnv.recreated(self.bootloader.slot_names, booted)
+            kept = self.bootloader.recreate(env)
+        except BootError as cannot:
+            raise BootError(f"{problem}; it cannot be recreated: {cannot}") from unusable
+        written = f"slot {booted} ({self._version(state, booted)}) good and first"
+        others = env.order[1:]
+        if others:
+            plural = "s" if len(others) > 1 else ""
+            written += f", slot{plural} {', '.join(others)} marked bad until the next install"
+        if isinstance(unusable, BootRecordMissing):
+            return env, f"{problem}: created it with {written}"
+        repaired = f"{problem}: recreated it with {written}"
+        if kept is not None:
+            repaired += f"; the unusable copy is kept as {kept}"
+        return env, repaired
 
     def _settle_job(self, state: EngineState, env: BootEnv) -> tuple[EngineState, str | None]:
         """A job record at start-up: did the install get as far as the switch, or not?"""
