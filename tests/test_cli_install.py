@@ -18,6 +18,7 @@ from sysupd.system.clock import SystemClock
 from tests.procs import run_cli, write_config
 from tests.programs import requires
 from tests.releases import PRODUCT, make_repo
+from tools.appliance.badinput import stripped_of_signatures
 
 
 @pytest.fixture
@@ -254,3 +255,22 @@ async def test_boot_keep_going_lets_the_service_start_and_report(
     log = (tmp_path / "state" / "log" / "sysupd.log").read_text()
     assert "ERROR boot: grubenv" in log
     assert "names no sysupd.slot" in log
+
+
+async def test_a_bundle_stripped_of_its_signatures_is_refused(
+    tmp_path: Path, repo: ReleaseRepository
+) -> None:
+    """The appliance's bad-input scenario sends ``tools.appliance.badinput.
+    stripped_of_signatures`` of a good bundle; here the same bundle, on the same engine, is
+    refused for what it lacks, and the good one installs."""
+    good = tmp_path / "good.bundle"
+    repo.write_bundle("1.1.0", good)
+    unsigned = stripped_of_signatures(good, tmp_path / "unsigned.bundle")
+    assert unsigned.stat().st_size < good.stat().st_size
+    device = _args(tmp_path, repo)
+    code, _, err = await run_cli("install", str(unsigned), *device)
+    assert code == 1
+    assert err.startswith("Error: timestamp")
+    assert "is not signed by the keys this device trusts" in err
+    code, _, err = await run_cli("install", str(good), *device)
+    assert code == 0, err

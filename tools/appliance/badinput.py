@@ -17,6 +17,7 @@ after each from the outside:
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 import shutil
 import sys
@@ -54,17 +55,20 @@ _SYSUPD = Path(sys.executable).with_name("sysupd")
 
 
 def stripped_of_signatures(bundle: Path, out: Path) -> Path:
-    """``bundle`` with the signatures of its ``targets`` and ``releases`` metadata removed:
-    the same payload and metadata, unsigned."""
+    """``bundle`` with every signature of its timestamp, snapshot, targets and releases
+    metadata removed: the same payload and metadata, unsigned (its roots stay as they are: they
+    are the device's own chain)."""
     with bundle.open("rb") as source:
         prefix = source.read(BUNDLE_PREFIX_BYTES)
-        header = decode_bundle_header(prefix + source.read(decode_bundle_prefix(prefix)))
-        targets, releases = (
+        header = decode_bundle_header(source.read(decode_bundle_prefix(prefix)))
+        timestamp, snapshot, targets, releases = (
             json.dumps({**json.loads(text), "signatures": []})
-            for text in (header.targets, header.releases)
+            for text in (header.timestamp, header.snapshot, header.targets, header.releases)
+        )
+        unsigned = dataclasses.replace(
+            header, timestamp=timestamp, snapshot=snapshot, targets=targets, releases=releases
         )
         with out.open("wb") as sink:
-            unsigned = dataclasses.replace(header, targets=targets, releases=releases)
             sink.write(encode_bundle_header(unsigned))
             while block := source.read(4 * 1024 * 1024):
                 sink.write(block)
@@ -136,11 +140,12 @@ async def refuse_bad_input(appliance: Appliance, work: Path) -> str:
     with nginx_serving(www, work / "nginx") as url:
         big_url = f"http://{GUEST_HOST}:{urlsplit(url).port}/oversized.bundle"
         async with boot_factory(appliance, work) as device:
-            why = await _refused(device, foreign)
+            trusted = "is not signed by the keys this device trusts"
+            why = await _refused(device, foreign, trusted)
             notes.append(f"another product's bundle refused: {why}")
-            why = await _refused(device, unsigned)
+            why = await _refused(device, unsigned, "timestamp metadata", trusted)
             notes.append(f"an unsigned bundle refused: {why}")
-            why = await _refused(device, big_url)
+            why = await _refused(device, big_url, "is larger than slot B")
             notes.append(f"a release larger than the slot refused: {why}")
             _good_in_a(await device.report(), appliance.version, "the refusals")
         served = sum(_bytes_sent(line) for line in access_log(work / "nginx"))
@@ -173,10 +178,11 @@ async def refuse_bad_input(appliance: Appliance, work: Path) -> str:
 
 
 def _grubenv_line(log: str) -> str:
-    """The service log's line about the recreated grubenv."""
-    lines = [line for line in log.splitlines() if "grubenv" in line and "created it with" in line]
+    """The service log's last line about a recreated grubenv (``sys/middleware_log`` joins its
+    lines with ``<br>``)."""
+    lines = [line for line in log.split("<br>") if "grubenv" in line and "created it with" in line]
     expect(bool(lines), "the service log does not say the grubenv was recreated")
-    return lines[-1].split(" ", 2)[-1]
+    return html.unescape(lines[-1].split(" ", 2)[-1])
 
 
 async def _hanging_check(device: Device, work: Path, repo: Path) -> str:
