@@ -343,20 +343,25 @@ def state_database_check(disk: Path, work: Path) -> str:
             "iflag=skip_bytes,count_bytes", f"skip={part.offset_bytes}", f"count={part.size_bytes}",
         ]
     )  # fmt: skip
-    fsck = subprocess.run(
-        [find_program("e2fsck"), "-fy", str(copy)], capture_output=True, check=False
-    )
-    if fsck.returncode >= 4:  # 1 and 2: errors corrected (a replayed journal is one)
-        raise BuildError(f"e2fsck could not repair the data partition: {fsck.stdout[-800:]!r}")
-    for name in (STATE_DB, f"{STATE_DB}-wal", f"{STATE_DB}-journal"):
-        with contextlib.suppress(BuildError):  # the journal files exist only at times
-            run([find_program("debugfs"), "-R", f"dump /{name} {files / name}", copy])
+    try:
+        fsck = subprocess.run(
+            [find_program("e2fsck"), "-fy", str(copy)], capture_output=True, check=False
+        )
+        if fsck.returncode >= 4:  # 1 and 2: errors corrected (a replayed journal is one)
+            raise BuildError(f"e2fsck could not repair the data partition: {fsck.stdout[-800:]!r}")
+        for name in (STATE_DB, f"{STATE_DB}-wal", f"{STATE_DB}-journal"):
+            with contextlib.suppress(BuildError):  # the journal files exist only at times
+                run([find_program("debugfs"), "-R", f"dump /{name} {files / name}", copy])
+    finally:
+        copy.unlink(missing_ok=True)
     database = files / STATE_DB
     if not database.exists() or database.stat().st_size == 0:
         raise BuildError(f"the data partition holds no {STATE_DB}")
-    with contextlib.closing(sqlite3.connect(database)) as db:
-        rows = db.execute("PRAGMA integrity_check").fetchall()
-    copy.unlink()
+    try:
+        with contextlib.closing(sqlite3.connect(database)) as db:
+            rows = db.execute("PRAGMA integrity_check").fetchall()
+    except sqlite3.DatabaseError as exc:  # damaged beyond what the check itself can list
+        return f"SQLite cannot open it: {exc}"
     return "; ".join(str(row[0]) for row in rows)
 
 
