@@ -104,17 +104,17 @@ def cut_plan(seed: int) -> list[Cut]:
 
 
 class _Releases:
-    """The bundles the scenario installs, made on first use: the next one is always newer than
-    the version the device has confirmed (an interrupted install does not raise its floor)."""
+    """The bundles the scenario installs, made on first use."""
 
     def __init__(self, appliance: Appliance, work: Path) -> None:
         self.appliance = appliance
         self.work = work
-        self.confirmed = appliance.version
         self._bundles: dict[str, Path] = {}
 
-    def next(self) -> tuple[str, Path]:
-        version = next(v for v in _VERSIONS if _major(v) > _major(self.confirmed))
+    def after(self, running: str) -> tuple[str, Path]:
+        """The release to install next: the first newer than ``running``, the version the device
+        has confirmed (an interrupted install does not raise its floor, so it is tried again)."""
+        version = next(v for v in _VERSIONS if _major(v) > _major(running))
         if version not in self._bundles:
             place = self.work / f"release-{version}"
             place.mkdir(parents=True, exist_ok=True)
@@ -149,14 +149,13 @@ async def survive_power_cuts(appliance: Appliance, work: Path) -> str:
         running = _Running("A", appliance.version)
         try:
             for number, cut in enumerate(cuts, start=1):
-                version, bundle = releases.next()
+                version, bundle = releases.after(running.version)
                 began = time.monotonic()
                 outcome = await _cut_once(device, cut, version, bundle, running, work)
-                releases.confirmed = running.version
                 survived += 1
                 notes.append(f"{number}. {cut.where}: {outcome} ({time.monotonic() - began:.0f} s)")
                 print(f"power cut {number}/{len(cuts)}: {notes[-1]}", flush=True)
-            version, bundle = releases.next()
+            version, bundle = releases.after(running.version)
             await _update_to_confirmed(device, version, bundle, running)
         except ScenarioFailed as exc:
             figure = f"{survived}/{len(cuts)} power cuts survived (seed {seed})"
@@ -176,7 +175,7 @@ async def _cut_once(
     """Make ``cut`` while installing ``version``, power on again, check; what happened."""
     target = "B" if running.slot == "A" else "A"
     if cut.during_install is not None:
-        seen = await device.install_until_cut(bundle, cut.during_install)
+        seen = await device.update(bundle, until=cut.during_install, cut=True)
         expect(seen.get("result") != "failure", f"the install failed before the cut: {seen}")
         switched = seen.get("result") == "success"  # the final event: the switch is done
         at = _at(seen)

@@ -97,13 +97,6 @@ class Device:
         self.mark = len(self.vm.serial_text())
         return final
 
-    async def install_until_cut(
-        self, bundle: Path, cut_when: Callable[[dict[str, Any]], bool]
-    ) -> dict[str, Any]:
-        """Upload ``bundle``, start the update, and cut the power (SIGKILL of QEMU) on the
-        first of its events — running or final — for which ``cut_when`` is true: that event."""
-        return await self.update(bundle, until=cut_when, cut=True)
-
     async def update(
         self,
         source: Path | str | None,

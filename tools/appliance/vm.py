@@ -365,10 +365,10 @@ def state_database_check(disk: Path, work: Path) -> str:
     return "; ".join(str(row[0]) for row in rows)
 
 
-def slot_digest(disk: Path, label: str, length: int | None = None) -> str:
-    """The sha256 of partition ``label`` of ``disk`` (its first ``length`` bytes if given)."""
+def slot_digest(disk: Path, label: str) -> str:
+    """The sha256 of partition ``label`` of ``disk``: all its bytes."""
     part = DISK.partition(label)
-    remaining = part.size_bytes if length is None else length
+    remaining = part.size_bytes
     digest = hashlib.sha256()
     with disk.open("rb") as source:
         source.seek(part.offset_bytes)

@@ -241,7 +241,7 @@ class GrubBootloader:
 
     def _check_size(self, target: Path, size: int) -> None:
         if size > MAX_GRUBENV_BYTES:
-            raise self._unusable(target, f"larger than {MAX_GRUBENV_BYTES} bytes, so not a grubenv")
+            raise self._too_large(target)
         if size == 0:
             raise self._unusable(target, "empty (0 bytes)")
         if size < BLOCK_BYTES:
@@ -280,9 +280,7 @@ class GrubBootloader:
         except FileNotFoundError:
             return None
         except FileTooLargeError as exc:
-            raise self._unusable(
-                target, f"larger than {MAX_GRUBENV_BYTES} bytes, so not a grubenv"
-            ) from exc
+            raise self._too_large(target) from exc
         except OSError as exc:
             raise self._error(target, f"cannot be read: {exc.strerror or exc}") from exc
         self._check_size(target, len(current))
@@ -316,7 +314,8 @@ class GrubBootloader:
         tmp = Path(tmp_name)
         try:
             try:
-                os.write(fd, block)
+                if os.write(fd, block) != len(block):
+                    raise self._error(target, "was written short")
                 with contextlib.suppress(PermissionError):  # FAT (an ESP) refuses chmod
                     os.fchmod(fd, 0o644)
                 os.fsync(fd)
@@ -424,6 +423,10 @@ class GrubBootloader:
     @staticmethod
     def _error(target: Path, problem: str) -> BootError:
         return BootError(f"grubenv {target}: {problem}")
+
+    @classmethod
+    def _too_large(cls, target: Path) -> BootRecordUnusable:
+        return cls._unusable(target, f"larger than {MAX_GRUBENV_BYTES} bytes, so not a grubenv")
 
     @staticmethod
     def _unusable(target: Path, problem: str) -> BootRecordUnusable:

@@ -17,8 +17,9 @@ import signal
 __all__ = ["run_health_check"]
 
 
-async def run_health_check(command: str, timeout_s: float = 120.0) -> tuple[bool, str]:
-    """Run ``command``; returns whether it passed and a line saying how it went."""
+async def run_health_check(command: str, timeout_s: float) -> tuple[bool, str]:
+    """Run ``command`` for at most ``timeout_s`` (``health_check_timeout_s``); returns whether
+    it passed and a line saying how it went."""
     if not command.strip():
         return True, "no health check is configured, so starting is enough"
     try:
