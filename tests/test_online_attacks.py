@@ -264,7 +264,7 @@ async def test_arbitrary_payload_is_refused_and_slot_b_wiped(
     data[-100:] = bytes(b ^ 0xFF for b in data[-100:])
     payload.write_bytes(bytes(data))
     with serve_repo(repo, tmp_path / "server") as url:
-        service = await start_service(**online_overrides(repo, url))
+        service = await start_service(**online_overrides(repo, url, delta_updates=False))
         admin = await connect(service, login=ADMIN)
         assert (await checked(admin, service))["version"] == "1.1.0"
         await _install_fails(admin, "does not match")
@@ -280,7 +280,7 @@ async def test_endless_data_is_refused(
     with payload.open("ab") as handle:
         handle.write(b"\0" * 100_000)
     with serve_repo(repo, tmp_path / "server") as url:
-        service = await start_service(**online_overrides(repo, url))
+        service = await start_service(**online_overrides(repo, url, delta_updates=False))
         admin = await connect(service, login=ADMIN)
         details = await _install_fails(admin, "length|longer")
     assert str(signed_length) in details
@@ -295,7 +295,9 @@ async def test_slow_retrieval_is_refused_in_bounded_time(
     # fetcher's minimum rate (1 KiB/s by default; the service has no setting for it).
     slow = "location ~ \\.tar\\.zst$ { limit_rate_after 100k; limit_rate 256; }"
     with serve_repo(repo, tmp_path / "server", slow) as url:
-        service = await start_service(**online_overrides(repo, url), fetch_stall_s=0.5)
+        service = await start_service(
+            **online_overrides(repo, url, delta_updates=False), fetch_stall_s=0.5
+        )
         admin = await connect(service, login=ADMIN)
         started = time.monotonic()
         await _install_fails(admin, "stalled|slow|in time", timeout=15)

@@ -313,7 +313,7 @@ def test_tree_release_verifies_through_the_delegation_chain(
     assert md["targets"].signed.version == 1  # not touched: nothing in targets changed
     assert md["snapshot"].signed.meta["releases.json"].version == 2
     entries = md["releases"].signed.targets
-    assert set(entries) == {info.target, info.chunks}
+    assert set(entries) == {info.target, info.chunks, info.index}
     assert md["targets"].signed.targets == {}
     entry: TargetFile = entries[info.target]
     payload_file = target_path_on_disk(repo.path, entry)
@@ -337,6 +337,7 @@ def test_tree_release_verifies_through_the_delegation_chain(
             "entries": 14,  # the tar's members, listed below
             "chunk_size": DEFAULT_CHUNK_SIZE,
             "chunks": info.chunks,
+            "index": info.index,
             "notes": "first release",
         }
     }
@@ -626,7 +627,8 @@ def test_a_lost_role_key_can_be_replaced(
     (repo.path / "keys" / "releases.pem").unlink()
     with pytest.raises(ConfigError, match=r"the releases key .*releases\.pem is missing"):
         repo.add_release("1.1.0", tree=source)
-    assert len(list((repo.path / "targets" / "releases").iterdir())) == 2  # nothing was packed
+    # nothing was packed: the payload, chunk list and chunk index of 1.0.0 only
+    assert len(list((repo.path / "targets" / "releases").iterdir())) == 3
     new_keyid = repo.rotate_key("releases")
     assert not (repo.path / "keys" / "retired").exists()
     repo.add_release("1.1.0", tree=source)

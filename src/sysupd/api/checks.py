@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from sysupd.api.calls import Call, CallContext
 from sysupd.core.manifest import Manifest
 from sysupd.core.units import human_size
+from sysupd.delta.fetch import DeltaOptions
 from sysupd.engine.engine import Engine
 from sysupd.errors import SysupdError
 from sysupd.sources.online import Survey
@@ -140,12 +141,23 @@ class UpdateChecker:
     def source(self, server: str, version: str) -> ServerSource:
         """The newest release on ``server`` as an update's source (``version``: what the check
         found, for people; the source picks again when the job opens it)."""
+        settings = self._service.settings
+        limits = self.limits()
+        delta = None
+        if settings.delta_updates:
+            delta = DeltaOptions(
+                parallel=settings.delta_parallel,
+                max_rate_bps=settings.download_max_rate_bps,
+                deadline_s=limits.deadline_s,
+            )
         return ServerSource(
             server,
             self._service.config.state_dir / "online",
             self._cache_lock,
-            self.limits(),
+            limits,
             version,
+            delta,
+            settings.download_max_rate_bps,
         )
 
 

@@ -43,6 +43,12 @@ class JobRun:
     """The slot it installs into, once known."""
     installing_since: float | None = None
     """When the payload started to flow (monotonic), for the rate and the time left."""
+    bytes_from_device: int | None = None
+    """In a delta update: payload bytes the device held already (``None``: not a delta)."""
+    bytes_from_network: int | None = None
+    """In a delta update: payload bytes fetched."""
+    bytes_downloaded: int | None = None
+    """In a delta update: bytes downloaded for them (compressed chunks)."""
 
     @property
     def running(self) -> bool:
@@ -62,6 +68,17 @@ class JobRun:
             return "verify"
         return _PHASES.get(self.state, "switch")
 
+    def origins(self) -> dict[str, int | None]:
+        """(ext) Where a delta update's bytes come from, for the events; empty for a whole
+        payload."""
+        if self.bytes_from_device is None:
+            return {}
+        return {
+            "bytes_from_device": self.bytes_from_device,
+            "bytes_from_network": self.bytes_from_network,
+            "bytes_downloaded": self.bytes_downloaded,
+        }
+
     def log_text(self) -> str:
         """The whole log as clients get it: HTML-escaped lines joined by ``<br>``."""
         return "<br>".join(html.escape(line, quote=False) for line in self.lines)
@@ -79,6 +96,11 @@ class JobRun:
             return None
         where = f"installing into slot {self.slot}" if self.slot else "installing"
         line = f"{where}: {human_size(self.bytes_done)} of {human_size(self.bytes_total)}"
+        if self.bytes_from_device is not None and self.bytes_from_network is not None:
+            line += (
+                f" ({human_size(self.bytes_from_device)} from this device, "
+                f"{human_size(self.bytes_from_network)} from the network)"
+            )
         rate = self.rate(now)
         if rate:
             left = (self.bytes_total - self.bytes_done) / rate

@@ -117,13 +117,17 @@ class UpdateManager:
                 job.state = stage
             job.bytes_done, job.bytes_total = done, total
 
+        def origins(device: int, network: int, downloaded: int) -> None:
+            job.bytes_from_device, job.bytes_from_network = device, network
+            job.bytes_downloaded = downloaded
+
         def log(line: str) -> None:
             loop.call_soon_threadsafe(self._say, job, line)
 
         def run() -> object:
             with contextlib.suppress(SysupdError):
                 job.slot = engine.target_slot()  # for people only: the engine decides again
-            return engine.install(source, progress=progress, log=log)
+            return engine.install(source, progress=progress, log=log, origins=origins)
 
         started = loop.time()
         try:
@@ -166,6 +170,7 @@ class UpdateManager:
                 "details": job.log_text(),
                 "bytes_done": job.bytes_done,
                 "bytes_total": job.bytes_total,
+                **job.origins(),
                 "log": job.log_text(),
             },
         )
@@ -200,6 +205,7 @@ class UpdateManager:
                 "rate_bytes_s": int(rate) if rate else None,
                 "seconds_left": round(left, 1) if left is not None else None,
                 "slot": job.slot or None,
+                **job.origins(),
                 "log": job.log_text(),
             },
         )

@@ -77,6 +77,12 @@ def init(repo_dir: Path, product: str) -> None:
     show_default=True,
     help="Bytes per verified chunk.",
 )
+@click.option(
+    "--delta/--no-delta",
+    default=True,
+    show_default=True,
+    help="Also cut the payload into the chunk store, so devices download only what changed.",
+)
 def add(
     repo_dir: Path,
     version: str,
@@ -85,6 +91,7 @@ def add(
     compress: str,
     notes: str | None,
     chunk_size: int,
+    delta: bool,
 ) -> None:
     """Add a release from a file tree or an image.
 
@@ -92,7 +99,13 @@ def add(
     """
     with _reported():
         info = ReleaseRepository.open(repo_dir).add_release(
-            version, tree=tree, image=image, compress=compress, notes=notes, chunk_size=chunk_size
+            version,
+            tree=tree,
+            image=image,
+            compress=compress,
+            notes=notes,
+            chunk_size=chunk_size,
+            delta=delta,
         )
     click.echo(
         f"added {info.version}: {info.target} ({info.length} bytes, {info.payload}, "

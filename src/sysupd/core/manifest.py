@@ -30,7 +30,7 @@ _REQUIRED = {
     "chunk_size": int,
     "chunks": str,
 }
-_OPTIONAL = {"notes": str, "entries": int}
+_OPTIONAL = {"notes": str, "entries": int, "index": str}
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +50,8 @@ class Manifest:
     notes: str = ""
     entries: int | None = None
     """A tree's members (regular files and directories); ``None`` for a raw image."""
+    index_target: str | None = None
+    """The chunk index's target, for a delta update; ``None`` if the release has none."""
 
 
 def parse_manifest(target: str, length: int, hashes: dict[str, str], custom: Any) -> Manifest:
@@ -105,6 +107,7 @@ def parse_manifest(target: str, length: int, hashes: dict[str, str], custom: Any
         sha256=sha256.lower(),
         notes=fields.get("notes", ""),
         entries=fields.get("entries"),
+        index_target=fields.get("index"),
     )
 
 

@@ -146,6 +146,19 @@ class Settings:
     update_server: str = _setting(
         "", "Base URL of the online release repository; empty for none.", _http_url_or_empty
     )
+    delta_updates: bool = _setting(
+        True,
+        "Download only the chunks of a release this device does not hold, when the update "
+        "server offers them; off: always the whole payload.",
+    )
+    delta_parallel: int = _setting(
+        4, "Chunk requests at a time during a delta update.", _range(1, 32)
+    )
+    download_max_rate_bps: int = _setting(
+        0,
+        "Cap on the download rate from the update server, in bytes a second; 0 for none.",
+        _range(0, 1 << 40),
+    )
     update_check_interval_s: int = _setting(
         86400, "Seconds between automatic update checks; 0 turns them off.", _range(0, 31536000)
     )

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from sysupd.boot.adapter import Bootloader, make_bootloader
 from sysupd.core.bootenv import BootEnv
 from sysupd.core.bundletrust import ReleasePolicy, check_policy, verify_bundle
+from sysupd.core.chunkindex import ChunkIndex
 from sysupd.core.chunks import ChunkVerifier
 from sysupd.core.job import JobState, JobStateMachine
 from sysupd.core.manifest import Manifest
@@ -27,6 +28,7 @@ from sysupd.core.units import human_rate, human_size
 from sysupd.core.versions import parse_version
 from sysupd.engine.boottrial import BootReport, BootTrial, slot_version, stamp
 from sysupd.engine.bundles import check_payload_size, read_bundle_header
+from sysupd.engine.deltawrite import DeltaJob, Origins, checked_index, write_delta
 from sysupd.engine.lock import UpdateLock
 from sysupd.engine.slotset import SlotConfig, inactive_slot, make_writer, slot_configs
 from sysupd.engine.state import (
@@ -89,6 +91,8 @@ class Release:
     chunk_list: bytes
     trust: TrustUpdate
     """The trust the release came with, kept only with the switch to it."""
+    index: ChunkIndex | None = None
+    """The verified chunk index, when the source offers the release's chunks one by one."""
 
 
 class Engine:
@@ -197,10 +201,16 @@ class Engine:
     # -- install -------------------------------------------------------------------------------
 
     def install(
-        self, source: Source, *, progress: Progress | None = None, log: Log | None = None
+        self,
+        source: Source,
+        *,
+        progress: Progress | None = None,
+        log: Log | None = None,
+        origins: Origins | None = None,
     ) -> Manifest:
         """Acquire, verify and install an update from ``source`` into the inactive slot, in one
         pass; a failure is recorded as the last result and the booted slot is never touched.
+        ``origins`` is told, during a delta install, where the payload's bytes came from.
 
         Raises:
             UpdateBusy: another update runs.
@@ -221,7 +231,8 @@ class Engine:
                 state = self.state_file.load()
                 acquired = _enter_source(stack, source, self.device_view(state), say)
                 release = self._verify(job, state, acquired, report, say)
-                return self._write(job, state, release, acquired, report, say)
+                tell = origins or (lambda _device, _network, _downloaded: None)
+                return self._write(job, state, release, acquired, report, say, tell)
             except Exception as exc:
                 if job.state.running:
                     job.fail()
@@ -261,8 +272,11 @@ class Engine:
             report(JobState.VERIFYING, 0, 0)
             if check_policy(signed.manifest, self.policy(state)):
                 say(f"downgrade to {signed.manifest.version} allowed by allow_downgrade")
+            index = None
+            if acquired.delta is not None and signed.index is not None:
+                index = checked_index(signed.manifest, signed.index)
             trust = self.trust.update_online(signed)
-            return Release(signed.manifest, signed.chunk_list, trust)
+            return Release(signed.manifest, signed.chunk_list, trust, index)
         started = self.clock.monotonic()
         header = read_bundle_header(acquired.stream)
         job.advance(JobState.VERIFYING)
@@ -326,6 +340,7 @@ class Engine:
         acquired: Acquired,
         report: Progress,
         say: Log,
+        origins: Origins,
     ) -> Manifest:
         manifest, origin = release.manifest, acquired.origin
         job.advance(JobState.INSTALLING)
@@ -354,27 +369,37 @@ class Engine:
         self.bootloader.save(env.begin_install(target))
         slot = self.slots[target]
         say(f"installing into slot {target} ({slot.kind} {slot.path})")
-        total = manifest.length
         writing = self.clock.monotonic()
-        report(JobState.INSTALLING, 0, total)
-
-        def on_bytes(done: int) -> None:
-            report(JobState.INSTALLING, done, total)
-
-        with VerifiedReader(
-            acquired.stream,
-            ChunkVerifier(release.chunk_list, manifest.chunk_size, total),
-            progress=on_bytes,
-        ) as reader:  # closed on every path: its read-ahead thread stops with it
-            self.slot_writer(slot).install(reader, _spec(manifest))
-            if not reader.complete:  # every writer reads to the end; refuse one that did not
-                raise VerificationError("the payload was not read to its signed end")
-        job.mark_payload_verified()
-        took = max(self.clock.monotonic() - writing, 1e-6)
-        say(
-            f"checked and wrote {human_size(total)} into slot {target} in {took:.2f} s "
-            f"({human_rate(total / took)})"
-        )
+        if release.index is not None and acquired.delta is not None:
+            total = release.index.length
+            report(JobState.INSTALLING, 0, total)
+            delta = DeltaJob(manifest, release.index, acquired.delta, slot, self.slots.get(booted))
+            tally = write_delta(
+                delta,
+                self.slot_writer(slot),
+                say,
+                lambda done: report(JobState.INSTALLING, done, total),
+                origins,
+            )
+            job.mark_payload_verified()
+            took = max(self.clock.monotonic() - writing, 1e-6)
+            say(
+                f"checked and wrote {human_size(total)} into slot {target} in {took:.2f} s: "
+                f"{human_size(tally.from_device)} from this device ({human_size(tally.in_place)} "
+                f"kept in place, {human_size(tally.copied)} copied), {human_size(tally.fetched)} "
+                f"from the network ({tally.chunks_fetched} chunks, "
+                f"{human_size(tally.downloaded)} downloaded)"
+            )
+        else:
+            total = manifest.length
+            report(JobState.INSTALLING, 0, total)
+            self._write_stream(release, acquired, slot, report)
+            job.mark_payload_verified()
+            took = max(self.clock.monotonic() - writing, 1e-6)
+            say(
+                f"checked and wrote {human_size(total)} into slot {target} in {took:.2f} s "
+                f"({human_rate(total / took)})"
+            )
 
         job.advance(JobState.SWITCHING)
         report(JobState.SWITCHING, total, total)
@@ -409,6 +434,25 @@ class Engine:
         job.advance(JobState.DONE)
         say(f"slot {target} will boot next, on trial")
         return manifest
+
+    def _write_stream(
+        self, release: Release, acquired: Acquired, slot: SlotConfig, report: Progress
+    ) -> None:
+        """The whole payload from the source's stream, chunk-verified, into ``slot``."""
+        manifest = release.manifest
+        total = manifest.length
+
+        def on_bytes(done: int) -> None:
+            report(JobState.INSTALLING, done, total)
+
+        with VerifiedReader(
+            acquired.stream,
+            ChunkVerifier(release.chunk_list, manifest.chunk_size, total),
+            progress=on_bytes,
+        ) as reader:  # closed on every path: its read-ahead thread stops with it
+            self.slot_writer(slot).install(reader, _spec(manifest))
+            if not reader.complete:  # every writer reads to the end; refuse one that did not
+                raise VerificationError("the payload was not read to its signed end")
 
     # -- status --------------------------------------------------------------------------------
 

@@ -5,9 +5,11 @@ Payloads are made by ``sysupd.release.payloads``; the entry format is
 
 Invariants:
 
-- A release is two targets in ``releases``: the payload ``releases/<product>-<version>.<ext>``
-  with its description in ``custom.sysupd``, and the payload's chunk list
-  ``releases/<product>-<version>.<ext>.chunks``; entries without ``custom.sysupd`` are no release.
+- A release is two or three targets in ``releases``: the payload
+  ``releases/<product>-<version>.<ext>`` with its description in ``custom.sysupd``, the payload's
+  chunk list ``releases/<product>-<version>.<ext>.chunks`` and, unless delta chunks were turned
+  off, its chunk index ``….<ext>.index`` (its chunks in the repository's chunk store); entries
+  without ``custom.sysupd`` are no release.
 - Each version is released once; every input is checked, and every key it needs found, before
   the payload is packed.
 - The payload is streamed to disk while hashed, then signed into ``releases`` with a new snapshot
@@ -20,13 +22,15 @@ import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from tuf.api.metadata import TargetFile
 
+from sysupd.core.cdc import DEFAULT_PARAMS
 from sysupd.core.manifest import MAX_CHUNK_SIZE
 from sysupd.core.versions import Version, parse_version
 from sysupd.errors import ConfigError, StateError
+from sysupd.release._chunkstore import ChunkCutter, chunk_store
 from sysupd.release._metadata import RELEASES, RepositoryMetadata
 from sysupd.release._targets import store_payload, store_target_bytes
 from sysupd.release.payloads import PayloadDigest, copy_image, pack_tree
@@ -61,6 +65,8 @@ class ReleaseInfo:
     chunks: str
     notes: str | None
     entries: int | None = None
+    index: str | None = None
+    """The chunk index's target (delta updates); ``None`` for a release added without one."""
     """A tree's members (regular files and directories); ``None`` for an image, or for a tree
     added by a release tool older than the field (devices refuse such a release)."""
 
@@ -74,7 +80,8 @@ class PayloadPlan:
     extension: str
     compression: str
     chunk_size: int
-    produce: Callable[[BinaryIO], PayloadDigest]
+    produce: Callable[..., PayloadDigest]
+    """``produce(destination, tap=None)``: write the payload; hand ``tap`` its plain form."""
 
 
 def parse_release_version(text: str) -> Version:
@@ -147,11 +154,18 @@ def plan_payload(
 
 
 def add_release(
-    md: RepositoryMetadata, product: str, parsed: Version, plan: PayloadPlan, notes: str | None
+    md: RepositoryMetadata,
+    product: str,
+    parsed: Version,
+    plan: PayloadPlan,
+    notes: str | None,
+    *,
+    delta: bool = True,
 ) -> ReleaseInfo:
     """Add version ``parsed`` of ``product`` with the payload ``plan`` describes: write the
-    payload and its chunk list as target files, list both in ``releases``, then re-sign releases
-    (and root or targets if close to expiry), snapshot and timestamp.
+    payload and its chunk list as target files and, if ``delta``, cut its plain form into the
+    chunk store and write its chunk index; list them in ``releases``, then re-sign releases (and
+    root or targets if close to expiry), snapshot and timestamp.
 
     Raises:
         ConfigError: ``parsed`` is already released, the tree holds anything but regular files
@@ -166,9 +180,20 @@ def add_release(
         for needed in (RELEASES, "snapshot", "timestamp"):
             md.signer(needed)  # a missing key fails now, not after packing
         name = f"{product}-{parsed}.{plan.extension}"
-        digest = store_payload(md.dir / "targets" / RELEASES, name, plan.produce)
+        cutter = ChunkCutter(chunk_store(md.dir), DEFAULT_PARAMS) if delta else None
+        try:
+            produce = functools.partial(plan.produce, tap=cutter)
+            digest = store_payload(md.dir / "targets" / RELEASES, name, produce)
+            index_bytes = cutter.finish() if cutter is not None else None
+        finally:
+            if cutter is not None:
+                cutter.close()
         chunks = TargetFile.from_data(f"{RELEASES}/{name}.chunks", digest.chunk_digests, ["sha256"])
         store_target_bytes(md.dir, chunks, digest.chunk_digests)
+        index = None
+        if index_bytes is not None:
+            index = TargetFile.from_data(f"{RELEASES}/{name}.index", index_bytes, ["sha256"])
+            store_target_bytes(md.dir, index, index_bytes)
         custom: dict[str, Any] = {
             "product": product,
             "version": str(parsed),
@@ -178,6 +203,7 @@ def add_release(
             **({"entries": digest.entries} if plan.kind == "tree" else {}),
             "chunk_size": plan.chunk_size,
             "chunks": chunks.path,
+            **({"index": index.path} if index is not None else {}),
         }
         if notes is not None:
             custom["notes"] = notes
@@ -189,6 +215,8 @@ def add_release(
         )
         md.releases.signed.targets[payload.path] = payload
         md.releases.signed.targets[chunks.path] = chunks
+        if index is not None:
+            md.releases.signed.targets[index.path] = index
         md.commit(RELEASES, md.releases)
         md.renew_expiring(skip=(RELEASES,))
         md.commit_snapshot_and_timestamp()
@@ -219,6 +247,7 @@ def _described(path: str, target: TargetFile, fields: Any) -> ReleaseInfo:
             chunks=fields["chunks"],
             notes=notes,
             entries=fields.get("entries"),
+            index=fields.get("index"),
         )
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise StateError(f"the releases entry {path} has a malformed custom.sysupd") from exc
@@ -230,6 +259,7 @@ def _described(path: str, target: TargetFile, fields: Any) -> ReleaseInfo:
         and isinstance(info.chunks, str)
         and (notes is None or isinstance(notes, str))
         and (info.entries is None or type(info.entries) is int)
+        and (info.index is None or isinstance(info.index, str))
     ):
         raise StateError(f"the releases entry {path} has a malformed custom.sysupd")
     return info

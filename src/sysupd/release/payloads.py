@@ -26,7 +26,7 @@ import hashlib
 import os
 import stat
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -42,6 +42,7 @@ __all__ = [
     "PayloadDigest",
     "PayloadSink",
     "copy_image",
+    "member_info",
     "pack_tree",
 ]
 
@@ -159,9 +160,15 @@ class _ZstdStage:
 
 
 def pack_tree(
-    source: Path, destination: BinaryIO, *, compress: bool, chunk_size: int
+    source: Path,
+    destination: BinaryIO,
+    *,
+    compress: bool,
+    chunk_size: int,
+    tap: Callable[[bytes], None] | None = None,
 ) -> PayloadDigest:
-    """Write a tar of the tree under ``source`` (zstd if ``compress``) to ``destination``.
+    """Write a tar of the tree under ``source`` (zstd if ``compress``) to ``destination``;
+    ``tap`` (if given) is handed the uncompressed tar as it is made.
 
     Raises:
         ConfigError: ``source`` holds something other than regular files and directories, a name
@@ -170,27 +177,21 @@ def pack_tree(
     """
     sink = PayloadSink(destination, chunk_size)
     stage = _ZstdStage(sink) if compress else None
+    plain: _ZstdStage | PayloadSink = stage or sink
+    out = plain if tap is None else _Tee(plain, tap)
     installed_size = 0
     entries = 0
     with tarfile.open(
-        fileobj=stage or sink, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8"
+        fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8"
     ) as archive:
         for name, path, kind in _walk(source):
             entries += 1
-            info = tarfile.TarInfo(name)
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            info.mtime = 0
             if kind == "dir":
-                info.type = tarfile.DIRTYPE
-                info.mode = _lstat(path).st_mode & 0o777
-                archive.addfile(info)
+                archive.addfile(member_info(name, _lstat(path).st_mode, None))
                 continue
             with _open_regular(path) as handle:
                 details = os.fstat(handle.fileno())
-                info.type = tarfile.REGTYPE
-                info.mode = details.st_mode & 0o777
-                info.size = details.st_size
+                info = member_info(name, details.st_mode, details.st_size)
                 archive.addfile(info, _SourceFile(path, handle, info.size))
             installed_size += info.size
     if stage is not None:
@@ -198,8 +199,33 @@ def pack_tree(
     return sink.finish(installed_size, entries)
 
 
-def copy_image(source: Path, destination: BinaryIO, *, chunk_size: int) -> PayloadDigest:
-    """Copy the image file ``source`` to ``destination`` as it is.
+def member_info(name: str, mode: int, size: int | None) -> tarfile.TarInfo:
+    """The tar member of a tree payload: a directory (``size`` ``None``) or a regular file,
+    with owner 0, no owner names, mtime 0 and the permission bits of ``mode``. A device that
+    re-creates a release's tar from a tree it holds uses this too, so both give the same bytes.
+    """
+    info = tarfile.TarInfo(name)
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mtime = 0
+    info.mode = mode & 0o777
+    if size is None:
+        info.type = tarfile.DIRTYPE
+    else:
+        info.type = tarfile.REGTYPE
+        info.size = size
+    return info
+
+
+def copy_image(
+    source: Path,
+    destination: BinaryIO,
+    *,
+    chunk_size: int,
+    tap: Callable[[bytes], None] | None = None,
+) -> PayloadDigest:
+    """Copy the image file ``source`` to ``destination`` as it is; ``tap`` (if given) is handed
+    the image as it is copied.
 
     Raises:
         ConfigError: ``source`` cannot be read.
@@ -219,7 +245,34 @@ def copy_image(source: Path, destination: BinaryIO, *, chunk_size: int) -> Paylo
             if not block:
                 break
             sink.write(block)
+            if tap is not None:
+                tap(block)
     return sink.finish(installed_size=sink.tell())
+
+
+class _Tee:
+    """Passes what is written to it on to ``out`` and to ``tap``."""
+
+    def __init__(self, out: _ZstdStage | PayloadSink, tap: Callable[[bytes], None]) -> None:
+        self._out = out
+        self._tap = tap
+
+    def write(self, data: bytes, /) -> int:
+        self._out.write(data)
+        self._tap(bytes(data))
+        return len(data)
+
+    def read(self, size: int, /) -> bytes:
+        raise OSError("a tee is write-only")
+
+    def seek(self, pos: int, /) -> int:
+        raise OSError("a tee cannot seek")
+
+    def tell(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        """The caller ends the stages."""
 
 
 def _walk(top: Path) -> Iterator[tuple[str, Path, str]]:

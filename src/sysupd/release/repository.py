@@ -144,11 +144,13 @@ class ReleaseRepository:
         compress: str = "none",
         notes: str | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        delta: bool = True,
     ) -> ReleaseInfo:
         """Add ``version`` from a file tree (a tar payload) or an image (a raw payload).
 
-        Writes the payload and its chunk list as target files, lists both in ``releases``, then
-        re-signs releases (and root or targets if close to expiry), snapshot and timestamp.
+        Writes the payload and its chunk list as target files and (``delta``) its chunks into
+        the chunk store with their index, lists them in ``releases``, then re-signs releases
+        (and root or targets if close to expiry), snapshot and timestamp.
 
         Raises:
             ConfigError: invalid version, already released, neither or both sources, a tree that
@@ -161,7 +163,7 @@ class ReleaseRepository:
         if notes is not None and not isinstance(notes, str):
             raise ConfigError("release notes must be text")
         plan = plan_payload(tree=tree, image=image, compress=compress, chunk_size=chunk_size)
-        return _releases.add_release(self._md, self._product, parsed, plan, notes)
+        return _releases.add_release(self._md, self._product, parsed, plan, notes, delta=delta)
 
     def publish(self) -> dict[str, int]:
         """Re-sign snapshot and timestamp with fresh versions and expiry; return all versions.

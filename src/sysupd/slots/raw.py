@@ -103,9 +103,9 @@ class RawSlot:
                 f"a raw payload's length ({spec.length}) must equal its installed size"
                 f" ({spec.installed_size})"
             )
-        fd, is_device = self._open()
+        fd, is_device = self.open_fd()
         try:
-            capacity = self._capacity(fd, is_device)
+            capacity = self.capacity_of(fd, is_device)
             if capacity is not None and spec.installed_size > capacity:
                 raise InstallError(
                     f"the image ({spec.installed_size} bytes) is larger than slot {self.name}"
@@ -136,7 +136,7 @@ class RawSlot:
         Raises:
             InstallError: the slot could not be opened or written.
         """
-        fd, is_device = self._open()
+        fd, is_device = self.open_fd()
         try:
             self._wipe_open(fd, is_device)
         finally:
@@ -144,7 +144,7 @@ class RawSlot:
 
     # The steps.
 
-    def _open(self) -> tuple[int, bool]:
+    def open_fd(self) -> tuple[int, bool]:
         """Open the slot for reading and writing; say whether it is a block device.
 
         Raises:
@@ -179,7 +179,7 @@ class RawSlot:
             return f"slot {self.name} ({self.path}) is in use (mounted?)"
         return f"slot {self.name} ({self.path}) cannot be opened: {exc}"
 
-    def _capacity(self, fd: int, is_device: bool) -> int | None:
+    def capacity_of(self, fd: int, is_device: bool) -> int | None:
         """The most bytes the slot can hold (None: no limit but the filesystem's space)."""
         if not is_device:
             return self.max_bytes

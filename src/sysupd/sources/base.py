@@ -24,8 +24,17 @@ from sysupd.core.bundletrust import ReleasePolicy
 from sysupd.core.manifest import Manifest
 from sysupd.core.trustchain import TrustState
 from sysupd.core.versions import Version
+from sysupd.delta.fetch import ChunkSource, DeltaOptions
 
-__all__ = ["Acquired", "ByteSource", "DeviceView", "Log", "SignedRelease", "Source"]
+__all__ = [
+    "Acquired",
+    "ByteSource",
+    "DeltaOffer",
+    "DeviceView",
+    "Log",
+    "SignedRelease",
+    "Source",
+]
 
 Log = Callable[[str], None]
 """A line for people, for the update's log."""
@@ -71,6 +80,17 @@ class SignedRelease:
     """The newest root the channel verified, to keep once the release is installed."""
     metadata: Mapping[str, bytes]
     """The verified timestamp, snapshot, ``targets`` and ``releases`` metadata, to keep."""
+    index: bytes | None = None
+    """The release's chunk index, verified against its signed target entry, when the source
+    offers a delta download (``Acquired.delta``); else ``None``."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaOffer:
+    """A source's offer to fetch single chunks of the release instead of its whole payload."""
+
+    chunks: ChunkSource
+    options: DeltaOptions
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +102,10 @@ class Acquired:
     """Where the bytes come from (a path or URL), recorded with the slot."""
     release: SignedRelease | None = None
     """``None``: the stream is a bundle, whose metadata the engine verifies."""
+    delta: DeltaOffer | None = None
+    """Set when the release's chunks can be fetched one by one (``release.index`` is then
+    set): the engine then writes the slot from the device's own chunks and fetches only the
+    rest, and opens ``stream`` only if it does not."""
 
 
 class Source(Protocol):

@@ -24,6 +24,7 @@ from tuf.api.metadata import DelegatedRole, Metadata, TargetFile, Targets
 from tuf.ngclient import Updater, UpdaterConfig
 
 from sysupd.core.bundletrust import ReleasePolicy, check_policy
+from sysupd.core.chunkindex import MAX_INDEX_BYTES
 from sysupd.core.manifest import Manifest, parse_manifest
 from sysupd.core.trustchain import ROLES, TrustState, metadata_version, seen_floors
 from sysupd.core.versions import Version
@@ -79,6 +80,9 @@ class Candidate:
     manifest: Manifest
     payload: TargetFile
     chunks: TargetFile
+    index: TargetFile | None = None
+    """The chunk index's signed entry; ``None`` if the release has none, or names one that is
+    not signed (``delta_index`` then refuses it)."""
 
 
 class OnlineChannel:
@@ -90,12 +94,13 @@ class OnlineChannel:
         cache_dir: Path,
         trust: TrustState,
         limits: FetcherLimits,
+        connections: int = 2,
     ) -> None:
         base = server.rstrip("/")
         self._cache = cache_dir
         self._seen = trust
         cache_dir.mkdir(parents=True, exist_ok=True)
-        self.fetcher = OriginFetcher(base, limits=limits)
+        self.fetcher = OriginFetcher(base, limits=limits, connections=connections)
         self._targets_url = f"{base}/targets/"
         self._updater = open_updater(
             cache_dir, f"{base}/metadata/", self._targets_url, self.fetcher, trust.root
@@ -141,7 +146,10 @@ class OnlineChannel:
                 passed_over.append(f"{manifest.version}: its chunk list is not signed")
                 continue
             if best is None or manifest.version > best.manifest.version:
-                best = Candidate(manifest, entry, chunks)
+                index = None
+                if manifest.index_target is not None:
+                    index = releases.signed.targets.get(manifest.index_target)
+                best = Candidate(manifest, entry, chunks, index)
         if best is None and older and max(older) < installed:  # equal: simply up to date
             passed_over.append(
                 f"the newest release for {policy.product} on the server, {max(older)}, is older "
@@ -156,15 +164,39 @@ class OnlineChannel:
             AcquireError: the download failed.
             VerificationError: it does not match its signed length and hash.
         """
+        return self._target(candidate.chunks, "chunk list", _MAX_CHUNK_LIST)
+
+    def delta_index(self, candidate: Candidate) -> bytes:
+        """The candidate's chunk index (delta updates), downloaded and verified by ngclient.
+
+        Raises:
+            AcquireError: the download failed.
+            VerificationError: the release names an index that is not signed, or the index does
+                not match its signed length and hash.
+        """
+        name = candidate.manifest.index_target
+        if candidate.index is None:
+            raise VerificationError(
+                f"release {candidate.manifest.version} names the chunk index {name}, which the "
+                "releases metadata does not sign"
+            )
+        return self._target(candidate.index, "chunk index", MAX_INDEX_BYTES)
+
+    def _target(self, target: TargetFile, what: str, cap: int) -> bytes:
         with tempfile.TemporaryDirectory(dir=self._cache) as scratch:
-            path = Path(scratch) / "chunks"
+            path = Path(scratch) / "target"
             try:
-                self._updater.download_target(candidate.chunks, str(path))
+                self._updater.download_target(target, str(path))
             except DownloadError as exc:
-                raise AcquireError(f"the chunk list could not be downloaded: {exc}") from exc
+                raise AcquireError(f"the {what} could not be downloaded: {exc}") from exc
             except RepositoryError as exc:
-                raise VerificationError(f"the chunk list is not the signed one: {exc}") from exc
-            return read_capped(path, _MAX_CHUNK_LIST)
+                raise VerificationError(f"the {what} is not the signed one: {exc}") from exc
+            return read_capped(path, cap)
+
+    @property
+    def targets_url(self) -> str:
+        """The server's targets base URL, ending in ``/``."""
+        return self._targets_url
 
     def open_payload(self, candidate: Candidate) -> tuple[str, Download]:
         """The payload's URL and an open stream of it (unverified bytes: feed the verifier)."""

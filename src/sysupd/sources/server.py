@@ -2,23 +2,27 @@
 
 Opening refreshes the TUF metadata (python-tuf's ngclient, against the device's trust), picks the
 newest release for the device's policy above its installed version, downloads and verifies the
-chunk list, and streams the payload. The release's metadata is verified here; the payload is not.
+chunk list and, when delta updates are on and the release has one, its chunk index; then it
+offers the release's chunks one by one (``DeltaOffer``) and its whole payload as a stream that
+connects only when first read. The release's metadata is verified here; the payload is not.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 from urllib.parse import urlsplit
 
+from sysupd.delta.fetch import DeltaOptions, RateLimit
 from sysupd.errors import AcquireError
-from sysupd.sources.base import Acquired, DeviceView, Log, SignedRelease
+from sysupd.sources.base import Acquired, DeltaOffer, DeviceView, Log, SignedRelease
+from sysupd.sources.chunkstore import ServerChunks
 from sysupd.sources.online import OnlineChannel, Survey
-from sysupd.sources.tuf_fetcher import FetcherLimits
+from sysupd.sources.tuf_fetcher import Download, FetcherLimits
 
 __all__ = ["ServerSource"]
 
@@ -34,6 +38,10 @@ class ServerSource:
     limits: FetcherLimits
     version: str = ""
     """The release the check found, for the label."""
+    delta: DeltaOptions | None = None
+    """How to fetch single chunks; ``None``: delta updates are off (setting ``delta_updates``)."""
+    max_rate_bps: int = 0
+    """The download rate cap of the whole payload (0: none)."""
     local: ClassVar[bool] = False
     """Downloaded: the job starts with the download phase."""
 
@@ -72,18 +80,58 @@ class ServerSource:
                 f"{manifest.length} bytes, metadata verified"
             )
             chunks = channel.chunk_list(candidate)
+            index = offer = None
+            if self.delta is not None and manifest.index_target is not None:
+                index = channel.delta_index(candidate)
+                offer = DeltaOffer(ServerChunks(channel.fetcher, channel.targets_url), self.delta)
+                log(f"the release has a chunk index ({len(index)} bytes, verified)")
             root, metadata = channel.trusted()
-            url, stream = channel.open_payload(candidate)
-            with stream:
-                release = SignedRelease(manifest, chunks, root, metadata)
-                yield Acquired(stream, url, release)
+            directory, _, name = candidate.payload.path.rpartition("/")
+            url = f"{channel.targets_url}{directory}/{manifest.sha256}.{name}"
+            with _LazyPayload(
+                lambda: channel.open_payload(candidate)[1], self.max_rate_bps
+            ) as lazy:
+                release = SignedRelease(manifest, chunks, root, metadata, index)
+                yield Acquired(lazy, url, release, offer)
 
     @contextlib.contextmanager
     def _channel(self, device: DeviceView) -> Iterator[OnlineChannel]:
         """One conversation with the server; ngclient's cache is used by one at a time."""
         with self.cache_lock:
-            channel = OnlineChannel(self.server, self.cache_dir, device.trust, self.limits)
+            connections = self.delta.parallel if self.delta is not None else 2
+            channel = OnlineChannel(
+                self.server, self.cache_dir, device.trust, self.limits, connections
+            )
             try:
                 yield channel
             finally:
                 channel.close()
+
+
+class _LazyPayload:
+    """The payload's download, requested at the first read (a delta install never reads it),
+    at most ``max_rate_bps`` (0: as fast as it comes); ``with`` closes it."""
+
+    def __init__(self, open_download: Callable[[], Download], max_rate_bps: int) -> None:
+        self._open = open_download
+        self._download: Download | None = None
+        self._rate = RateLimit(max_rate_bps)
+
+    def read(self, size: int, /) -> bytes:
+        """Up to ``size`` bytes of the payload.
+
+        Raises:
+            AcquireError: the download failed.
+        """
+        if self._download is None:
+            self._download = self._open()
+        data = self._download.read(size)
+        self._rate.take(len(data))
+        return data
+
+    def __enter__(self) -> _LazyPayload:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._download is not None:
+            self._download.close()

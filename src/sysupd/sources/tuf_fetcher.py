@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tuf.api.exceptions import (
     DownloadError,
@@ -138,11 +138,12 @@ class OriginFetcher(FetcherInterface, Closing):
         limits: FetchLimits,
         progress: Progress | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        connections: int = 2,
     ) -> None:
         self._lock = OriginLock.of(origin)
         self._limits = limits
         self._progress = progress
-        self._pools = Pools(ssl_context, maxsize=2)
+        self._pools = Pools(ssl_context, maxsize=max(2, connections))
 
     @property
     def origin(self) -> str:
@@ -172,6 +173,30 @@ class OriginFetcher(FetcherInterface, Closing):
                 error, or it announced more than ``max_length`` bytes.
         """
         return self._download(url, self._checked(url, TransferError), max_length).open()
+
+    def fetch_bytes(self, url: str, max_length: int, deadline_s: float) -> bytes:
+        """The whole body of ``url`` (at most ``max_length`` bytes) within ``deadline_s`` (and
+        the limits' own deadline), for small files such as chunks; safe from several threads.
+
+        Raises:
+            TransferError: as ``open_stream``, or the transfer failed or ran out of time.
+        """
+        limits = replace(
+            self._limits, deadline_s=max(0.001, min(deadline_s, self._limits.deadline_s))
+        )
+        download = Download(
+            self._lock,
+            self._checked(url, TransferError),
+            limits,
+            self._pools,
+            max_bytes=max_length,
+            limit_name="its signed length",
+        )
+        parts = []
+        with download.open():
+            while piece := download.read(CHUNK_BYTES):
+                parts.append(piece)
+        return b"".join(parts)
 
     def _download(self, url: str, endpoint: Endpoint, max_length: int | None) -> Download:
         progress = self._progress

@@ -1,0 +1,294 @@
+"""A delta install: the release's plain payload written from the chunks the device holds, the
+missing ones fetched, every chunk checked against the signed chunk index before it is used.
+
+``DeltaInstall`` plans, then writes in one pass in payload order:
+
+1. A raw slot (``RawPatch``) is read chunk by chunk first: a chunk it holds at its place already
+   (the release before last shares most of its blocks; an install cut short by a restart holds
+   all it wrote) is kept and not written at all. That is what makes an interrupted update resume.
+2. The seeds (the booted slot as an image or a tree) are cut with the index's chunker, to find
+   where the other chunks lie on the device.
+3. The chunks found nowhere are fetched ahead (``ChunkFetcher``) while the writer copies or
+   writes the rest. A seed's copy is hashed when it is read; one that does not match (a corrupt
+   seed) is fetched instead.
+
+A directory slot takes the plain tar as a stream (``AssembledStream``) through its usual
+allow-list extractor; any other writer takes the plain payload as a stream too.
+
+Invariants: no byte reaches a slot, or a parser, before the chunk it belongs to matched its
+signed SHA-256; memory is bounded by the fetcher's window and the per-chunk plan (a few bytes per
+chunk of the index); the tally says where every byte came from: kept in place, copied from the
+device, or fetched from the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, BinaryIO
+
+from sysupd.core.chunkindex import ChunkIndex
+from sysupd.delta.fetch import ChunkFetcher, ChunkSource, DeltaOptions
+from sysupd.delta.seeds import Found, Log, Seed, find_chunks
+from sysupd.slots.rawpatch import RawPatch
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
+__all__ = ["AssembledStream", "DeltaInstall", "DeltaTally"]
+
+
+@dataclass(slots=True)
+class DeltaTally:
+    """Where the payload's bytes came from."""
+
+    total: int
+    in_place: int = 0
+    """Bytes the slot held at their place already (not written)."""
+    copied: int = 0
+    """Bytes copied from a seed on the device."""
+    fetched: int = 0
+    """Payload bytes fetched from the network."""
+    downloaded: int = 0
+    """Bytes downloaded for them (compressed)."""
+    chunks_fetched: int = 0
+
+    @property
+    def from_device(self) -> int:
+        """Payload bytes that came from the device."""
+        return self.in_place + self.copied
+
+    @property
+    def done(self) -> int:
+        """Payload bytes written or kept so far."""
+        return self.in_place + self.copied + self.fetched
+
+
+Report = Callable[[DeltaTally], None]
+
+
+class DeltaInstall:
+    """One delta install of the payload ``index`` describes."""
+
+    def __init__(
+        self,
+        index: ChunkIndex,
+        chunks: ChunkSource,
+        seeds: list[Seed],
+        options: DeltaOptions,
+        log: Log,
+        report: Report,
+    ) -> None:
+        self._index = index
+        self._chunks = chunks
+        self._seeds = seeds
+        self._options = options
+        self._log = log
+        self._report = report
+        self.tally = DeltaTally(index.length)
+
+    # -- a raw slot, written in place ----------------------------------------------------------
+
+    def write_raw(self, patch: RawPatch) -> None:
+        """Write the image into ``patch``'s slot, keeping what it holds at its place.
+
+        Raises:
+            AcquireError, VerificationError: chunks could not be fetched, or not as signed.
+            InstallError: the slot could not be read or written.
+        """
+        index = self._index
+        kept = self._held_in_place(patch)
+        if kept.count(1):
+            self._log(
+                f"slot {patch.name} holds {_mib(self._bytes(kept))} of the release at its place "
+                "already (kept, not written)"
+            )
+        # Where each chunk's bytes will be in the slot once it is there: a chunk kept, or one
+        # written earlier in this pass, serves every later chunk with the same bytes.
+        in_slot = {index.digest(n): index.entry(n).offset for n in range(index.count) if kept[n]}
+        needed = [n for n in range(index.count) if not kept[n]]
+        found = self._find({index.digest(n) for n in needed} - in_slot.keys())
+        from_slot: dict[int, int] = {}
+        fetch: list[int] = []
+        for number in needed:
+            digest = index.digest(number)
+            if digest in in_slot:
+                from_slot[number] = in_slot[digest]
+                continue
+            if digest not in found:
+                fetch.append(number)
+            in_slot[digest] = index.entry(number).offset
+        fetcher = self._fetcher(fetch, found)
+        try:
+            for number in range(index.count):
+                entry = index.entry(number)
+                if kept[number]:
+                    self.tally.in_place += entry.length
+                    self._report(self.tally)
+                    continue
+                data: bytes | None = None
+                if number in from_slot:
+                    data = _checked(patch.read_at(from_slot[number], entry.length), entry.digest)
+                    if data is not None:
+                        self.tally.copied += entry.length
+                    else:
+                        data = self._refetch(number, fetcher, f"slot {patch.name}")
+                else:
+                    data = self._local_or_fetched(number, found, fetcher)
+                patch.write_at(entry.offset, data, entry.digest)
+                self._report(self.tally)
+        finally:
+            fetcher.close()
+            self._count_fetches(fetcher)
+        patch.finish()
+
+    def _held_in_place(self, patch: RawPatch) -> bytearray:
+        """1 for each chunk the slot holds at its place, hashed from what it reads now."""
+        index = self._index
+        kept = bytearray(index.count)
+        for number in range(index.count):
+            entry = index.entry(number)
+            if entry.offset + entry.length > patch.held:
+                break
+            data = patch.read_at(entry.offset, entry.length)
+            if _checked(data, entry.digest) is not None:
+                kept[number] = 1
+        return kept
+
+    def _bytes(self, kept: bytearray) -> int:
+        return sum(self._index.entry(n).length for n in range(self._index.count) if kept[n])
+
+    # -- any other slot, as a stream -----------------------------------------------------------
+
+    def stream(self) -> AssembledStream:
+        """The plain payload as a stream of checked bytes, for a writer that reads one."""
+        index = self._index
+        found = self._find({index.digest(n) for n in range(index.count)})
+        fetch = [n for n in range(index.count) if index.digest(n) not in found]
+        return AssembledStream(self._pieces(found, fetch))
+
+    def _pieces(self, found: dict[bytes, Found], fetch: list[int]) -> Iterator[bytes]:
+        fetcher = self._fetcher(fetch, found)
+        try:
+            for number in range(self._index.count):
+                data = self._local_or_fetched(number, found, fetcher)
+                self._report(self.tally)
+                yield data
+        finally:
+            fetcher.close()
+            self._count_fetches(fetcher)
+
+    # -- shared ----------------------------------------------------------------------------------
+
+    def _find(self, wanted: set[bytes]) -> dict[bytes, Found]:
+        if not wanted or not self._seeds:
+            return {}
+        return find_chunks(self._index, self._seeds, wanted, self._log)
+
+    def _fetcher(self, fetch: list[int], found: dict[bytes, Found]) -> ChunkFetcher:
+        index = self._index
+        size = index.stored_bytes(fetch)
+        plain = sum(index.entry(n).length for n in fetch)
+        self._log(
+            f"{_mib(index.length)} payload in {index.count} chunks: {len(found)} distinct chunks "
+            f"found on the device, {len(fetch)} to fetch ({_mib(plain)}, {_mib(size)} to "
+            f"download from {self._chunks.where})"
+        )
+        options = self._options
+        return ChunkFetcher(
+            index,
+            self._chunks,
+            fetch,
+            parallel=options.parallel,
+            deadline_s=options.deadline_s,
+            max_rate_bps=options.max_rate_bps,
+        )
+
+    def _local_or_fetched(
+        self, number: int, found: dict[bytes, Found], fetcher: ChunkFetcher
+    ) -> bytes:
+        """Chunk ``number``'s checked bytes: copied from a seed if the plan found it in one,
+        else the fetcher's next."""
+        entry = self._index.entry(number)
+        place = found.get(entry.digest)
+        if place is None:
+            fetched = fetcher.take(number)
+            self.tally.fetched += entry.length
+            return fetched
+        try:
+            copy = place.seed.read_at(place.offset, entry.length)
+        except OSError:
+            copy = b""
+        data = _checked(copy, entry.digest)
+        if data is None:
+            return self._refetch(number, fetcher, place.seed.name)
+        self.tally.copied += entry.length
+        return data
+
+    def _refetch(self, number: int, fetcher: ChunkFetcher, where: str) -> bytes:
+        """Chunk ``number`` fetched now: its copy in ``where`` did not match its hash."""
+        self._log(f"chunk {number} in {where} does not match its hash: fetching it instead")
+        data = fetcher.fetch_now(number)
+        self.tally.fetched += len(data)
+        return data
+
+    def _count_fetches(self, fetcher: ChunkFetcher) -> None:
+        self.tally.downloaded = fetcher.tally.stored_bytes
+        self.tally.chunks_fetched = fetcher.tally.chunks
+        if fetcher.tally.refetched:
+            self._log(
+                f"{fetcher.tally.refetched} chunks did not match their hash and were fetched again"
+            )
+
+
+class AssembledStream(io.RawIOBase, BinaryIO):
+    """A read-only stream of checked chunks, in order."""
+
+    def __init__(self, pieces: Iterator[bytes]) -> None:
+        super().__init__()
+        self._pieces = pieces
+        self._buffer = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    @property
+    def mode(self) -> str:
+        return "rb"
+
+    @property
+    def name(self) -> str:
+        return "<assembled payload>"
+
+    def readinto(self, buffer: WriteableBuffer, /) -> int:
+        """Fill ``buffer`` with the next checked bytes; 0 at the end."""
+        if not self._buffer:
+            piece = next(self._pieces, None)
+            if piece is None:
+                return 0
+            self._buffer = memoryview(piece)
+        with memoryview(buffer) as target, target.cast("B") as out:
+            count = min(len(out), len(self._buffer))
+            out[:count] = self._buffer[:count]
+        self._buffer = self._buffer[count:]
+        return count
+
+    def close(self) -> None:
+        """Stop the fetching behind it."""
+        if not self.closed:
+            close = getattr(self._pieces, "close", None)
+            if close is not None:
+                close()
+        super().close()
+
+
+def _checked(data: bytes, digest: bytes) -> bytes | None:
+    """``data`` if its SHA-256 is ``digest``."""
+    return data if hmac.compare_digest(hashlib.sha256(data).digest(), digest) else None
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"

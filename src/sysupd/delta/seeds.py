@@ -1,0 +1,160 @@
+"""Seeds: what the device holds already that a release's chunks may be copied from.
+
+A seed is a plain payload form on the device: a raw slot's image (a block device or file, read
+only), or a directory slot's tree laid out as its release tar (``TreeTar``). ``find_chunks`` cuts
+each seed with the release's own chunker and notes where each chunk of the index lies, so that
+chunk can be copied instead of fetched.
+
+Invariants: seeds are only read, never written, and never trusted: a chunk found here is read
+again and checked against its signed hash when it is copied (``Seed.read_at`` returns bytes, the
+caller hashes them). A seed that cannot be read is left out with a line in the log, never an
+error: its chunks are fetched instead. Memory is the cutter's window and one location per chunk
+of the index found.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from sysupd.core.cdc import StreamCutter
+from sysupd.core.chunkindex import ChunkIndex
+from sysupd.delta.treestream import TreeTar
+
+__all__ = ["Found", "ImageSeed", "Log", "Seed", "TreeSeed", "find_chunks"]
+
+Log = Callable[[str], None]
+"""A line for people, for the update's log."""
+
+_READ_BYTES = 1 << 20
+
+
+class Seed(Protocol):
+    """A plain payload form the device holds."""
+
+    name: str
+    """For people: "slot A (booted)"."""
+
+    def stream(self) -> Iterator[bytes]:
+        """Its bytes from the start, in pieces.
+
+        Raises:
+            OSError: it cannot be read.
+        """
+        ...
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        """``length`` of its bytes from ``offset`` (fewer only at its end).
+
+        Raises:
+            OSError: it cannot be read.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release what it holds open."""
+        ...
+
+
+class ImageSeed:
+    """A raw slot, read as an image of at most ``limit`` bytes."""
+
+    def __init__(self, name: str, path: Path, limit: int) -> None:
+        self.name = name
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            mode = os.fstat(self._fd).st_mode
+            if not (stat.S_ISBLK(mode) or stat.S_ISREG(mode)):
+                raise OSError(f"{path} is not a block device or file")
+            size = os.lseek(self._fd, 0, os.SEEK_END)
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self.length = min(size, limit)
+
+    def stream(self) -> Iterator[bytes]:
+        done = 0
+        while done < self.length:
+            data = os.pread(self._fd, min(_READ_BYTES, self.length - done), done)
+            if not data:
+                return
+            yield data
+            done += len(data)
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        return os.pread(self._fd, max(0, min(length, self.length - offset)), offset)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class TreeSeed:
+    """A directory slot, read as the release tar of its tree."""
+
+    def __init__(self, name: str, root: Path) -> None:
+        self.name = name
+        self._tar = TreeTar(root)
+        self.length = self._tar.length
+
+    def stream(self) -> Iterator[bytes]:
+        return self._tar.stream()
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        return self._tar.read_at(offset, max(0, min(length, self.length - offset)))
+
+    def close(self) -> None:
+        self._tar.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """Where a chunk of the index lies in a seed."""
+
+    seed: Seed
+    offset: int
+
+
+def find_chunks(
+    index: ChunkIndex, seeds: list[Seed], wanted: set[bytes], log: Log
+) -> dict[bytes, Found]:
+    """Where the chunks ``wanted`` (digests of the index's chunks) lie in ``seeds``: each seed is
+    cut with the index's chunker and every chunk hashed; the first place found is kept."""
+    found: dict[bytes, Found] = {}
+    for seed in seeds:
+        if len(found) == len(wanted):
+            break
+        before = len(found)
+        cutter = StreamCutter(index.params)
+        try:
+            for piece in seed.stream():
+                _note(cutter.feed(piece), cutter, seed, wanted, found)
+            _note(cutter.finish(), cutter, seed, wanted, found)
+        except OSError as exc:
+            log(f"{seed.name} cannot be read as a seed ({exc}); its chunks are fetched instead")
+            continue
+        log(f"{seed.name}: {len(found) - before} of the release's chunks found there")
+    return found
+
+
+def _note(
+    chunks: Iterator[bytes],
+    cutter: StreamCutter,
+    seed: Seed,
+    wanted: set[bytes],
+    found: dict[bytes, Found],
+) -> None:
+    # ``cutter.offset`` counts the chunks handed out, this one included once it is yielded.
+    end = cutter.offset
+    for chunk in chunks:
+        start = end
+        end = start + len(chunk)
+        digest = hashlib.sha256(chunk).digest()
+        if digest in wanted and digest not in found:
+            found[digest] = Found(seed, start)

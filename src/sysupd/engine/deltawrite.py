@@ -1,0 +1,145 @@
+"""The engine's delta write: the inactive slot filled from the device's chunks and fetched ones.
+
+Composes ``sysupd.delta`` for one install: checks the verified chunk index against the signed
+manifest, opens the booted slot as a seed (read only), and writes the target slot — a raw slot in
+place (``RawPatch``), any other through its writer as a stream of checked chunks.
+
+Invariants: the index must describe the manifest's payload (a raw image's length and SHA-256
+are both signed twice, and must agree); the booted slot is only ever opened for reading; a failed
+raw write zeroes only the slot's start (``RawPatch.abort``), so the next attempt keeps the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sysupd.core.chunkindex import ChunkIndex, parse_index
+from sysupd.core.manifest import Manifest
+from sysupd.delta.install import DeltaInstall, DeltaTally
+from sysupd.delta.seeds import ImageSeed, Seed, TreeSeed
+from sysupd.engine.slotset import SlotConfig
+from sysupd.errors import InstallError, VerificationError
+from sysupd.slots.base import PayloadSpec, SlotWriter
+from sysupd.slots.raw import RawSlot
+from sysupd.slots.rawpatch import RawPatch
+from sysupd.sources.base import DeltaOffer, Log
+
+__all__ = ["Origins", "checked_index", "write_delta"]
+
+Origins = Callable[[int, int, int], None]
+"""Called with the payload bytes from the device, from the network, and bytes downloaded."""
+
+_REPORT_BYTES = 1 << 20
+
+
+def checked_index(manifest: Manifest, data: bytes) -> ChunkIndex:
+    """The chunk index ``data`` (verified against its signed entry) for ``manifest``'s payload.
+
+    Raises:
+        VerificationError: it is malformed, or describes another payload.
+    """
+    index = parse_index(data)
+    if manifest.payload == "raw" and (
+        index.length != manifest.length or index.header.sha256 != manifest.sha256
+    ):
+        raise VerificationError(
+            f"release {manifest.version}'s chunk index describes another image than its payload"
+        )
+    if manifest.payload == "tree" and index.length < manifest.installed_size:
+        raise VerificationError(
+            f"release {manifest.version}'s chunk index is shorter than the files it installs"
+        )
+    return index
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaJob:
+    """What one delta write needs to know."""
+
+    manifest: Manifest
+    index: ChunkIndex
+    offer: DeltaOffer
+    target: SlotConfig
+    booted: SlotConfig | None
+
+
+def write_delta(
+    job: DeltaJob,
+    writer: SlotWriter,
+    say: Log,
+    on_bytes: Callable[[int], None],
+    origins: Origins,
+) -> DeltaTally:
+    """Write ``job``'s payload into ``writer``'s slot from the device's chunks and fetched ones.
+
+    Raises:
+        AcquireError, VerificationError, InstallError: as the delta install raises them.
+    """
+    seeds = _seeds(job, say)
+    reported = [-_REPORT_BYTES]
+
+    def report(tally: DeltaTally) -> None:
+        if tally.done - reported[0] >= _REPORT_BYTES or tally.done == tally.total:
+            reported[0] = tally.done
+            on_bytes(tally.done)
+            origins(tally.from_device, tally.fetched, tally.downloaded)
+
+    install = DeltaInstall(job.index, job.offer.chunks, seeds, job.offer.options, say, report)
+    try:
+        if isinstance(writer, RawSlot):
+            _write_raw(install, writer, job.index.length)
+        else:
+            stream = install.stream()
+            with stream:
+                writer.install(stream, _plain_spec(job.manifest, job.index))
+    finally:
+        for seed in seeds:
+            seed.close()
+    tally = install.tally
+    if tally.done != job.index.length:
+        raise InstallError(
+            f"the delta install wrote {tally.done} of the payload's {job.index.length} bytes"
+        )
+    origins(tally.from_device, tally.fetched, tally.downloaded)
+    return tally
+
+
+def _write_raw(install: DeltaInstall, slot: RawSlot, length: int) -> None:
+    patch = RawPatch(slot, length)
+    try:
+        install.write_raw(patch)
+    except BaseException:
+        patch.abort()
+        raise
+    finally:
+        patch.close()
+
+
+def _seeds(job: DeltaJob, say: Log) -> list[Seed]:
+    """The booted slot as a seed of the payload's kind; none if it cannot be opened."""
+    booted = job.booted
+    if booted is None or booted.name == job.target.name:
+        return []
+    name = f"slot {booted.name} (booted)"
+    try:
+        if job.manifest.payload == "raw" and booted.kind == "raw":
+            length = job.index.length
+            return [ImageSeed(name, booted.path, length + length // 4)]
+        if job.manifest.payload == "tree" and booted.kind == "directory":
+            return [TreeSeed(name, booted.path)]
+    except OSError as exc:
+        say(f"{name} cannot be read as a seed ({exc}); its chunks are fetched instead")
+    return []
+
+
+def _plain_spec(manifest: Manifest, index: ChunkIndex) -> PayloadSpec:
+    """The payload as the chunks make it: a tree's tar without its compression."""
+    return PayloadSpec(
+        kind=manifest.payload,
+        compression="none",
+        installed_size=manifest.installed_size,
+        length=index.length,
+        sha256=index.header.sha256,
+        entries=manifest.entries,
+    )
