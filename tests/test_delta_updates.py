@@ -1,0 +1,160 @@
+"""Delta updates end to end: a real service fetches from real nginx only the chunks it lacks."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from sysupd.api.service import Service
+from sysupd.release.repository import ReleaseRepository
+from tests.client import WsClient
+from tests.conftest import ADMIN, USER, ClientFactory, ServiceFactory, wait_until
+from tests.delta import (
+    MiB,
+    chunk_requests,
+    copy_tree,
+    make_raw_releases,
+    release_index,
+    requests,
+)
+from tests.offline import wait_final
+from tests.online import checked, online_overrides, serve_repo
+from tests.releases import PRODUCT, make_tree
+
+
+async def _update(
+    service: Service, admin: WsClient, watcher: WsClient
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Check, start the update, and wait for its final event."""
+    assert (await checked(admin, service))["updates_available"] is True
+    reply = await admin.call("sys", "update_now", {})
+    assert reply == {"result": "success", "updates": "starting"}
+    return await wait_final(watcher, 60)
+
+
+async def _clients(service: Service, connect: ClientFactory) -> tuple[WsClient, WsClient]:
+    return await connect(service, login=ADMIN), await connect(service, login=USER)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def test_a_raw_update_downloads_only_the_changed_chunks(
+    tmp_path: Path, start_service: ServiceFactory, connect: ClientFactory
+) -> None:
+    releases = make_raw_releases(tmp_path)
+    index = release_index(releases.repo, "1.1.0")
+    old_chunks = {release_index(releases.repo, "1.0.0").digest(n) for n in range(index.count)}
+    new_chunks = [n for n in range(index.count) if index.digest(n) not in old_chunks]
+    with serve_repo(releases.repo, tmp_path / "server") as url:
+        overrides = online_overrides(
+            releases.repo, url, slots=releases.slots, factory_version="1.0.0"
+        )
+        service = await start_service(**overrides)
+        admin, user = await _clients(service, connect)
+        _, final = await _update(service, admin, user)
+    assert final["result"] == "success", final["details"]
+    assert releases.slot_b.read_bytes() == releases.new
+    assert releases.slot_a.read_bytes() == releases.old  # the booted slot is only read
+    fetched = chunk_requests(tmp_path / "server")
+    assert 0 < len(fetched) == len(new_chunks) < index.count // 4
+    assert not [path for path in requests(tmp_path / "server") if path.endswith(".img")]
+    # The events say where the bytes came from: most from the device.
+    assert final["bytes_from_device"] + final["bytes_from_network"] == len(releases.new)
+    assert final["bytes_from_network"] == sum(index.entry(n).length for n in new_chunks)
+    assert 0 < final["bytes_downloaded"] < len(releases.new) // 4
+    assert "from this device" in final["details"]
+    assert service.engine().status().to_json()["next_boot"] == "B"
+
+
+async def test_with_delta_updates_off_the_whole_payload_is_downloaded(
+    tmp_path: Path, start_service: ServiceFactory, connect: ClientFactory
+) -> None:
+    releases = make_raw_releases(tmp_path)
+    with serve_repo(releases.repo, tmp_path / "server") as url:
+        overrides = online_overrides(
+            releases.repo,
+            url,
+            slots=releases.slots,
+            factory_version="1.0.0",
+            delta_updates=False,
+        )
+        service = await start_service(**overrides)
+        admin, user = await _clients(service, connect)
+        _, final = await _update(service, admin, user)
+    assert final["result"] == "success", final["details"]
+    assert releases.slot_b.read_bytes() == releases.new
+    assert chunk_requests(tmp_path / "server") == []
+    assert [path for path in requests(tmp_path / "server") if path.endswith(".img")]
+    assert "bytes_from_device" not in final
+
+
+async def test_a_tree_update_reuses_the_booted_trees_files(
+    tmp_path: Path, start_service: ServiceFactory, connect: ClientFactory
+) -> None:
+    repo = ReleaseRepository.init(tmp_path / "repo", PRODUCT)
+    old = make_tree(tmp_path / "tree-1.0.0", "1.0.0", size=2 * MiB)
+    for n in range(20):
+        (old / "lib").mkdir(exist_ok=True)
+        (old / "lib" / f"lib{n}.so").write_bytes(hashlib.sha512(str(n).encode()).digest() * 2000)
+    repo.add_release("1.0.0", tree=old, compress="zstd", chunk_size=65536)
+    new = tmp_path / "tree-1.1.0"
+    copy_tree(old, new)
+    (new / "etc" / "version").write_text("1.1.0\n")
+    (new / "lib" / "lib7.so").write_bytes(b"changed" * 20_000)
+    repo.add_release("1.1.0", tree=new, compress="zstd", chunk_size=65536)
+    repo.publish()
+    state = tmp_path / "state"
+    copy_tree(old, state / "slots" / "A")  # the factory slot holds 1.0.0
+    index = release_index(repo, "1.1.0")
+    with serve_repo(repo, tmp_path / "server") as url:
+        service = await start_service(state, **online_overrides(repo, url, factory_version="1.0.0"))
+        admin, user = await _clients(service, connect)
+        _, final = await _update(service, admin, user)
+    assert final["result"] == "success", final["details"]
+    slot_b = state / "slots" / "B"
+    for path in new.rglob("*"):
+        if path.is_file():
+            assert (slot_b / path.relative_to(new)).read_bytes() == path.read_bytes()
+    assert (slot_b / "etc" / "version").read_text() == "1.1.0\n"
+    assert len(chunk_requests(tmp_path / "server")) < index.count // 4
+    assert final["bytes_downloaded"] < index.length // 4
+
+
+async def test_an_update_cut_off_from_the_network_resumes_from_what_the_slot_holds(
+    tmp_path: Path, start_service: ServiceFactory, connect: ClientFactory
+) -> None:
+    # A new image sharing nothing with the booted one: every chunk is fetched, slowly.
+    releases = make_raw_releases(tmp_path, size=6 * MiB, spans=120)
+    slow = "location /targets/chunks/ { limit_rate 400k; }"
+    server = tmp_path / "server"
+    with serve_repo(releases.repo, server, slow) as url:
+        overrides = online_overrides(
+            releases.repo, url, slots=releases.slots, factory_version="1.0.0", delta_parallel=1
+        )
+        service = await start_service(**overrides)
+        admin, user = await _clients(service, connect)
+        assert (await checked(admin, service))["updates_available"] is True
+        await admin.call("sys", "update_now", {})
+        await wait_until(lambda: _done(service) > 3 * MiB, 30, "3 MiB are written")
+    # nginx is gone: the update fails, slot B keeps what it wrote (but its first MiB).
+    running, final = await wait_final(user, 60)
+    assert any(event.get("bytes_from_network") for event in running)
+    assert final["result"] == "failure"
+    first_run = final["bytes_done"]
+    with serve_repo(releases.repo, tmp_path / "server2") as url:
+        await admin.call("sys", "set_config", {"update_server": url})
+        _, final = await _update(service, admin, user)
+    assert final["result"] == "success", final["details"]
+    assert releases.slot_b.read_bytes() == releases.new
+    assert "of the release at its place already" in final["details"]
+    # Kept in place: at least what the first run wrote after the zeroed first MiB.
+    assert final["bytes_from_device"] >= first_run - 2 * MiB
+    assert final["bytes_downloaded"] < len(releases.new) - 2 * MiB
+
+
+def _done(service: Service) -> int:
+    job = service.updates.job
+    return job.bytes_done if job is not None else 0
