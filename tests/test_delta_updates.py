@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
 from sysupd.api.service import Service
 from sysupd.release.repository import ReleaseRepository
+from sysupd.sources.server import ServerSource
+from sysupd.sources.tuf_fetcher import FetcherLimits
 from tests.client import WsClient
 from tests.conftest import ADMIN, USER, ClientFactory, ServiceFactory, wait_until
 from tests.delta import (
     MiB,
+    changed,
     chunk_requests,
     copy_tree,
     make_raw_releases,
     release_index,
     requests,
 )
+from tests.engines import booted_engine
 from tests.offline import wait_final
 from tests.online import checked, online_overrides, serve_repo
 from tests.releases import PRODUCT, make_tree
@@ -153,6 +159,98 @@ async def test_an_update_cut_off_from_the_network_resumes_from_what_the_slot_hol
     # Kept in place: at least what the first run wrote after the zeroed first MiB.
     assert final["bytes_from_device"] >= first_run - 2 * MiB
     assert final["bytes_downloaded"] < len(releases.new) - 2 * MiB
+
+
+def test_the_next_update_finds_the_booted_slots_chunks_by_the_index_it_kept(
+    tmp_path: Path,
+) -> None:
+    releases = make_raw_releases(tmp_path)
+    newest = changed(releases.new, 3, 2, 50_000)
+    image = tmp_path / "image-1.2.0.img"
+    image.write_bytes(newest)
+    releases.repo.add_release("1.2.0", image=image, chunk_size=256 * 1024)
+    releases.repo.publish()
+    settings = {"slots": releases.slots, "factory_version": "1.0.0"}
+    state = tmp_path / "device"
+    with serve_repo(releases.repo, tmp_path / "server") as url:
+        engine = booted_engine(state, releases.repo, **settings)
+        lines: list[str] = []
+        source = ServerSource.configured(
+            url, state, threading.Lock(), engine.settings, FetcherLimits()
+        )
+        assert str(engine.install(source, log=lines.append).version) == "1.2.0"
+        assert any("slot A (booted): " in line and "found there" in line for line in lines)
+        engine = booted_engine(state, releases.repo, **settings)  # power on: B, on trial, good
+        assert engine.status().booted == "B"
+        third = changed(newest, 4, 1, 50_000)
+        image.write_bytes(third)
+        releases.repo.add_release("1.3.0", image=image, chunk_size=256 * 1024)
+        releases.repo.publish()
+        lines.clear()
+        assert str(engine.install(source, log=lines.append).version) == "1.3.0"
+    assert any("by the index of the release it holds" in line for line in lines), lines
+    assert releases.slot_a.read_bytes() == third
+    assert releases.slot_b.read_bytes() == newest
+
+
+async def test_fetch_url_of_a_published_repository_updates_from_its_chunks(
+    tmp_path: Path, start_service: ServiceFactory, connect: ClientFactory
+) -> None:
+    releases = make_raw_releases(tmp_path)
+    with serve_repo(releases.repo, tmp_path / "server") as url:
+        overrides = online_overrides(
+            releases.repo, "", slots=releases.slots, factory_version="1.0.0"
+        )
+        service = await start_service(**overrides)
+        admin, user = await _clients(service, connect)
+        reply = await admin.call("sys", "update_now", {"fetch_url": f"{url}/"})
+        assert reply == {"result": "success", "updates": "starting"}
+        _, final = await wait_final(user, 60)
+    assert final["result"] == "success", final["details"]
+    assert "the release repository at 127.0.0.1:" in final["details"]
+    assert releases.slot_b.read_bytes() == releases.new
+    assert 0 < final["bytes_downloaded"] < len(releases.new) // 4
+    assert not [path for path in requests(tmp_path / "server") if path.endswith(".img")]
+
+
+async def test_a_tree_update_cut_off_resumes_from_the_files_it_wrote(
+    tmp_path: Path, start_service: ServiceFactory, connect: ClientFactory
+) -> None:
+    repo = ReleaseRepository.init(tmp_path / "repo", PRODUCT)
+    tree = tmp_path / "tree-1.1.0"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc" / "version").write_text("1.1.0\n")
+    for n in range(24):
+        (tree / "lib").mkdir(exist_ok=True)
+        (tree / "lib" / f"lib{n:02}.so").write_bytes(os.urandom(256 * 1024))
+    repo.add_release("1.1.0", tree=tree, compress="zstd", chunk_size=65536)
+    repo.publish()
+    index = release_index(repo, "1.1.0")
+    state = tmp_path / "state"
+    slow = "location /targets/chunks/ { limit_rate 400k; }"
+    with serve_repo(repo, tmp_path / "server", slow) as url:
+        service = await start_service(state, **online_overrides(repo, url, delta_parallel=1))
+        admin, user = await _clients(service, connect)
+        assert (await checked(admin, service))["updates_available"] is True
+        await admin.call("sys", "update_now", {})
+        await wait_until(lambda: _done(service) > 3 * MiB, 30, "3 MiB are written")
+    _, final = await wait_final(user, 60)
+    assert final["result"] == "failure"
+    slot_b = state / "slots" / "B"
+    stash = state / "slots" / "B.delta-seed"
+    assert not any(slot_b.iterdir())  # nothing in the slot looks installed
+    assert (stash / "lib" / "lib00.so").read_bytes() == (tree / "lib" / "lib00.so").read_bytes()
+    with serve_repo(repo, tmp_path / "server2") as url:
+        await admin.call("sys", "set_config", {"update_server": url})
+        _, final = await _update(service, admin, user)
+    assert final["result"] == "success", final["details"]
+    for path in tree.rglob("*"):
+        if path.is_file():
+            assert (slot_b / path.relative_to(tree)).read_bytes() == path.read_bytes()
+    assert "slot B (what it held): " in final["details"]
+    assert final["bytes_from_device"] >= 2 * MiB
+    assert len(chunk_requests(tmp_path / "server2")) < index.count - 20
+    assert not stash.exists()
 
 
 def _done(service: Service) -> int:

@@ -29,6 +29,7 @@ from tools.appliance.commands import BuildError, run
 
 __all__ = [
     "BASE_PACKAGES",
+    "FILESYSTEM_SEED",
     "GUEST_FILES",
     "base_tree",
     "chroot",
@@ -210,6 +211,10 @@ def state_tree(root: Path, out: Path, admin_password: str) -> Path:
     return out
 
 
+FILESYSTEM_SEED = "sysupd-appliance rootfs"
+"""Where every release's filesystem UUID and hash seed come from."""
+
+
 def slot_image(tree: Path, version: str, out: Path, extra_mib: int = 32) -> Path:
     """An ext4 image of ``tree`` naming ``version``: its content, a tenth more for the
     filesystem's own blocks, and ``extra_mib``.
@@ -225,8 +230,12 @@ def slot_image(tree: Path, version: str, out: Path, extra_mib: int = 32) -> Path
     (tree / "etc/appliance/version").write_text(version + "\n")
     used = int(run(["du", "-sb", "--exclude=./.complete", tree]).split()[0])
     out.unlink(missing_ok=True)
-    # A fixed UUID, hash seed and clock: the same tree gives the same image bytes.
-    seed = hashlib.sha256(version.encode()).hexdigest()
+    # A fixed UUID, hash seed and clock: the same tree gives the same image bytes. The same UUID
+    # and seed for every release of the product, too: ext4's metadata checksums are seeded with
+    # the UUID, so a new one per release would change every metadata block and spoil delta
+    # updates (docs/design/release-format.md, "Choosing the chunk size"). Slots are told apart
+    # by their GPT partition names, never by the filesystem's UUID.
+    seed = hashlib.sha256(FILESYSTEM_SEED.encode()).hexdigest()
     uuid = f"{seed[:8]}-{seed[8:12]}-{seed[12:16]}-{seed[16:20]}-{seed[20:32]}"
     run(
         [

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from sysupd.api.calls import Call, CallContext
 from sysupd.core.manifest import Manifest
 from sysupd.core.units import human_size
-from sysupd.delta.fetch import DeltaOptions
 from sysupd.engine.engine import Engine
 from sysupd.errors import SysupdError
 from sysupd.sources.online import Survey
@@ -138,26 +137,31 @@ class UpdateChecker:
             else:
                 await asyncio.sleep(60)
 
+    def repository(self, url: str, address: str) -> ServerSource:
+        """The published repository at ``url`` (a ``fetch_url`` ending in ``/``, its host checked
+        and resolved to ``address``) as an update's source: the same channel as the update
+        server, delta updates included, connected only to ``address``."""
+        service = self._service
+        return ServerSource.configured(
+            url,
+            service.config.state_dir,
+            self._cache_lock,
+            service.settings,
+            self.limits(),
+            address=address,
+        )
+
     def source(self, server: str, version: str) -> ServerSource:
         """The newest release on ``server`` as an update's source (``version``: what the check
         found, for people; the source picks again when the job opens it)."""
-        settings = self._service.settings
-        limits = self.limits()
-        delta = None
-        if settings.delta_updates:
-            delta = DeltaOptions(
-                parallel=settings.delta_parallel,
-                max_rate_bps=settings.download_max_rate_bps,
-                deadline_s=limits.deadline_s,
-            )
-        return ServerSource(
+        service = self._service
+        return ServerSource.configured(
             server,
-            self._service.config.state_dir / "online",
+            service.config.state_dir,
             self._cache_lock,
-            limits,
+            service.settings,
+            self.limits(),
             version,
-            delta,
-            settings.download_max_rate_bps,
         )
 
 

@@ -23,6 +23,7 @@ import os
 import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from sysupd.api.calls import Call, CallContext
 from sysupd.api.jobrun import JobRun, ended_state
@@ -342,6 +343,10 @@ async def update_now(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
             return _invalid(str(exc))
         if manager.running:  # another update_now won the race while the name resolved
             return _BUSY
+        if urlsplit(target.url).path.endswith("/"):  # a published repository, not a bundle
+            repository = service.checks.repository(target.url, target.address)
+            manager.start(repository, lambda: None, by=_who(ctx))
+            return {"result": "success", "updates": "starting"}
         limits = FetchLimits(
             max_bytes=service.settings.max_upload_bytes,
             deadline_s=service.config.fetch_deadline_s,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -14,10 +15,14 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 
 from sysupd.cli.options import config_options, device_engine, engine_for, fail, load
 from sysupd.core.job import JobState
+from sysupd.core.units import human_size
 from sysupd.engine.state import Outcome
 from sysupd.errors import SysupdError
 from sysupd.servicelog import ServiceLog
+from sysupd.sources.base import Source
 from sysupd.sources.bundlefile import BundleFile
+from sysupd.sources.server import ServerSource
+from sysupd.sources.tuf_fetcher import FetcherLimits
 from sysupd.system.clock import SystemClock
 from sysupd.system.health import run_health_check
 from sysupd.system.reboot import RebootKind, run_reboot_action
@@ -26,11 +31,45 @@ __all__ = ["boot", "install", "show_local_status"]
 
 
 @click.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("bundle", type=click.Path(path_type=Path), required=False)
+@click.option(
+    "--server",
+    metavar="URL",
+    help="Install the newest release from this published repository instead of a bundle "
+    "(only the chunks this device lacks are downloaded, unless delta_updates is off).",
+)
+@click.option(
+    "--online",
+    is_flag=True,
+    help="Install the newest release from the update_server setting's repository.",
+)
 @config_options
-def install(bundle: Path, config_file: Path | None, state_dir: Path | None) -> None:
-    """Verify BUNDLE and install it into the inactive slot."""
+def install(
+    bundle: Path | None,
+    server: str | None,
+    online: bool,
+    config_file: Path | None,
+    state_dir: Path | None,
+) -> None:
+    """Verify BUNDLE (or the newest release on a server) and install it into the inactive
+    slot."""
+    if sum((bundle is not None, server is not None, online)) != 1:
+        fail("give a bundle, --server URL or --online (exactly one)")
+    config = load(config_file, state_dir)
     engine = device_engine(config_file, state_dir)
+    source: Source
+    if bundle is not None:
+        source = BundleFile(bundle)
+    else:
+        url = server or engine.settings.update_server
+        if not url:
+            fail("no update server is configured (setting update_server); give --server URL")
+        limits = FetcherLimits(
+            deadline_s=config.fetch_deadline_s, min_rate_window_s=config.fetch_stall_s
+        )
+        source = ServerSource.configured(
+            url, config.state_dir, threading.Lock(), engine.settings, limits
+        )
     console = Console(stderr=True)
     with Progress(
         "[progress.description]{task.description}",
@@ -46,8 +85,15 @@ def install(bundle: Path, config_file: Path | None, state_dir: Path | None) -> N
         def progress(stage: JobState, done: int, total: int) -> None:
             bar.update(task, description=stage.value, completed=done, total=total)
 
+        def origins(device: int, network: int, downloaded: int) -> None:
+            bar.update(
+                task,
+                description=f"{human_size(device)} from this device, "
+                f"{human_size(downloaded)} downloaded",
+            )
+
         try:
-            manifest = engine.install(BundleFile(bundle), progress=progress, log=click.echo)
+            manifest = engine.install(source, progress=progress, log=click.echo, origins=origins)
         except SysupdError as exc:
             fail(str(exc))
     click.echo(f"installed {manifest.product} {manifest.version}; reboot to boot it (on trial)")

@@ -12,20 +12,24 @@ raw write zeroes only the slot's start (``RawPatch.abort``), so the next attempt
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
+from pathlib import Path
 
-from sysupd.core.chunkindex import ChunkIndex, parse_index
+from sysupd.core.chunkindex import MAX_INDEX_BYTES, ChunkIndex, parse_index
 from sysupd.core.manifest import Manifest
 from sysupd.delta.install import DeltaInstall, DeltaTally
 from sysupd.delta.seeds import ImageSeed, Seed, TreeSeed
 from sysupd.engine.slotset import SlotConfig
 from sysupd.errors import InstallError, VerificationError
+from sysupd.fsutil import atomic_write, read_capped
 from sysupd.slots.base import PayloadSpec, SlotWriter
+from sysupd.slots.directory import DirectorySlot
 from sysupd.slots.raw import RawSlot
 from sysupd.slots.rawpatch import RawPatch
 from sysupd.sources.base import DeltaOffer, Log
 
-__all__ = ["Origins", "checked_index", "write_delta"]
+__all__ = ["DeltaJob", "IndexCache", "Origins", "checked_index", "write_delta"]
 
 Origins = Callable[[int, int, int], None]
 """Called with the payload bytes from the device, from the network, and bytes downloaded."""
@@ -53,6 +57,42 @@ def checked_index(manifest: Manifest, data: bytes) -> ChunkIndex:
     return index
 
 
+class IndexCache:
+    """The chunk index of the release each slot holds, kept after a delta install, so the next
+    one finds that slot's chunks without reading all of it (``STATE/delta/<slot>.<version>.index``).
+
+    Only a hint: every chunk copied from a slot is hashed when it is read, so a stale or damaged
+    file costs time, never correctness; one that cannot be parsed is ignored.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self._dir = directory
+
+    def load(self, slot: str, version: str | None) -> ChunkIndex | None:
+        """The kept index of ``slot`` holding ``version``, if there is one that parses."""
+        if not version:
+            return None
+        try:
+            return parse_index(read_capped(self._path(slot, version), MAX_INDEX_BYTES))
+        except (OSError, VerificationError):
+            return None
+
+    def forget(self, slot: str) -> None:
+        """``slot`` is about to be written: what it held is no more."""
+        with suppress(OSError):
+            for path in self._dir.glob(f"{slot}.*.index"):
+                path.unlink()
+
+    def keep(self, slot: str, version: str, data: bytes) -> None:
+        """``slot`` now holds ``version``, whose verified index is ``data`` (best effort)."""
+        with suppress(OSError):
+            self._dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(self._path(slot, version), data)
+
+    def _path(self, slot: str, version: str) -> Path:
+        return self._dir / f"{slot}.{version}.index"
+
+
 @dataclass(frozen=True, slots=True)
 class DeltaJob:
     """What one delta write needs to know."""
@@ -62,6 +102,10 @@ class DeltaJob:
     offer: DeltaOffer
     target: SlotConfig
     booted: SlotConfig | None
+    booted_layout: ChunkIndex | None = None
+    """The index of the release the booted slot holds, if kept (``IndexCache``)."""
+    target_layout: ChunkIndex | None = None
+    """The index of the release the target slot held before this install, if kept."""
 
 
 def write_delta(
@@ -85,6 +129,15 @@ def write_delta(
             on_bytes(tally.done)
             origins(tally.from_device, tally.fetched, tally.downloaded)
 
+    if isinstance(writer, DirectorySlot):
+        stashed = writer.stash()
+        if stashed is not None:
+            path, merged = stashed
+            layout = None if merged else job.target_layout
+            try:
+                seeds.append(TreeSeed(f"slot {job.target.name} (what it held)", path, layout))
+            except OSError as exc:
+                say(f"what slot {job.target.name} held cannot be read as a seed ({exc})")
     install = DeltaInstall(job.index, job.offer.chunks, seeds, job.offer.options, say, report)
     try:
         if isinstance(writer, RawSlot):
@@ -122,12 +175,15 @@ def _seeds(job: DeltaJob, say: Log) -> list[Seed]:
     if booted is None or booted.name == job.target.name:
         return []
     name = f"slot {booted.name} (booted)"
+    layout = job.booted_layout
     try:
         if job.manifest.payload == "raw" and booted.kind == "raw":
             length = job.index.length
-            return [ImageSeed(name, booted.path, length + length // 4)]
+            if layout is not None:
+                length = max(length, layout.length)
+            return [ImageSeed(name, booted.path, length + length // 4, layout)]
         if job.manifest.payload == "tree" and booted.kind == "directory":
-            return [TreeSeed(name, booted.path)]
+            return [TreeSeed(name, booted.path, layout)]
     except OSError as exc:
         say(f"{name} cannot be read as a seed ({exc}); its chunks are fetched instead")
     return []

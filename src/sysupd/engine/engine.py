@@ -28,7 +28,13 @@ from sysupd.core.units import human_rate, human_size
 from sysupd.core.versions import parse_version
 from sysupd.engine.boottrial import BootReport, BootTrial, slot_version, stamp
 from sysupd.engine.bundles import check_payload_size, read_bundle_header
-from sysupd.engine.deltawrite import DeltaJob, Origins, checked_index, write_delta
+from sysupd.engine.deltawrite import (
+    DeltaJob,
+    IndexCache,
+    Origins,
+    checked_index,
+    write_delta,
+)
 from sysupd.engine.lock import UpdateLock
 from sysupd.engine.slotset import SlotConfig, inactive_slot, make_writer, slot_configs
 from sysupd.engine.state import (
@@ -93,6 +99,8 @@ class Release:
     """The trust the release came with, kept only with the switch to it."""
     index: ChunkIndex | None = None
     """The verified chunk index, when the source offers the release's chunks one by one."""
+    index_data: bytes = b""
+    """Its bytes, kept with the slot it is installed into (``IndexCache``)."""
 
 
 class Engine:
@@ -276,7 +284,8 @@ class Engine:
             if acquired.delta is not None and signed.index is not None:
                 index = checked_index(signed.manifest, signed.index)
             trust = self.trust.update_online(signed)
-            return Release(signed.manifest, signed.chunk_list, trust, index)
+            data = signed.index if index is not None and signed.index is not None else b""
+            return Release(signed.manifest, signed.chunk_list, trust, index, data)
         started = self.clock.monotonic()
         header = read_bundle_header(acquired.stream)
         job.advance(JobState.VERIFYING)
@@ -344,62 +353,32 @@ class Engine:
     ) -> Manifest:
         manifest, origin = release.manifest, acquired.origin
         job.advance(JobState.INSTALLING)
-        env = self.bootloader.load()
-        booted = self._booted(state, env)
-        if state.trial is not None and state.trial == booted:
-            raise InstallError(
-                f"slot {booted} is still on trial: an update now would overwrite the only "
-                "known-good slot; wait until its health check has passed"
-            )
-        if booted not in state.slots:  # installing before the first start: the factory slot
-            state = state.with_slot(booted, SlotRecord(version=self.settings.factory_version))
-        target = inactive_slot(env.order, booted)
-        capacity = self.settings.slot_capacity_bytes
-        if capacity and manifest.installed_size > capacity:  # before anything changes
-            raise InstallError(
-                f"release {manifest.version} needs {manifest.installed_size} bytes, more than the "
-                f"{capacity} bytes slot {target} holds (setting slot_capacity_bytes)"
-            )
-        state = replace(
-            state.with_slot(target, SlotRecord()),
-            trial=None if state.trial == target else state.trial,
-            job=JobRecord(target, str(manifest.version), origin, self._now()),
-        )
-        self.state_file.save(state)
-        self.bootloader.save(env.begin_install(target))
+        state, booted, target, held = self._claim_target(state, manifest, origin)
+        indexes = IndexCache(self.state_dir / "delta")
+        target_layout = indexes.load(target, held.version if held else None)
+        indexes.forget(target)
         slot = self.slots[target]
         say(f"installing into slot {target} ({slot.kind} {slot.path})")
         writing = self.clock.monotonic()
         if release.index is not None and acquired.delta is not None:
             total = release.index.length
-            report(JobState.INSTALLING, 0, total)
-            delta = DeltaJob(manifest, release.index, acquired.delta, slot, self.slots.get(booted))
-            tally = write_delta(
-                delta,
-                self.slot_writer(slot),
-                say,
-                lambda done: report(JobState.INSTALLING, done, total),
-                origins,
+            record = state.slots.get(booted)
+            layouts = (indexes.load(booted, record.version if record else None), target_layout)
+            delta = DeltaJob(
+                manifest, release.index, acquired.delta, slot, self.slots.get(booted), *layouts
             )
-            job.mark_payload_verified()
-            took = max(self.clock.monotonic() - writing, 1e-6)
-            say(
-                f"checked and wrote {human_size(total)} into slot {target} in {took:.2f} s: "
-                f"{human_size(tally.from_device)} from this device ({human_size(tally.in_place)} "
-                f"kept in place, {human_size(tally.copied)} copied), {human_size(tally.fetched)} "
-                f"from the network ({tally.chunks_fetched} chunks, "
-                f"{human_size(tally.downloaded)} downloaded)"
-            )
+            how = self._write_delta(delta, report, say, origins)
         else:
             total = manifest.length
             report(JobState.INSTALLING, 0, total)
             self._write_stream(release, acquired, slot, report)
-            job.mark_payload_verified()
-            took = max(self.clock.monotonic() - writing, 1e-6)
-            say(
-                f"checked and wrote {human_size(total)} into slot {target} in {took:.2f} s "
-                f"({human_rate(total / took)})"
-            )
+            how = ""
+        job.mark_payload_verified()
+        took = max(self.clock.monotonic() - writing, 1e-6)
+        say(
+            f"checked and wrote {human_size(total)} into slot {target} in {took:.2f} s "
+            f"({human_rate(total / took)}){how}"
+        )
 
         job.advance(JobState.SWITCHING)
         report(JobState.SWITCHING, total, total)
@@ -431,9 +410,61 @@ class Engine:
             ),
         )
         self.state_file.save(state)
+        if release.index_data:
+            indexes.keep(target, str(manifest.version), release.index_data)
         job.advance(JobState.DONE)
         say(f"slot {target} will boot next, on trial")
         return manifest
+
+    def _claim_target(
+        self, state: EngineState, manifest: Manifest, origin: str
+    ) -> tuple[EngineState, str, str, SlotRecord | None]:
+        """Check the install may go ahead, then record the job and mark the inactive slot
+        unbootable before anything is written: the new state, the booted and target slots,
+        and what the target held."""
+        env = self.bootloader.load()
+        booted = self._booted(state, env)
+        if state.trial is not None and state.trial == booted:
+            raise InstallError(
+                f"slot {booted} is still on trial: an update now would overwrite the only "
+                "known-good slot; wait until its health check has passed"
+            )
+        if booted not in state.slots:  # installing before the first start: the factory slot
+            state = state.with_slot(booted, SlotRecord(version=self.settings.factory_version))
+        target = inactive_slot(env.order, booted)
+        capacity = self.settings.slot_capacity_bytes
+        if capacity and manifest.installed_size > capacity:  # before anything changes
+            raise InstallError(
+                f"release {manifest.version} needs {manifest.installed_size} bytes, more than the "
+                f"{capacity} bytes slot {target} holds (setting slot_capacity_bytes)"
+            )
+        held = state.slots.get(target)
+        state = replace(
+            state.with_slot(target, SlotRecord()),
+            trial=None if state.trial == target else state.trial,
+            job=JobRecord(target, str(manifest.version), origin, self._now()),
+        )
+        self.state_file.save(state)
+        self.bootloader.save(env.begin_install(target))
+        return state, booted, target, held
+
+    def _write_delta(self, delta: DeltaJob, report: Progress, say: Log, origins: Origins) -> str:
+        """The payload from this device's chunks and fetched ones; where its bytes came from."""
+        total = delta.index.length
+        report(JobState.INSTALLING, 0, total)
+        tally = write_delta(
+            delta,
+            self.slot_writer(delta.target),
+            say,
+            lambda done: report(JobState.INSTALLING, done, total),
+            origins,
+        )
+        return (
+            f": {human_size(tally.from_device)} from this device ({human_size(tally.in_place)} "
+            f"kept in place, {human_size(tally.copied)} copied), {human_size(tally.fetched)} "
+            f"from the network ({tally.chunks_fetched} chunks, "
+            f"{human_size(tally.downloaded)} downloaded)"
+        )
 
     def _write_stream(
         self, release: Release, acquired: Acquired, slot: SlotConfig, report: Progress

@@ -16,6 +16,11 @@ Invariants:
 - A payload that can (``ReadAhead``, the engine's ``VerifiedReader``) is asked to verify one
   chunk ahead on its worker thread (one more chunk buffer), so hashing overlaps parsing and
   writing; it still hands out only checked bytes.
+- For a delta install, ``stash`` moves what the slot holds into its seed directory beside it
+  (``<slot>.delta-seed``, on the same filesystem, or nothing is moved), for the installer to copy
+  chunks from; while a stash is in use, a failed install moves its partial tree there too instead
+  of deleting it, so the next attempt resumes from it; ``drop_stash`` removes it after success.
+  The slot itself is still empty before extraction and emptied after a failure.
 """
 
 from __future__ import annotations
@@ -46,6 +51,63 @@ class DirectorySlot:
     def __init__(self, name: str, path: Path) -> None:
         self.name = name
         self.path = path
+        self._stash: Path | None = None
+
+    @property
+    def stash_path(self) -> Path:
+        """Where ``stash`` keeps what the slot held."""
+        return self.path.with_name(f"{self.path.name}.delta-seed")
+
+    def stash(self) -> tuple[Path, bool] | None:
+        """Move the slot's entries into ``stash_path`` (an entry of the same name there is
+        replaced); the stash and whether it held anything before. ``None`` when the slot cannot
+        be stashed (its parent is another filesystem): then nothing moved.
+
+        Raises:
+            InstallError: the slot or the stash cannot be read or written.
+        """
+        fd = self._open_directory()
+        stash = self.stash_path
+        try:
+            held = stash.is_dir() and any(stash.iterdir())
+            stash.mkdir(mode=_DIR_MODE, exist_ok=True)
+            seed_fd = os.open(stash, _DIR_FLAGS)
+            try:
+                with os.scandir(fd) as listing:
+                    names = [entry.name for entry in listing]
+                for entry_name in names:
+                    self._replace_in_stash(fd, seed_fd, entry_name)
+                os.fsync(seed_fd)
+                os.fsync(fd)
+            finally:
+                os.close(seed_fd)
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:
+                return None
+            raise InstallError(f"slot {self.name} could not be stashed: {exc}") from exc
+        finally:
+            os.close(fd)
+        self._stash = stash
+        return stash, held
+
+    def drop_stash(self) -> None:
+        """Remove the stash after a good install (best effort: the next stash replaces it)."""
+        self._stash = None
+        with suppress(OSError):
+            shutil.rmtree(self.stash_path)
+
+    @staticmethod
+    def _replace_in_stash(slot_fd: int, seed_fd: int, name: str) -> None:
+        try:
+            details = os.stat(name, dir_fd=seed_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            pass
+        else:
+            if stat.S_ISDIR(details.st_mode):
+                shutil.rmtree(name, dir_fd=seed_fd)
+            else:
+                os.unlink(name, dir_fd=seed_fd)
+        os.rename(name, name, src_dir_fd=slot_fd, dst_dir_fd=seed_fd)
 
     def __repr__(self) -> str:
         return f"DirectorySlot({self.name!r}, {str(self.path)!r})"
@@ -88,6 +150,7 @@ class DirectorySlot:
         except BaseException:
             self._wipe_after_failure()
             raise
+        self.drop_stash()
 
     def wipe(self) -> None:
         """Remove everything inside the slot directory, creating it if it is missing.
@@ -150,7 +213,10 @@ class DirectorySlot:
         return f"slot {self.name} directory {self.path} cannot be opened: {exc}"
 
     def _wipe_after_failure(self) -> None:
-        """Empty the slot after a failed install; the install's own error is what matters."""
+        """Empty the slot after a failed install (into the stash, if one is in use, for the
+        next attempt to resume from); the install's own error is what matters."""
         # If this fails too, the next install wipes first; nothing switches to a failed slot.
         with suppress(SysupdError):
+            if self._stash is not None and self.stash() is not None:
+                return
             self.wipe()

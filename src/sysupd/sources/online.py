@@ -95,12 +95,13 @@ class OnlineChannel:
         trust: TrustState,
         limits: FetcherLimits,
         connections: int = 2,
+        address: str | None = None,
     ) -> None:
         base = server.rstrip("/")
         self._cache = cache_dir
         self._seen = trust
         cache_dir.mkdir(parents=True, exist_ok=True)
-        self.fetcher = OriginFetcher(base, limits=limits, connections=connections)
+        self.fetcher = OriginFetcher(base, limits=limits, connections=connections, address=address)
         self._targets_url = f"{base}/targets/"
         self._updater = open_updater(
             cache_dir, f"{base}/metadata/", self._targets_url, self.fetcher, trust.root

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import ClassVar
 from urllib.parse import urlsplit
 
+from sysupd.core.settings import Settings
 from sysupd.delta.fetch import DeltaOptions, RateLimit
 from sysupd.errors import AcquireError
 from sysupd.sources.base import Acquired, DeltaOffer, DeviceView, Log, SignedRelease
@@ -42,13 +43,50 @@ class ServerSource:
     """How to fetch single chunks; ``None``: delta updates are off (setting ``delta_updates``)."""
     max_rate_bps: int = 0
     """The download rate cap of the whole payload (0: none)."""
+    address: str | None = None
+    """For a repository at a ``fetch_url``: the address its host was checked and resolved to,
+    the only one connected to (``None``: resolve the update server's name)."""
     local: ClassVar[bool] = False
     """Downloaded: the job starts with the download phase."""
+
+    @classmethod
+    def configured(
+        cls,
+        server: str,
+        state_dir: Path,
+        cache_lock: threading.Lock,
+        settings: Settings,
+        limits: FetcherLimits,
+        version: str = "",
+        address: str | None = None,
+    ) -> ServerSource:
+        """The update server ``server`` as ``settings`` say to read it (delta updates, their
+        parallel requests, the rate cap); ngclient's cache is ``state_dir/online``; ``address``
+        pins where a ``fetch_url`` repository's host resolved."""
+        delta = None
+        if settings.delta_updates:
+            delta = DeltaOptions(
+                parallel=settings.delta_parallel,
+                max_rate_bps=settings.download_max_rate_bps,
+                deadline_s=limits.deadline_s,
+            )
+        return cls(
+            server,
+            state_dir / "online",
+            cache_lock,
+            limits,
+            version,
+            delta,
+            settings.download_max_rate_bps,
+            address,
+        )
 
     @property
     def label(self) -> str:
         """The server's host and the release the check found."""
         found = f" (release {self.version})" if self.version else ""
+        if self.address is not None:
+            return f"the release repository at {urlsplit(self.server).netloc} (fetch_url){found}"
         return f"the update server {urlsplit(self.server).netloc}{found}"
 
     def survey(self, device: DeviceView) -> Survey:
@@ -100,7 +138,7 @@ class ServerSource:
         with self.cache_lock:
             connections = self.delta.parallel if self.delta is not None else 2
             channel = OnlineChannel(
-                self.server, self.cache_dir, device.trust, self.limits, connections
+                self.server, self.cache_dir, device.trust, self.limits, connections, self.address
             )
             try:
                 yield channel

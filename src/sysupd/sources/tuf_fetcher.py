@@ -63,21 +63,24 @@ class FetcherLimits(FetchLimits):
 
 @dataclass(frozen=True, slots=True)
 class OriginLock:
-    """The policy of the update server: its scheme, host and port, nothing else."""
+    """The policy of the update server: its scheme, host and port, nothing else; and, when
+    ``address`` is set (a repository at a ``fetch_url`` whose host was checked and resolved
+    once), the only address connected to."""
 
     scheme: str
     host: str
     port: int
+    address: str | None = None
 
     @classmethod
-    def of(cls, url: str) -> OriginLock:
+    def of(cls, url: str, address: str | None = None) -> OriginLock:
         """The origin of ``url``; only its scheme, host and port count.
 
         Raises:
             ValueError: ``url`` is not an http(s) URL with a host, or has user-info.
         """
         endpoint = _endpoint(url)
-        return cls(endpoint.scheme, endpoint.host, endpoint.port)
+        return cls(endpoint.scheme, endpoint.host, endpoint.port, address)
 
     def check(self, url: str) -> Endpoint:
         """``url`` as an endpoint, if it is on the origin.
@@ -86,10 +89,10 @@ class OriginLock:
             ValueError: ``url`` is elsewhere, or not a plain http(s) URL.
         """
         endpoint = _endpoint(url)
-        if OriginLock(endpoint.scheme, endpoint.host, endpoint.port) != self:
+        if (endpoint.scheme, endpoint.host, endpoint.port) != (self.scheme, self.host, self.port):
             found = f"{endpoint.scheme}://{endpoint.where}"
             raise ValueError(f"{found} is not the update server {self}")
-        return endpoint
+        return replace(endpoint, address=self.address)
 
     @property
     def tolerance(self) -> Tolerance:
@@ -139,8 +142,9 @@ class OriginFetcher(FetcherInterface, Closing):
         progress: Progress | None = None,
         ssl_context: ssl.SSLContext | None = None,
         connections: int = 2,
+        address: str | None = None,
     ) -> None:
-        self._lock = OriginLock.of(origin)
+        self._lock = OriginLock.of(origin, address)
         self._limits = limits
         self._progress = progress
         self._pools = Pools(ssl_context, maxsize=max(2, connections))
