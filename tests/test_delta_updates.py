@@ -5,10 +5,15 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from sysupd.api.service import Service
+from sysupd.core.versions import parse_version
+from sysupd.errors import AcquireError
 from sysupd.release.repository import ReleaseRepository
 from sysupd.sources.server import ServerSource
 from sysupd.sources.tuf_fetcher import FetcherLimits
@@ -256,3 +261,21 @@ async def test_a_tree_update_cut_off_resumes_from_the_files_it_wrote(
 def _done(service: Service) -> int:
     job = service.updates.job
     return job.bytes_done if job is not None else 0
+
+
+def test_install_from_a_server_can_pick_a_release_other_than_the_newest(
+    tmp_path: Path,
+) -> None:
+    releases = make_raw_releases(tmp_path)
+    state = tmp_path / "device"
+    with serve_repo(releases.repo, tmp_path / "server") as url:
+        engine = booted_engine(state, releases.repo, slots=releases.slots, factory_version="0.9.0")
+        source = ServerSource.configured(
+            url, state, threading.Lock(), engine.settings, FetcherLimits()
+        )
+        pinned = replace(source, wanted=parse_version("1.0.0"))
+        assert str(engine.install(pinned).version) == "1.0.0"
+        assert releases.slot_b.read_bytes() == releases.old
+        missing = replace(source, wanted=parse_version("7.0.0"))
+        with pytest.raises(AcquireError, match=r"release 7\.0\.0 is not on the server"):
+            engine.install(missing)

@@ -7,6 +7,7 @@ import asyncio
 import json
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -16,6 +17,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from sysupd.cli.options import config_options, device_engine, engine_for, fail, load
 from sysupd.core.job import JobState
 from sysupd.core.units import human_size
+from sysupd.core.versions import parse_version
 from sysupd.engine.state import Outcome
 from sysupd.errors import SysupdError
 from sysupd.servicelog import ServiceLog
@@ -43,11 +45,18 @@ __all__ = ["boot", "install", "show_local_status"]
     is_flag=True,
     help="Install the newest release from the update_server setting's repository.",
 )
+@click.option(
+    "--version",
+    "wanted",
+    metavar="VERSION",
+    help="With --server or --online: this release instead of the newest.",
+)
 @config_options
 def install(
     bundle: Path | None,
     server: str | None,
     online: bool,
+    wanted: str | None,
     config_file: Path | None,
     state_dir: Path | None,
 ) -> None:
@@ -58,6 +67,8 @@ def install(
     config = load(config_file, state_dir)
     engine = device_engine(config_file, state_dir)
     source: Source
+    if wanted is not None and bundle is not None:
+        fail("--version goes with --server or --online; a bundle holds one release")
     if bundle is not None:
         source = BundleFile(bundle)
     else:
@@ -70,6 +81,11 @@ def install(
         source = ServerSource.configured(
             url, config.state_dir, threading.Lock(), engine.settings, limits
         )
+        if wanted is not None:
+            try:
+                source = replace(source, wanted=parse_version(wanted))
+            except ValueError as exc:
+                fail(f"--version: {exc}")
     console = Console(stderr=True)
     with Progress(
         "[progress.description]{task.description}",

@@ -107,9 +107,11 @@ class OnlineChannel:
             cache_dir, f"{base}/metadata/", self._targets_url, self.fetcher, trust.root
         )
 
-    def newest(self, policy: ReleasePolicy, installed: Version) -> Survey:
-        """Refresh the metadata; the newest release for this device above ``installed``, and why
-        each newer release that is not offered was passed over.
+    def newest(
+        self, policy: ReleasePolicy, installed: Version, wanted: Version | None = None
+    ) -> Survey:
+        """Refresh the metadata; the newest release for this device above ``installed`` (only
+        ``wanted``, if given), and why each newer release that is not offered was passed over.
 
         Raises:
             AcquireError: the server could not be reached or sent too little, too slowly.
@@ -132,6 +134,8 @@ class OnlineChannel:
                 manifest = parse_manifest(entry.path, entry.length, entry.hashes, custom)
             except VerificationError as exc:
                 passed_over.append(str(exc))
+                continue
+            if wanted is not None and manifest.version != wanted:
                 continue
             if manifest.version <= installed:
                 if manifest.product == policy.product:

@@ -18,6 +18,7 @@ from typing import ClassVar
 from urllib.parse import urlsplit
 
 from sysupd.core.settings import Settings
+from sysupd.core.versions import Version
 from sysupd.delta.fetch import DeltaOptions, RateLimit
 from sysupd.errors import AcquireError
 from sysupd.sources.base import Acquired, DeltaOffer, DeviceView, Log, SignedRelease
@@ -46,6 +47,8 @@ class ServerSource:
     address: str | None = None
     """For a repository at a ``fetch_url``: the address its host was checked and resolved to,
     the only one connected to (``None``: resolve the update server's name)."""
+    wanted: Version | None = None
+    """Install this release rather than the newest (``sysupd install --version``)."""
     local: ClassVar[bool] = False
     """Downloaded: the job starts with the download phase."""
 
@@ -97,7 +100,7 @@ class ServerSource:
             AcquireError, VerificationError, ConfigError, StateError: as ``open``.
         """
         with self._channel(device) as channel:
-            return channel.newest(device.policy, device.installed)
+            return channel.newest(device.policy, device.installed, self.wanted)
 
     @contextlib.contextmanager
     def open(self, device: DeviceView, log: Log) -> Iterator[Acquired]:
@@ -109,8 +112,13 @@ class ServerSource:
             ConfigError, StateError: the device's trust cannot be read.
         """
         with self._channel(device) as channel:
-            candidate = channel.newest(device.policy, device.installed).candidate
+            candidate = channel.newest(device.policy, device.installed, self.wanted).candidate
             if candidate is None:
+                if self.wanted is not None:
+                    raise AcquireError(
+                        f"release {self.wanted} is not on the server, or not newer than the "
+                        f"installed {device.installed}, or not for this device"
+                    )
                 raise AcquireError("no newer release is available any more")
             manifest = candidate.manifest
             log(
