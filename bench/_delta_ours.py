@@ -73,11 +73,8 @@ def prepare_repositories(
                 else ["--tree", str(version.tree), "--compress", "zstd"]
             )
             started = time.perf_counter()
-            run_quiet(
-                [*sysupd, "release", "add", "--repo", str(repo), "--version", version.version]
-                + source,
-                log,
-            )
+            add = [*sysupd, "release", "add", "--repo", str(repo), "--version", version.version]
+            run_quiet([*add, *source], log)
             seconds[version.name] = round(time.perf_counter() - started, 2)
         run_quiet([*sysupd, "release", "publish", "--repo", str(repo)], log)
         store = _du(repo / "targets" / "chunks")
@@ -115,8 +112,16 @@ def measure_ours(
                 for peer in OURS:
                     rows.append(
                         _measure(
-                            workload, version, form, case, peer, f"{url}/{form}", work,
-                            nginx, timeout_s, log,
+                            workload,
+                            version,
+                            form,
+                            case,
+                            peer,
+                            f"{url}/{form}",
+                            work,
+                            nginx,
+                            timeout_s,
+                            log,
                         )
                     )
     return rows
