@@ -8,7 +8,8 @@ base (a hard link of the base image, or a hard-linked copy of the base tree: the
 only ever read), its slot B is empty, it has no index kept from an earlier install (so the
 booted slot is cut and hashed in the run, as on a device's first delta update), and it installs
 the case's version (``--version``) into B. Bytes are what nginx sent for the run (index and
-metadata included), time and peak RSS are the ``sysupd install`` process's (``run_timed``).
+metadata included), time and peak RSS are the ``sysupd install`` process's (``run_timed``
+through GNU time).
 """
 
 from __future__ import annotations
@@ -168,8 +169,13 @@ def _measure(
     ]
     note, ok, seconds, rss = "", False, 0.0, 0
     try:
-        sample = run_timed(command, log, timeout=timeout_s)
-        seconds, rss = sample.wall_s, sample.rss_kib
+        # Through GNU time: ru_maxrss from wait4 would keep this process's own high-water
+        # mark across the child's exec.
+        rss_file = device / "rss.txt"
+        sample = run_timed(
+            ["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *command], log, timeout=timeout_s
+        )
+        seconds, rss = sample.wall_s, int(rss_file.read_text().split()[-1])
         ok = _holds(form, version, slot_b)
         if not ok:
             note = "slot B does not hold the new version"

@@ -12,7 +12,13 @@ import pytest
 import zstandard
 
 from sysupd.core.cdc import DEFAULT_PARAMS
-from sysupd.core.chunkindex import ChunkIndex, encode_index, parse_index, store_path
+from sysupd.core.chunkindex import (
+    ChunkIndex,
+    encode_index,
+    parse_index,
+    store_path,
+    stored_digest,
+)
 from sysupd.delta.fetch import ChunkFetcher, MissingChunk, RateLimit
 from sysupd.errors import AcquireError, VerificationError
 
@@ -56,7 +62,7 @@ def _store(count: int) -> tuple[ChunkIndex, MemoryChunks, list[bytes]]:
         frame = zstandard.ZstdCompressor().compress(chunk)
         digest = hashlib.sha256(chunk).digest()
         files[store_path(digest)] = frame
-        entries.append((digest, hashlib.sha256(frame).digest(), len(chunk), len(frame)))
+        entries.append((digest, stored_digest(frame), len(chunk), len(frame)))
     whole = b"".join(chunks)
     data = encode_index(len(whole), hashlib.sha256(whole).hexdigest(), DEFAULT_PARAMS, entries)
     return parse_index(data), MemoryChunks(files), chunks
@@ -143,3 +149,19 @@ def test_a_rate_limit_spaces_the_requests() -> None:
     now[0] = 0.5
     limit.take(500)
     assert limit._next == pytest.approx(1.0)
+
+
+def test_a_worker_that_breaks_unexpectedly_fails_the_take_instead_of_hanging() -> None:
+    index, store, _ = _store(3)
+
+    class Broken(MemoryChunks):
+        def fetch(self, path: str, max_bytes: int, deadline_s: float) -> bytes:
+            raise RuntimeError("a bug in the transport")
+
+    broken = Broken(store.files)
+    fetcher = ChunkFetcher(index, broken, [0, 1, 2], parallel=1, deadline_s=60)
+    try:
+        with pytest.raises(AcquireError, match="fetching chunk 0 failed unexpectedly"):
+            fetcher.take(0)
+    finally:
+        fetcher.close()

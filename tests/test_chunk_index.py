@@ -21,17 +21,18 @@ from sysupd.core.chunkindex import (
     parse_index,
     store_path,
     stored_bound,
+    stored_digest,
 )
 from sysupd.delta.treestream import TreeTar
 from sysupd.errors import VerificationError
 from sysupd.release.payloads import pack_tree
+from sysupd.slots.extract import ExtractLimits, extract_tree
 
 
 def _index(chunks: list[bytes]) -> bytes:
     whole = b"".join(chunks)
     entries = [
-        (hashlib.sha256(c).digest(), hashlib.sha256(b"z" + c).digest(), len(c), len(c) + 9)
-        for c in chunks
+        (hashlib.sha256(c).digest(), stored_digest(b"z" + c), len(c), len(c) + 9) for c in chunks
     ]
     return encode_index(len(whole), hashlib.sha256(whole).hexdigest(), DEFAULT_PARAMS, entries)
 
@@ -109,7 +110,7 @@ def test_an_entry_out_of_range_is_refused() -> None:
     with pytest.raises(VerificationError, match="chunk 0 of the chunk index has"):
         parse_index(_index([big]))
     chunk = os.urandom(1000)
-    entries = [(hashlib.sha256(chunk).digest(), bytes(32), 1000, stored_bound(1000) + 1)]
+    entries = [(hashlib.sha256(chunk).digest(), bytes(16), 1000, stored_bound(1000) + 1)]
     data = encode_index(1000, hashlib.sha256(chunk).hexdigest(), DEFAULT_PARAMS, entries)
     with pytest.raises(VerificationError, match="stored in"):
         parse_index(data)
@@ -189,3 +190,22 @@ def test_a_file_that_changed_since_the_walk_only_changes_its_own_bytes(tmp_path:
     data = b"".join(tar.stream())
     assert len(data) == tar.length
     assert b"b" * 5000 in data
+
+
+def test_an_installed_tree_is_laid_out_as_the_release_it_came_from(tmp_path: Path) -> None:
+    # Modes a build tree may have (umask 002, private files) are stated as installed, so the
+    # device's own tree gives the release's bytes again.
+    root = tmp_path / "build"
+    (root / "bin").mkdir(parents=True)
+    (root / "bin").chmod(0o775)
+    (root / "bin" / "tool").write_bytes(b"#!/bin/sh\n")
+    (root / "bin" / "tool").chmod(0o775)
+    (root / "secret").write_bytes(b"x" * 3000)
+    (root / "secret").chmod(0o600)
+    packed = io.BytesIO()
+    pack_tree(root, packed, compress=False, chunk_size=1 << 20)
+    installed = tmp_path / "slot"
+    installed.mkdir()
+    packed.seek(0)
+    extract_tree(packed, installed, ExtractLimits(max_total_bytes=1 << 20, max_entries=10))
+    assert b"".join(TreeTar(installed).stream()) == packed.getvalue()

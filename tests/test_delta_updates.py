@@ -279,3 +279,29 @@ def test_install_from_a_server_can_pick_a_release_other_than_the_newest(
         missing = replace(source, wanted=parse_version("7.0.0"))
         with pytest.raises(AcquireError, match=r"release 7\.0\.0 is not on the server"):
             engine.install(missing)
+
+
+async def test_a_chunk_repeated_in_the_image_is_fetched_once_and_copied_after(
+    tmp_path: Path, start_service: ServiceFactory, connect: ClientFactory
+) -> None:
+    releases = make_raw_releases(tmp_path)
+    block = os.urandom(150_000)
+    repeated = releases.new[: 2 * MiB] + block * 8 + releases.new[2 * MiB + len(block) * 8 :]
+    image = tmp_path / "image-1.2.0.img"
+    image.write_bytes(repeated)
+    releases.repo.add_release("1.2.0", image=image, chunk_size=256 * 1024)
+    releases.repo.publish()
+    index = release_index(releases.repo, "1.2.0")
+    held = {release_index(releases.repo, "1.0.0").digest(n) for n in range(index.count)}
+    new = {index.digest(n) for n in range(index.count)} - held
+    with serve_repo(releases.repo, tmp_path / "server") as url:
+        overrides = online_overrides(
+            releases.repo, url, slots=releases.slots, factory_version="1.0.0"
+        )
+        service = await start_service(**overrides)
+        admin, user = await _clients(service, connect)
+        _, final = await _update(service, admin, user)
+    assert final["result"] == "success", final["details"]
+    assert releases.slot_b.read_bytes() == repeated
+    assert len(chunk_requests(tmp_path / "server")) == len(new)
+    assert "does not match its hash" not in final["details"]

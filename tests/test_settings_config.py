@@ -495,6 +495,14 @@ async def test_invalid_override_raises_config_error(start_service: ServiceFactor
         pytest.param('reboot_command = "reboot\\u0000now"\n', "reboot_command", id="nul"),
         pytest.param('slots = ["A:tape:/x", "B:raw:/y"]\n', "slots", id="bad-slot-type"),
         pytest.param(
+            'slots = ["A:directory:/s/a", "B:directory:/s/a/b"]\n', "slots", id="nested-slots"
+        ),
+        pytest.param(
+            'slots = ["A:directory:/s/a", "B:directory:/s/a.delta-seed"]\n',
+            "slots",
+            id="slot-in-another-slots-seed",
+        ),
+        pytest.param(
             "update_server = 1979-05-27T07:32:00Z\n", "update_server", id="datetime-as-url"
         ),
         pytest.param("auto_reboot_delay_s = -1\n", "auto_reboot_delay_s", id="out-of-range"),

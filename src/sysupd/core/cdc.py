@@ -21,7 +21,7 @@ from sysupd.core.chunkindex import ChunkerParams
 
 __all__ = ["DEFAULT_PARAMS", "StreamCutter"]
 
-DEFAULT_PARAMS = ChunkerParams(min_bytes=16 * 1024, avg_bytes=64 * 1024, max_bytes=256 * 1024)
+DEFAULT_PARAMS = ChunkerParams(min_bytes=8 * 1024, avg_bytes=32 * 1024, max_bytes=128 * 1024)
 """Why these: see ``docs/design/release-format.md``, "Choosing the chunk size" (measured)."""
 
 
@@ -56,8 +56,8 @@ class StreamCutter:
                 if not final and start + params.max_bytes > len(view):
                     break  # its cut may still move: wait for more of the stream
                 used = start + length
-                yield bytes(view[start:used])
                 self.offset += length
+                yield bytes(view[start:used])
         finally:
             view.release()
             del window[:used]

@@ -12,20 +12,24 @@ Format (``docs/design/release-format.md``, "The chunk index"):
     offset 0   8 bytes   magic b"SYSUPDI\\x01"
     offset 8   4 bytes   header length H, unsigned big-endian (at most 64 KiB)
     offset 12  H bytes   header: a UTF-8 JSON object (``IndexHeader``)
-    then       72 bytes per chunk: SHA-256 of the chunk, SHA-256 of its stored (compressed)
-               file, the chunk's length and the stored file's length (unsigned big-endian, 4
-               bytes each)
+    then       56 bytes per chunk: SHA-256 of the chunk (32), the first 16 bytes of the SHA-256
+               of its stored (compressed) file, the chunk's length and the stored file's length
+               (unsigned big-endian, 4 bytes each)
 
 Invariants of a parsed ``ChunkIndex``: the chunks' lengths add up to the stated plain length,
 each is between 1 byte and the chunker's maximum, each stored file is at most
 ``stored_bound(length)`` bytes, and the parameters are within what a device chunks with
 (``MAX_CHUNK_BYTES``). A chunk is identified by its plain SHA-256 (the store's address, and what a
 seed on the device is matched by); its stored SHA-256 is checked before the stored bytes are
-decompressed, so nothing unauthenticated reaches zstd.
+decompressed, so nothing unauthenticated reaches zstd. It is cut to 128 bits because all it must
+resist is a second preimage of a signed value (a server that makes another frame with the same
+truncated hash: 2**128 work), and at 32 KiB chunks every byte of an entry costs 32 KiB a GiB of
+index that every delta update downloads.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import struct
@@ -40,6 +44,7 @@ __all__ = [
     "INDEX_MAGIC",
     "MAX_CHUNK_BYTES",
     "MAX_INDEX_BYTES",
+    "STORED_DIGEST_BYTES",
     "ChunkEntry",
     "ChunkIndex",
     "ChunkerParams",
@@ -47,16 +52,18 @@ __all__ = [
     "parse_index",
     "store_path",
     "stored_bound",
+    "stored_digest",
 ]
 
 INDEX_MAGIC: Final = b"SYSUPDI\x01"
-ENTRY_BYTES: Final = 72
+ENTRY_BYTES: Final = 56
+STORED_DIGEST_BYTES: Final = 16
 MAX_CHUNK_BYTES: Final = 4 << 20
 """The largest chunk a device takes (and buffers, a few at a time)."""
 MAX_INDEX_BYTES: Final = 256 << 20
-"""An index this large lists over 3.5 million chunks: hundreds of GiB at 64 KiB."""
+"""An index this large lists over 4.7 million chunks: about 150 GiB at 32 KiB."""
 _MAX_HEADER_BYTES: Final = 64 * 1024
-_ENTRY = struct.Struct(">32s32sII")
+_ENTRY = struct.Struct(">32s16sII")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 CHUNKER: Final = "fastcdc-2016"
 COMPRESSION: Final = "zstd"
@@ -95,13 +102,19 @@ class ChunkEntry:
     digest: bytes
     """SHA-256 of the chunk's bytes: its address in the store."""
     stored_digest: bytes
-    """SHA-256 of the stored (compressed) file, checked before it is decompressed."""
+    """The first 16 bytes of the stored (compressed) file's SHA-256 (``stored_digest``), checked
+    before it is decompressed."""
     stored_length: int
 
     @property
     def address(self) -> str:
         """The chunk's hex SHA-256, its name in the store."""
         return self.digest.hex()
+
+
+def stored_digest(frame: bytes) -> bytes:
+    """What the index says of a stored file: its SHA-256, cut to ``STORED_DIGEST_BYTES``."""
+    return hashlib.sha256(frame).digest()[:STORED_DIGEST_BYTES]
 
 
 def stored_bound(length: int) -> int:

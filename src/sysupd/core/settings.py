@@ -109,6 +109,14 @@ def _slots(value: Any) -> str | None:
         if parts[0] in names:
             return f"names slot {parts[0]!r} twice"
         names.add(parts[0])
+    paths = [item.split(":", 2)[2].rstrip("/") for item in value]
+    for path in paths:
+        for other in paths:
+            if other != path and (other.startswith(path + "/") or other == path + ".delta-seed"):
+                return (
+                    f"has {other!r} inside or beside {path!r}: slot paths must not nest, nor "
+                    "be another slot's delta seed (PATH.delta-seed)"
+                )
     return None if len(names) >= 2 else "needs at least two slots"
 
 

@@ -9,7 +9,9 @@ is handed out or parsed.
 Invariants:
 
 - At most ``parallel`` requests at a time, and at most ``window`` chunks fetched but not yet
-  taken, so memory is bounded by ``window`` chunks whatever the payload's size.
+  taken (by default as many as fit in ``_WINDOW_BYTES`` of the index's largest chunk), so memory
+  is bounded whatever the payload's size. A worker that fails for any reason hands it to
+  ``take``, which also gives up past the deadline or when no worker is left.
 - A chunk whose bytes do not match is fetched once more; a second mismatch fails the update
   naming the chunk. A chunk the server lacks fails it naming every missing chunk seen so far.
 - Limits: each request has the update server's per-transfer limits (stall, minimum rate) and a
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -31,7 +34,7 @@ from typing import Protocol
 
 import zstandard
 
-from sysupd.core.chunkindex import ChunkEntry, ChunkIndex, store_path
+from sysupd.core.chunkindex import ChunkEntry, ChunkIndex, store_path, stored_digest
 from sysupd.errors import AcquireError, UpdateError, VerificationError
 
 __all__ = [
@@ -42,6 +45,9 @@ __all__ = [
     "MissingChunk",
     "RateLimit",
 ]
+
+
+_WINDOW_BYTES = 32 << 20  # fetched and not yet taken, at most (and ``parallel`` chunks)
 
 
 class MissingChunk(AcquireError):
@@ -95,8 +101,8 @@ class RateLimit:
         self._lock = threading.Lock()
         self._next = clock()
 
-    def take(self, count: int) -> None:
-        """Wait until ``count`` more bytes fit in the rate."""
+    def take(self, count: int, deadline: float = math.inf) -> None:
+        """Wait until ``count`` more bytes fit in the rate (not past ``deadline``, monotonic)."""
         if self._rate <= 0:
             return
         with self._lock:
@@ -104,7 +110,7 @@ class RateLimit:
             start = max(self._next, now)
             self._next = start + count / self._rate
         if start > now:
-            time.sleep(start - now)
+            time.sleep(max(0.0, min(start, deadline) - now))
 
 
 class ChunkFetcher:
@@ -126,12 +132,14 @@ class ChunkFetcher:
         self._numbers = numbers
         self._deadline = time.monotonic() + deadline_s
         self._rate = RateLimit(max_rate_bps)
-        self._window = max(parallel, window or parallel * 4)
+        # Bounded in bytes, not chunks: a signed index may use chunks of up to 4 MiB.
+        fits = max(1, _WINDOW_BYTES // index.params.max_bytes)
+        self._window = max(parallel, window or min(parallel * 4, fits))
         self._cond = threading.Condition()
         self._next = 0  # position in numbers of the next chunk to request
         self._taken = 0  # how many of numbers were taken
         self._ready: dict[int, bytes] = {}
-        self._failed: dict[int, UpdateError] = {}
+        self._failed: dict[int, BaseException] = {}
         self._missing: list[ChunkEntry] = []
         self._stopped = False
         self.tally = FetchTally()
@@ -152,8 +160,16 @@ class ChunkFetcher:
             if self._taken >= len(self._numbers) or self._numbers[self._taken] != number:
                 raise AssertionError(f"chunk {number} taken out of order")
             while number not in self._ready and number not in self._failed:
-                if not self._threads:
-                    raise AcquireError("the chunk fetcher is closed")
+                if not any(thread.is_alive() for thread in self._threads):
+                    raise AcquireError(
+                        f"the chunk fetcher stopped before chunk {number} (closed, or failed "
+                        "earlier)"
+                    )
+                if time.monotonic() > self._deadline:
+                    raise AcquireError(
+                        "the chunks could not all be downloaded within the update server's "
+                        f"time limit (waiting for chunk {number})"
+                    )
                 self._cond.wait(1.0)
             if number in self._failed:
                 raise self._error(number)
@@ -169,7 +185,7 @@ class ChunkFetcher:
         """
         entry = self._index.entry(number)
         try:
-            return self._fetch(entry)
+            return self._fetch(entry, worker=False)
         except MissingChunk:
             raise AcquireError(self._missing_text([entry])) from None
 
@@ -198,14 +214,14 @@ class ChunkFetcher:
                 self._next += 1
             entry = self._index.entry(number)
             try:
-                data = self._fetch(entry)
+                data = self._fetch(entry, worker=True)
             except MissingChunk:
                 with self._cond:
                     self._missing.append(entry)
                     self._failed[number] = AcquireError("missing")
                     self._cond.notify_all()
                 continue
-            except UpdateError as exc:
+            except BaseException as exc:  # noqa: BLE001 - handed to take(), which raises it
                 with self._cond:
                     self._failed[number] = exc
                     self._stopped = True  # no new requests after a failure
@@ -215,16 +231,18 @@ class ChunkFetcher:
                 self._ready[number] = data
                 self._cond.notify_all()
 
-    def _fetch(self, entry: ChunkEntry) -> bytes:
+    def _fetch(self, entry: ChunkEntry, *, worker: bool) -> bytes:
         """One chunk, verified; a mismatch is fetched once more."""
         for attempt in (1, 2):
+            self._rate.take(entry.stored_length, self._deadline)
             left = self._deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or (worker and self._stopped):
                 raise AcquireError(
                     "the chunks could not all be downloaded within the update server's time "
                     f"limit (at chunk {entry.number})"
+                    if left <= 0
+                    else "the chunk fetcher was stopped"
                 )
-            self._rate.take(entry.stored_length)
             stored = self._source.fetch(store_path(entry.digest), entry.stored_length, left)
             problem = _check(entry, stored)
             if isinstance(problem, bytes):
@@ -243,11 +261,13 @@ class ChunkFetcher:
             )
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _error(self, number: int) -> UpdateError:
+    def _error(self, number: int) -> BaseException:
         failure = self._failed[number]
         if self._missing and any(entry.number == number for entry in self._missing):
             return AcquireError(self._missing_text(self._missing))
-        return type(failure)(str(failure))
+        if isinstance(failure, UpdateError):
+            return failure
+        return AcquireError(f"fetching chunk {number} failed unexpectedly: {failure!r}")
 
     def _missing_text(self, entries: list[ChunkEntry]) -> str:
         shown = sorted(entries, key=lambda entry: entry.number)
@@ -263,7 +283,7 @@ def _check(entry: ChunkEntry, stored: bytes) -> bytes | str:
     """The chunk's plain bytes if ``stored`` is its signed stored file, else why not."""
     if len(stored) != entry.stored_length:
         return f"{len(stored)} bytes instead of {entry.stored_length}"
-    if not hmac.compare_digest(hashlib.sha256(stored).digest(), entry.stored_digest):
+    if not hmac.compare_digest(stored_digest(stored), entry.stored_digest):
         return "its stored bytes have another SHA-256"
     try:  # signed bytes only reach zstd; the cap is the signed plain length
         plain = zstandard.ZstdDecompressor().decompress(stored, max_output_size=entry.length)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
 from sysupd.core.chunkindex import ChunkIndex
+from sysupd.delta.copier import SeedCopier
 from sysupd.delta.fetch import ChunkFetcher, ChunkSource, DeltaOptions
 from sysupd.delta.seeds import Found, Log, Seed, find_chunks
 from sysupd.slots.rawpatch import RawPatch
@@ -122,11 +123,20 @@ class DeltaInstall:
                 fetch.append(number)
             in_slot[digest] = index.entry(number).offset
         fetcher = self._fetcher(fetch, found)
+        copier = SeedCopier(
+            index,
+            [
+                (n, found[index.digest(n)])
+                for n in needed
+                if n not in from_slot and index.digest(n) in found
+            ],
+        )
         try:
             for number in range(index.count):
                 entry = index.entry(number)
                 if kept[number]:
                     self.tally.in_place += entry.length
+                    patch.advance(entry.offset + entry.length)
                     self._report(self.tally)
                     continue
                 data: bytes | None = None
@@ -137,10 +147,12 @@ class DeltaInstall:
                     else:
                         data = self._refetch(number, fetcher, f"slot {patch.name}")
                 else:
-                    data = self._local_or_fetched(number, found, fetcher)
-                patch.write_at(entry.offset, data, entry.digest)
+                    data = self._local_or_fetched(number, found, fetcher, copier)
+                patch.write_at(entry.offset, data)
+                patch.advance(entry.offset + entry.length)
                 self._report(self.tally)
         finally:
+            copier.close()
             fetcher.close()
             self._count_fetches(fetcher)
         patch.finish()
@@ -171,13 +183,19 @@ class DeltaInstall:
         return AssembledStream(self._pieces(found, fetch))
 
     def _pieces(self, found: dict[bytes, Found], fetch: list[int]) -> Iterator[bytes]:
+        index = self._index
         fetcher = self._fetcher(fetch, found)
+        copies = [
+            (n, found[index.digest(n)]) for n in range(index.count) if index.digest(n) in found
+        ]
+        copier = SeedCopier(index, copies)
         try:
-            for number in range(self._index.count):
-                data = self._local_or_fetched(number, found, fetcher)
+            for number in range(index.count):
+                data = self._local_or_fetched(number, found, fetcher, copier)
                 self._report(self.tally)
                 yield data
         finally:
+            copier.close()
             fetcher.close()
             self._count_fetches(fetcher)
 
@@ -208,7 +226,11 @@ class DeltaInstall:
         )
 
     def _local_or_fetched(
-        self, number: int, found: dict[bytes, Found], fetcher: ChunkFetcher
+        self,
+        number: int,
+        found: dict[bytes, Found],
+        fetcher: ChunkFetcher,
+        copier: SeedCopier,
     ) -> bytes:
         """Chunk ``number``'s checked bytes: copied from a seed if the plan found it in one,
         else the fetcher's next."""
@@ -218,11 +240,7 @@ class DeltaInstall:
             fetched = fetcher.take(number)
             self.tally.fetched += entry.length
             return fetched
-        try:
-            copy = place.seed.read_at(place.offset, entry.length)
-        except OSError:
-            copy = b""
-        data = _checked(copy, entry.digest)
+        data = copier.take(number)
         if data is None:
             return self._refetch(number, fetcher, place.seed.name)
         self.tally.copied += entry.length

@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -32,6 +34,7 @@ Log = Callable[[str], None]
 """A line for people, for the update's log."""
 
 _READ_BYTES = 1 << 20
+_HASHING_AHEAD = 4  # pieces cut and waiting for their hashes, at most
 
 
 class Seed(Protocol):
@@ -137,7 +140,7 @@ def find_chunks(
         if len(found) == len(wanted):
             break
         before = len(found)
-        if seed.layout is not None:
+        if seed.layout is not None and seed.layout.params == index.params:
             layout = seed.layout
             for number in range(layout.count):
                 digest = layout.digest(number)
@@ -148,11 +151,8 @@ def find_chunks(
                 "index of the release it holds"
             )
             continue
-        cutter = StreamCutter(index.params)
         try:
-            for piece in seed.stream():
-                _note(cutter.feed(piece), cutter, seed, wanted, found)
-            _note(cutter.finish(), cutter, seed, wanted, found)
+            _scan(index, seed, wanted, found)
         except OSError as exc:
             log(f"{seed.name} cannot be read as a seed ({exc}); its chunks are fetched instead")
             continue
@@ -160,18 +160,35 @@ def find_chunks(
     return found
 
 
-def _note(
-    chunks: Iterator[bytes],
-    cutter: StreamCutter,
-    seed: Seed,
-    wanted: set[bytes],
-    found: dict[bytes, Found],
-) -> None:
-    # ``cutter.offset`` counts the chunks handed out, this one included once it is yielded.
-    end = cutter.offset
-    for chunk in chunks:
-        start = end
-        end = start + len(chunk)
-        digest = hashlib.sha256(chunk).digest()
-        if digest in wanted and digest not in found:
-            found[digest] = Found(seed, start)
+def _scan(index: ChunkIndex, seed: Seed, wanted: set[bytes], found: dict[bytes, Found]) -> None:
+    """Cut ``seed`` and note where the ``wanted`` chunks lie. The chunks of each piece read are
+    hashed on a worker thread while the next piece is read and cut (hashlib lets go of the GIL;
+    the cutter does not), at most ``_HASHING_AHEAD`` pieces behind."""
+    cutter = StreamCutter(index.params)
+    pending: deque[tuple[int, list[int], Future[list[bytes]]]] = deque()
+
+    def settle(limit: int) -> None:
+        while len(pending) > limit:
+            start, lengths, hashed = pending.popleft()
+            for length, digest in zip(lengths, hashed.result(), strict=True):
+                if digest in wanted and digest not in found:
+                    found[digest] = Found(seed, start)
+                start += length
+
+    with ThreadPoolExecutor(1, thread_name_prefix="sysupd-seed-hash") as pool:
+        pieces = seed.stream()
+        while True:
+            piece = next(pieces, None)
+            start = cutter.offset
+            chunks = list(cutter.feed(piece) if piece is not None else cutter.finish())
+            if chunks:
+                lengths = [len(chunk) for chunk in chunks]
+                pending.append((start, lengths, pool.submit(_digests, chunks)))
+                settle(_HASHING_AHEAD)
+            if piece is None:
+                break
+        settle(0)
+
+
+def _digests(chunks: list[bytes]) -> list[bytes]:
+    return [hashlib.sha256(chunk).digest() for chunk in chunks]

@@ -141,7 +141,7 @@ def write_delta(
     install = DeltaInstall(job.index, job.offer.chunks, seeds, job.offer.options, say, report)
     try:
         if isinstance(writer, RawSlot):
-            _write_raw(install, writer, job.index.length)
+            _write_raw(install, writer, job.index)
         else:
             stream = install.stream()
             with stream:
@@ -158,8 +158,8 @@ def write_delta(
     return tally
 
 
-def _write_raw(install: DeltaInstall, slot: RawSlot, length: int) -> None:
-    patch = RawPatch(slot, length)
+def _write_raw(install: DeltaInstall, slot: RawSlot, index: ChunkIndex) -> None:
+    patch = RawPatch(slot, index.length, index.header.sha256)
     try:
         install.write_raw(patch)
     except BaseException:

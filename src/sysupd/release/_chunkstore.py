@@ -11,7 +11,7 @@ and at the end returns the chunk index. A chunk already in the store is checked 
 decompress to bytes with its name's hash) and reused, or replaced when it is damaged.
 
 Invariants: memory is bounded by the chunks in flight (``_IN_FLIGHT`` per thread) and the index
-entries (72 bytes a chunk); a chunk file is written to a temp file and renamed into place, and
+entries (56 bytes a chunk); a chunk file is written to a temp file and renamed into place, and
 every file written is fsynced, with its directory, before ``finish`` returns — so an index is
 only ever signed once the chunks it names are durable. A crash in between leaves at most a
 chunk that fails its check, which the next release replaces.
@@ -30,7 +30,13 @@ from pathlib import Path
 import zstandard
 
 from sysupd.core.cdc import StreamCutter
-from sysupd.core.chunkindex import ChunkerParams, encode_index, store_path, stored_bound
+from sysupd.core.chunkindex import (
+    ChunkerParams,
+    encode_index,
+    store_path,
+    stored_bound,
+    stored_digest,
+)
 from sysupd.errors import StateError
 
 __all__ = ["CHUNK_ZSTD_LEVEL", "ChunkCutter", "chunk_store"]
@@ -89,8 +95,16 @@ class ChunkCutter:
         return encode_index(self._length, self._whole.hexdigest(), self._params, self._entries)
 
     def close(self) -> None:
-        """Stop the threads (after a failure elsewhere); what was stored stays, unnamed."""
+        """Stop the threads."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def abandon(self) -> None:
+        """After a failure: stop, and remove the chunks this cut stored (no index names them;
+        the repository's lock keeps another release from sharing them meanwhile)."""
+        self.close()
+        for path in self._written:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     def _add(self, chunk: bytes) -> None:
         digest = hashlib.sha256(chunk).digest()
@@ -110,7 +124,7 @@ class ChunkCutter:
         path = self._store / store_path(digest).removeprefix("chunks/")
         existing = _read_intact(path, digest, len(chunk))
         if existing is not None:
-            return digest, hashlib.sha256(existing).digest(), len(chunk), len(existing)
+            return digest, stored_digest(existing), len(chunk), len(existing)
         frame = zstandard.ZstdCompressor(level=CHUNK_ZSTD_LEVEL).compress(chunk)
         if len(frame) > stored_bound(len(chunk)):  # cannot happen with zstd; a device refuses it
             raise StateError(f"chunk {digest.hex()} compressed to more than its bound")
@@ -131,7 +145,7 @@ class ChunkCutter:
         self._written.append(path)  # list.append is atomic: threads add to it safely
         self.new_chunks += 1
         self.new_bytes += len(frame)
-        return digest, hashlib.sha256(frame).digest(), len(chunk), len(frame)
+        return digest, stored_digest(frame), len(chunk), len(frame)
 
     def _sync(self) -> None:
         """fsync every chunk written and its directory (the pages are mostly written back by

@@ -185,9 +185,12 @@ def add_release(
             produce = functools.partial(plan.produce, tap=cutter)
             digest = store_payload(md.dir / "targets" / RELEASES, name, produce)
             index_bytes = cutter.finish() if cutter is not None else None
-        finally:
+        except BaseException:
             if cutter is not None:
-                cutter.close()
+                cutter.abandon()
+            raise
+        if cutter is not None:
+            cutter.close()
         chunks = TargetFile.from_data(f"{RELEASES}/{name}.chunks", digest.chunk_digests, ["sha256"])
         store_target_bytes(md.dir, chunks, digest.chunk_digests)
         index = None

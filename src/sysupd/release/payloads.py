@@ -10,8 +10,9 @@ Invariants of a tree payload:
 - members are the source's regular files and directories only, in sorted order (each directory
   before its entries, entries by name); a symlink, device, FIFO or socket anywhere in the tree is
   refused with a ``ConfigError`` naming its path, and so is a name that is not valid UTF-8;
-- every member has uid/gid 0, empty owner names, mtime 0 and its permission bits (``& 0o777``),
-  so the same tree always gives the same bytes (PAX format; no time- or host-dependent headers);
+- every member has uid/gid 0, empty owner names, mtime 0 and the mode a device installs it
+  with (directories and files with an execute bit 0o755, other files 0o644), so the same tree
+  always gives the same bytes (PAX format; no time- or host-dependent headers);
 - a file is opened without following links and its size is taken from the open file, so a file
   swapped for a link while packing is refused rather than followed;
 - ``installed_size`` is the sum of the regular files' sizes, ``entries`` the number of members
@@ -201,14 +202,18 @@ def pack_tree(
 
 def member_info(name: str, mode: int, size: int | None) -> tarfile.TarInfo:
     """The tar member of a tree payload: a directory (``size`` ``None``) or a regular file,
-    with owner 0, no owner names, mtime 0 and the permission bits of ``mode``. A device that
+    with owner 0, no owner names, mtime 0 and the mode a device installs it with. A device that
     re-creates a release's tar from a tree it holds uses this too, so both give the same bytes.
     """
     info = tarfile.TarInfo(name)
     info.uid = info.gid = 0
     info.uname = info.gname = ""
     info.mtime = 0
-    info.mode = mode & 0o777
+    # The modes a device's extractor gives (sysupd.slots.extract): 0o755 for directories and
+    # files with an execute bit, 0o644 for others. Stating them as installed makes the tar a
+    # device re-creates from its own tree the same bytes, which delta updates rely on.
+    executable = size is None or bool(mode & 0o111)
+    info.mode = 0o755 if executable else 0o644
     if size is None:
         info.type = tarfile.DIRTYPE
     else:

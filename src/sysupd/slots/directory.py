@@ -61,7 +61,9 @@ class DirectorySlot:
     def stash(self) -> tuple[Path, bool] | None:
         """Move the slot's entries into ``stash_path`` (an entry of the same name there is
         replaced); the stash and whether it held anything before. ``None`` when the slot cannot
-        be stashed (its parent is another filesystem): then nothing moved.
+        be stashed (its parent is another filesystem, read-only or not ours): then nothing
+        moved. (The stash costs disk space beside the slot while it is in use: the old tree
+        stays until the new one is in.)
 
         Raises:
             InstallError: the slot or the stash cannot be read or written.
@@ -82,8 +84,8 @@ class DirectorySlot:
             finally:
                 os.close(seed_fd)
         except OSError as exc:
-            if exc.errno == errno.EXDEV:
-                return None
+            if exc.errno in (errno.EXDEV, errno.EROFS, errno.EACCES, errno.EPERM):
+                return None  # no room beside the slot (a mount point, a read-only parent)
             raise InstallError(f"slot {self.name} could not be stashed: {exc}") from exc
         finally:
             os.close(fd)
@@ -219,4 +221,5 @@ class DirectorySlot:
         with suppress(SysupdError):
             if self._stash is not None and self.stash() is not None:
                 return
+        with suppress(SysupdError):
             self.wipe()

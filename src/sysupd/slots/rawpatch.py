@@ -12,36 +12,40 @@ Invariants:
 - Nothing is truncated or wiped before the first write, so a slot that holds most of the image
   (the release before last, or an install cut short by a restart) keeps it; a file slot is cut
   to the image's length only at ``finish``.
-- Reading back: after the final fsync, each stretch written is dropped from the page cache and
-  read again, and every chunk written must hash as it did when it was checked. Chunks kept were
-  read (and checked) in this install already. So when ``finish`` returns, every byte of the image
-  was read from the slot and matched its signed hash in this install.
+- Reading back (``ReadBack``, the full install's own): as the installer tells ``advance(n)`` that
+  the image's first ``n`` bytes are final (written or kept), a worker thread fsyncs, drops and
+  reads them back from the storage behind it, hashing the whole image; ``finish`` compares that
+  SHA-256 with the signed one. So when ``finish`` returns, the image on the storage is the
+  signed one, byte for byte, kept parts included.
 - On failure (``abort``), the slot's first ``WIPE_BYTES`` are zeroed, so no half-written image
   looks like a filesystem, but the rest stays for the next attempt to keep.
-- Memory: what the caller hands in, and one ``_READ_BYTES`` buffer at ``finish``.
+- Memory: what the caller hands in, and the read-back's two 1 MiB buffers.
 """
 
 from __future__ import annotations
 
-import hashlib
+import errno
 import hmac
 import os
 from contextlib import suppress
 
 from sysupd.errors import InstallError, SysupdError
 from sysupd.slots._durability import advise_dontneed
+from sysupd.slots._readback import ReadBack
 from sysupd.slots.raw import WIPE_BYTES, RawSlot, image_error
 
 __all__ = ["RawPatch"]
 
-_SYNC_BYTES = 64 << 20  # written bytes after which writeback is started
+_SYNC_BYTES = 8 << 20  # written bytes after which their writeback is started
+_READBACK_BYTES = 8 << 20  # final bytes after which the worker reads them back
+_GATHER_BYTES = 1 << 20  # contiguous chunks written with one system call
 
 
 class RawPatch:
     """One delta install into a raw slot; ``with`` closes it (``abort`` on an error)."""
 
-    def __init__(self, slot: RawSlot, length: int) -> None:
-        """Open ``slot`` for an image of ``length`` bytes.
+    def __init__(self, slot: RawSlot, length: int, sha256: str) -> None:
+        """Open ``slot`` for an image of ``length`` bytes whose SHA-256 is ``sha256`` (hex).
 
         Raises:
             InstallError: the slot cannot be opened, or is smaller than the image.
@@ -60,8 +64,17 @@ class RawPatch:
         except BaseException:
             os.close(self._fd)
             raise
-        self._written: list[tuple[int, int, bytes]] = []
+        self._sha256 = sha256.lower()
+        self._readback = ReadBack(self._fd, length, _READBACK_BYTES)
         self._unsynced = 0
+        self._unsynced_from = -1
+        self._gathered: list[bytes] = []
+        self._gather_start = self._gather_end = 0
+        self._final = self._told = 0
+        if not self._is_device and self.held < length:
+            # Blocks allocated at once, not chunk by chunk; what the file holds is kept.
+            with suppress(OSError):
+                os.posix_fallocate(self._fd, 0, length)
 
     @property
     def name(self) -> str:
@@ -74,65 +87,101 @@ class RawPatch:
         Raises:
             InstallError: the slot cannot be read.
         """
+        if self._gathered and offset < self._gather_end and self._gather_start < offset + length:
+            self._flush()  # what it holds there is still in the gathering buffer
         try:
             return os.pread(self._fd, length, offset)
         except OSError as exc:
             raise image_error(exc, self._slot.name, "reading") from exc
 
-    def write_at(self, offset: int, data: bytes, digest: bytes) -> None:
-        """Write ``data`` (checked, with SHA-256 ``digest``) at ``offset``.
+    def write_at(self, offset: int, data: bytes) -> None:
+        """Write ``data`` (checked against its signed hash) at ``offset``; contiguous writes are
+        gathered into one system call of up to ``_GATHER_BYTES``.
 
         Raises:
             InstallError: the write failed (full, I/O error).
         """
         if offset + len(data) > self.length:
-            raise InstallError(f"a write past the image's end in slot {self._slot.name}")
+            raise InstallError(
+                f"a write of {len(data)} bytes at {offset} is past the {self.length}-byte "
+                f"image's end in slot {self._slot.name}"
+            )
+        if self._gathered and offset != self._gather_end:
+            self._flush()
+        if not self._gathered:
+            self._gather_start = offset
+        self._gathered.append(data)
+        self._gather_end = offset + len(data)
+        if self._gather_end - self._gather_start >= _GATHER_BYTES:
+            self._flush()
+
+    def advance(self, upto: int) -> None:
+        """The image's first ``upto`` bytes are final (written or kept): read them back, a
+        stretch at a time."""
+        self._final = upto
+        if upto - self._told >= _READBACK_BYTES:
+            self._flush()
+            self._readback.written(upto)
+            self._told = upto
+
+    def _flush(self) -> None:
+        """Write what was gathered, and start the writeback of each ``_SYNC_BYTES``."""
+        if not self._gathered:
+            return
+        offset, buffers = self._gather_start, self._gathered
+        self._gathered = []
+        total = self._gather_end - offset
         try:
-            view = memoryview(data)
-            done = 0
-            while done < len(view):
-                count = os.pwrite(self._fd, view[done:], offset + done)
-                if count == 0:
-                    raise OSError(28, os.strerror(28))
-                done += count
+            done = os.pwritev(self._fd, buffers, offset)
+            if done < total:  # a short write: the rest one piece at a time
+                rest = memoryview(b"".join(buffers))[done:]
+                while rest:
+                    count = os.pwrite(self._fd, rest, offset + done)
+                    if count == 0:
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    done += count
+                    rest = rest[count:]
         except OSError as exc:
             raise image_error(exc, self._slot.name, "writing") from exc
-        self._written.append((offset, len(data), digest))
-        self._unsynced += len(data)
-        if self._unsynced >= _SYNC_BYTES:
-            advise_dontneed(self._fd)  # get the disk going; durability is finish's fsync
-            self._unsynced = 0
+        if self._unsynced_from < 0:
+            self._unsynced_from = offset
+        self._unsynced += total
+        if self._unsynced >= _SYNC_BYTES:  # get the disk going; durability is fsync's
+            end = offset + total
+            advise_dontneed(self._fd, self._unsynced_from, end - self._unsynced_from)
+            self._unsynced, self._unsynced_from = 0, -1
 
-    def finish(self) -> int:
-        """Cut a file slot to the image's length, fsync, and read back every chunk written;
-        the bytes read back.
+    def finish(self) -> None:
+        """Cut a file slot to the image's length, fsync, and wait for the read-back of the whole
+        image to match the signed SHA-256.
 
         Raises:
             InstallError: the slot could not be made durable, or reads back differently.
         """
+        self._flush()
         try:
             if not self._is_device:
                 os.ftruncate(self._fd, self.length)
             os.fsync(self._fd)
         except OSError as exc:
             raise image_error(exc, self._slot.name, "writing") from exc
-        advise_dontneed(self._fd)  # the read-back comes from the storage, not the cache
-        checked = 0
-        for offset, length, digest in self._written:
-            data = self.read_at(offset, length)
-            if len(data) != length or not hmac.compare_digest(
-                hashlib.sha256(data).digest(), digest
-            ):
-                raise InstallError(
-                    f"slot {self._slot.name} reads back differently at byte {offset}: bad storage?"
-                )
-            checked += length
-        advise_dontneed(self._fd)
-        return checked
+        self._readback.written(self.length, durable=True)
+        read, digest, failure = self._readback.finish()
+        if failure is not None:
+            doing, error = failure
+            raise image_error(error, self._slot.name, doing) from error
+        if read < self.length:
+            raise InstallError(
+                f"slot {self._slot.name} reads back only {read} of {self.length} bytes: "
+                "bad storage?"
+            )
+        if not hmac.compare_digest(digest, self._sha256):
+            raise InstallError(f"slot {self._slot.name} reads back differently: bad storage?")
 
     def abort(self) -> None:
         """After a failure: zero the slot's start so it looks like no filesystem; keep the rest
         for the next attempt."""
+        self._readback.stop()
         with suppress(OSError, SysupdError):
             zeros = bytes(min(WIPE_BYTES, self.length))
             done = 0
