@@ -5,9 +5,11 @@ Per form (``raw``: the ext4 images; ``tree``: the file trees), one release repos
 base as 1.0.0 and every case's version (``_delta_workload``), made once with ``sysupd release
 add`` and kept in the work directory. Each run is a fresh device: its booted slot A holds the
 base (a hard link of the base image, or a hard-linked copy of the base tree: the booted slot is
-only ever read), its slot B is empty, it has no index kept from an earlier install (so the
-booted slot is cut and hashed in the run, as on a device's first delta update), and it installs
-the case's version (``--version``) into B. Bytes are what nginx sent for the run (index and
+only ever read), its slot B is empty, and it installs
+the case's version (``--version``) into B. Its state either holds the index of the base, as a
+device that installed the base with sysupd keeps it (``sysupd``), or nothing, so the booted slot
+is cut and hashed in the run, as on a device's first delta update (``sysupd 1st``). Bytes are
+what nginx sent for the run (index and
 metadata included), time and peak RSS are the ``sysupd install`` process's (``run_timed``
 through GNU time).
 """
@@ -30,8 +32,10 @@ from tools.nginx import access_log, nginx_serving
 
 __all__ = ["OURS", "ReleaseTimes", "measure_ours", "prepare_repositories"]
 
-OURS = ("sysupd", "sysupd full")
-"""Delta updates on, and off (the whole payload: the baseline the delta is timed against)."""
+OURS = ("sysupd", "sysupd 1st", "sysupd full")
+"""Delta updates on — on a device that keeps the index of the release it runs, as every device
+does from its first delta update on (``sysupd``), and on one that has none and cuts its booted
+slot (``sysupd 1st``) — and off (the whole payload: the baseline the delta is timed against)."""
 PRODUCT = "bench-delta"
 _LOG_LINE_BYTES = 2  # the field after the status in nginx's combined log format
 _RECORD = "made.json"
@@ -152,8 +156,13 @@ def _measure(
         f'trust_root = "{repo / "metadata" / "1.root.json"}"\n'
         f'slots = ["A:{kind}:{slot_a}", "B:{kind}:{slot_b}"]\n'
         'factory_version = "1.0.0"\n'
-        f"delta_updates = {'true' if peer == 'sysupd' else 'false'}\n"
+        f"delta_updates = {'false' if peer == 'sysupd full' else 'true'}\n"
     )
+    if peer == "sysupd":  # what installing the base with sysupd leaves on the device
+        kept = device / "state" / "delta"
+        kept.mkdir(parents=True)
+        (base_index,) = (repo / "targets" / "releases").glob(f"*.{PRODUCT}-1.0.0.*.index")
+        shutil.copyfile(base_index, kept / "A.1.0.0.index")
     before = len(access_log(nginx))
     command = [
         *sysupd_command(),

@@ -12,7 +12,8 @@ workload and the release repositories take minutes to make; ``--fresh`` makes th
 2. sysupd (``_delta_ours``): a release repository per form (``sysupd release add`` of the base and
    each version; its time and the chunk store's size are printed), then per case a fresh device
    whose booted slot holds the base installs the version with ``sysupd install --server
-   --version`` — delta updates on (``sysupd``) and off (``sysupd full``, the whole payload).
+   --version`` — delta updates on, with the base's index kept as after installing it
+   (``sysupd``) or without (``sysupd 1st``: the booted slot is cut), and off (``sysupd full``).
 3. The peers (``_delta_peers``): ``casync make`` + ``casync extract --seed`` of the base, and
    ``zck`` + ``zckdl --source`` of the base's ``.zck``; a plain ``curl`` of the whole payload
    (``full``, and ``full-zstd`` of the compressed one) beside them.
@@ -111,7 +112,7 @@ def _run(
     rows = measure_ours(workload, work, forms, timeout_s=_TIMEOUT_S, log=log)
     if peers:
         rows += measure_peers(workload, work, forms=forms, peers=PEERS, timeout_s=_TIMEOUT_S)
-    order = {name: n for n, name in enumerate(("sysupd", "sysupd full", *PEERS))}
+    order = {name: n for n, name in enumerate(("sysupd", "sysupd 1st", "sysupd full", *PEERS))}
     rows.sort(key=lambda row: (forms.index(row.form), row.case, order.get(row.peer, 99)))
     print()
     table([ROW_HEADING, *(row_cells(row) for row in rows)], left=3)
@@ -159,14 +160,16 @@ def _verdicts(rows: list[Row], forms: Sequence[str], cases: Sequence[str]) -> No
                         f"({ours.requests} requests): metadata, the index and the version file",
                     )
                 )
-            if full is not None and full.ok:
-                lines.append(
-                    (
-                        ours.seconds <= full.seconds,
-                        f"({case}) {form}: delta {ours.seconds:.2f} s, full "
-                        f"{full.seconds:.2f} s ({ours.seconds / full.seconds:.2f}x)",
+            first = _row(rows, "sysupd 1st", form, case)
+            for run, how in ((ours, "delta"), (first, "first delta")):
+                if full is not None and full.ok and run is not None:
+                    lines.append(
+                        (
+                            run.seconds <= full.seconds,
+                            f"({case}) {form}: {how} {run.seconds:.2f} s, full "
+                            f"{full.seconds:.2f} s ({run.seconds / full.seconds:.2f}x)",
+                        )
                     )
-                )
             lines.append(
                 (
                     ours.peak_rss_kib <= 100 * 1024,

@@ -23,6 +23,7 @@ from sysupd.errors import AcquireError
 __all__ = ["SeedCopier"]
 
 _WINDOW_BYTES = 8 << 20  # read and not yet taken, at most
+_RUN_BYTES = 1 << 20  # chunks end to end in a seed read with one call, at most
 
 
 class SeedCopier:
@@ -65,22 +66,54 @@ class SeedCopier:
         self._ready.clear()
 
     def _run(self) -> None:
-        for number, place in self._plan:
+        position = 0
+        while position < len(self._plan):
+            run = self._contiguous(position)
             with self._cond:
                 while not self._stopped and self._next - self._taken >= self._window:
                     self._cond.wait()
                 if self._stopped:
                     return
-                self._next += 1
-            entry = self._index.entry(number)
-            try:
-                data: bytes | None = place.seed.read_at(place.offset, entry.length)
-            except OSError:
-                data = None
-            if data is not None and not hmac.compare_digest(
-                hashlib.sha256(data).digest(), entry.digest
-            ):
-                data = None
+                self._next += len(run)
+            results = self._read(run)
             with self._cond:
-                self._ready[number] = data
+                self._ready.update(results)
                 self._cond.notify_all()
+            position += len(run)
+
+    def _contiguous(self, position: int) -> list[tuple[int, Found]]:
+        """The plan's entries from ``position`` that lie end to end in one seed (up to
+        ``_RUN_BYTES`` and the window): read with one call."""
+        run = [self._plan[position]]
+        number, place = run[0]
+        end = place.offset + self._index.entry(number).length
+        while len(run) < self._window and position + len(run) < len(self._plan):
+            number, place = self._plan[position + len(run)]
+            length = self._index.entry(number).length
+            if place.seed is not run[0][1].seed or place.offset != end:
+                break
+            if end + length - run[0][1].offset > _RUN_BYTES:
+                break
+            run.append((number, place))
+            end += length
+        return run
+
+    def _read(self, run: list[tuple[int, Found]]) -> dict[int, bytes | None]:
+        """Each chunk of ``run`` read (in one call) and checked, or ``None``."""
+        start = run[0][1].offset
+        lengths = [self._index.entry(number).length for number, _ in run]
+        try:
+            data = run[0][1].seed.read_at(start, sum(lengths))
+        except OSError:
+            data = b""
+        results: dict[int, bytes | None] = {}
+        at = 0
+        view = memoryview(data)
+        for (number, _), length in zip(run, lengths, strict=True):
+            piece = view[at : at + length]
+            at += length
+            ok = len(piece) == length and hmac.compare_digest(
+                hashlib.sha256(piece).digest(), self._index.digest(number)
+            )
+            results[number] = bytes(piece) if ok else None
+        return results

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
@@ -33,7 +34,8 @@ from typing import TYPE_CHECKING, BinaryIO
 from sysupd.core.chunkindex import ChunkIndex
 from sysupd.delta.copier import SeedCopier
 from sysupd.delta.fetch import ChunkFetcher, ChunkSource, DeltaOptions
-from sysupd.delta.seeds import Found, Log, Seed, find_chunks
+from sysupd.delta.seeds import Found, Log, Seed, Use, find_chunks
+from sysupd.errors import VerificationError
 from sysupd.slots.rawpatch import RawPatch
 
 if TYPE_CHECKING:
@@ -96,6 +98,10 @@ class DeltaInstall:
     def write_raw(self, patch: RawPatch) -> None:
         """Write the image into ``patch``'s slot, keeping what it holds at its place.
 
+        One pass over the seeds: each chunk a seed yields, just hashed, is written at once at
+        every place the image has it (so it is never read twice); then the chunks found nowhere
+        are fetched, and repeats of chunks the slot kept are copied within the slot.
+
         Raises:
             AcquireError, VerificationError: chunks could not be fetched, or not as signed.
             InstallError: the slot could not be read or written.
@@ -107,55 +113,48 @@ class DeltaInstall:
                 f"slot {patch.name} holds {_mib(self._bytes(kept))} of the release at its place "
                 "already (kept, not written)"
             )
-        # Where each chunk's bytes will be in the slot once it is there: a chunk kept, or one
-        # written earlier in this pass, serves every later chunk with the same bytes.
+        writer = _PlacedWriter(index, patch, kept, self.tally, self._report)
         in_slot = {index.digest(n): index.entry(n).offset for n in range(index.count) if kept[n]}
-        needed = [n for n in range(index.count) if not kept[n]]
-        found = self._find({index.digest(n) for n in needed} - in_slot.keys())
-        from_slot: dict[int, int] = {}
-        fetch: list[int] = []
-        for number in needed:
-            digest = index.digest(number)
-            if digest in in_slot:
-                from_slot[number] = in_slot[digest]
-                continue
-            if digest not in found:
-                fetch.append(number)
-            in_slot[digest] = index.entry(number).offset
+        places: dict[bytes, list[int]] = {}
+        for number in range(index.count):
+            if not kept[number]:
+                places.setdefault(index.digest(number), []).append(number)
+
+        def use(digest: bytes, data: bytes) -> None:
+            writer.put(places[digest], data, copied=True)
+
+        found = self._find(places.keys() - in_slot.keys(), use)
+        fetch = [
+            numbers[0]
+            for digest, numbers in places.items()
+            if digest not in found and digest not in in_slot
+        ]
+        fetch.sort()
         fetcher = self._fetcher(fetch, found)
-        copier = SeedCopier(
-            index,
-            [
-                (n, found[index.digest(n)])
-                for n in needed
-                if n not in from_slot and index.digest(n) in found
-            ],
-        )
         try:
-            for number in range(index.count):
-                entry = index.entry(number)
-                if kept[number]:
-                    self.tally.in_place += entry.length
-                    patch.advance(entry.offset + entry.length)
-                    self._report(self.tally)
+            for number in fetch:
+                data = fetcher.take(number)
+                writer.put(places[index.digest(number)], data, copied=False)
+            for digest, offset in in_slot.items():  # repeats of a kept chunk, within the slot
+                numbers = places.get(digest)
+                if not numbers:
                     continue
-                data: bytes | None = None
-                if number in from_slot:
-                    data = _checked(patch.read_at(from_slot[number], entry.length), entry.digest)
-                    if data is not None:
-                        self.tally.copied += entry.length
-                    else:
-                        data = self._refetch(number, fetcher, f"slot {patch.name}")
+                copy = _checked(patch.read_at(offset, index.entry(numbers[0]).length), digest)
+                if copy is None:
+                    refetched = self._refetch(numbers[0], fetcher, f"slot {patch.name}")
+                    writer.put(numbers, refetched, copied=False)
                 else:
-                    data = self._local_or_fetched(number, found, fetcher, copier)
-                patch.write_at(entry.offset, data)
-                patch.advance(entry.offset + entry.length)
-                self._report(self.tally)
+                    writer.put(numbers, copy, copied=True)
         finally:
-            copier.close()
             fetcher.close()
             self._count_fetches(fetcher)
+        writer.check_complete()
+        started = time.monotonic()
         patch.finish()
+        self._log(
+            f"slot {patch.name} made durable and read back whole in "
+            f"{time.monotonic() - started:.2f} s after its last write"
+        )
 
     def _held_in_place(self, patch: RawPatch) -> bytearray:
         """1 for each chunk the slot holds at its place, hashed from what it reads now."""
@@ -201,10 +200,10 @@ class DeltaInstall:
 
     # -- shared ----------------------------------------------------------------------------------
 
-    def _find(self, wanted: set[bytes]) -> dict[bytes, Found]:
+    def _find(self, wanted: set[bytes], use: Use | None = None) -> dict[bytes, Found]:
         if not wanted or not self._seeds:
             return {}
-        return find_chunks(self._index, self._seeds, wanted, self._log)
+        return find_chunks(self._index, self._seeds, wanted, self._log, use)
 
     def _fetcher(self, fetch: list[int], found: dict[bytes, Found]) -> ChunkFetcher:
         index = self._index
@@ -242,16 +241,16 @@ class DeltaInstall:
             return fetched
         data = copier.take(number)
         if data is None:
-            return self._refetch(number, fetcher, place.seed.name)
+            data = self._refetch(number, fetcher, place.seed.name)
+            self.tally.fetched += entry.length
+            return data
         self.tally.copied += entry.length
         return data
 
     def _refetch(self, number: int, fetcher: ChunkFetcher, where: str) -> bytes:
         """Chunk ``number`` fetched now: its copy in ``where`` did not match its hash."""
         self._log(f"chunk {number} in {where} does not match its hash: fetching it instead")
-        data = fetcher.fetch_now(number)
-        self.tally.fetched += len(data)
-        return data
+        return fetcher.fetch_now(number)
 
     def _count_fetches(self, fetcher: ChunkFetcher) -> None:
         self.tally.downloaded = fetcher.tally.stored_bytes
@@ -260,6 +259,55 @@ class DeltaInstall:
             self._log(
                 f"{fetcher.tally.refetched} chunks did not match their hash and were fetched again"
             )
+
+
+class _PlacedWriter:
+    """Writes checked chunks at every place the image has them, in any order (the slot reads
+    each back in its turn)."""
+
+    def __init__(
+        self,
+        index: ChunkIndex,
+        patch: RawPatch,
+        kept: bytearray,
+        tally: DeltaTally,
+        report: Report,
+    ) -> None:
+        self._index = index
+        self._patch = patch
+        self._done = bytearray(kept)
+        self._tally = tally
+        self._report = report
+        for number in range(index.count):
+            if kept[number]:
+                entry = index.entry(number)
+                tally.in_place += entry.length
+                patch.keep(entry.offset, entry.length, entry.digest)
+
+    def put(self, numbers: list[int], data: bytes, *, copied: bool) -> None:
+        """Write ``data`` (checked) at the places of chunks ``numbers``, counted as copied from
+        the device or fetched from the network."""
+        for number in numbers:
+            if self._done[number]:
+                continue
+            entry = self._index.entry(number)
+            self._patch.write_at(entry.offset, data, entry.digest)
+            self._done[number] = 1
+            if copied:
+                self._tally.copied += entry.length
+            else:
+                self._tally.fetched += entry.length
+        self._report(self._tally)
+
+    def check_complete(self) -> None:
+        """Every chunk is in place.
+
+        Raises:
+            VerificationError: one is not (the plan missed it: a bug, refused loudly).
+        """
+        missing = self._done.find(0)
+        if missing >= 0:
+            raise VerificationError(f"chunk {missing} of the image was never written")
 
 
 class AssembledStream(io.RawIOBase, BinaryIO):

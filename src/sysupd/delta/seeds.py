@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -129,51 +130,70 @@ class Found:
     offset: int
 
 
+Use = Callable[[bytes, bytes], None]
+"""Called with a wanted chunk's digest and its bytes (just hashed: they match) as a scan finds
+it, the first time each digest is found."""
+
+
 def find_chunks(
-    index: ChunkIndex, seeds: list[Seed], wanted: set[bytes], log: Log
+    index: ChunkIndex, seeds: list[Seed], wanted: set[bytes], log: Log, use: Use | None = None
 ) -> dict[bytes, Found]:
     """Where the chunks ``wanted`` (digests of the index's chunks) lie in ``seeds``: read from a
     seed's layout when it has one, else by cutting it with the index's chunker and hashing every
-    chunk; the first place found is kept."""
+    chunk; the first place found is kept. A seed that is cut hands each chunk found to ``use``
+    too, so a caller can write it at once instead of reading it again."""
     found: dict[bytes, Found] = {}
     for seed in seeds:
         if len(found) == len(wanted):
             break
         before = len(found)
         if seed.layout is not None and seed.layout.params == index.params:
-            layout = seed.layout
-            for number in range(layout.count):
-                digest = layout.digest(number)
-                if digest in wanted and digest not in found:
-                    found[digest] = Found(seed, layout.entry(number).offset)
+            started = time.monotonic()
+            try:
+                _by_layout(seed, seed.layout, wanted, found, use)
+            except OSError as exc:
+                log(f"{seed.name} cannot be read as a seed ({exc}); its chunks are fetched")
+                continue
             log(
                 f"{seed.name}: {len(found) - before} of the release's chunks there, by the "
-                "index of the release it holds"
+                f"index of the release it holds ({time.monotonic() - started:.2f} s)"
             )
             continue
+        started = time.monotonic()
         try:
-            _scan(index, seed, wanted, found)
+            _scan(index, seed, wanted, found, use)
         except OSError as exc:
             log(f"{seed.name} cannot be read as a seed ({exc}); its chunks are fetched instead")
             continue
-        log(f"{seed.name}: {len(found) - before} of the release's chunks found there")
+        log(
+            f"{seed.name}: {len(found) - before} of the release's chunks found there (cut and "
+            f"hashed in {time.monotonic() - started:.2f} s)"
+        )
     return found
 
 
-def _scan(index: ChunkIndex, seed: Seed, wanted: set[bytes], found: dict[bytes, Found]) -> None:
+def _scan(
+    index: ChunkIndex,
+    seed: Seed,
+    wanted: set[bytes],
+    found: dict[bytes, Found],
+    use: Use | None,
+) -> None:
     """Cut ``seed`` and note where the ``wanted`` chunks lie. The chunks of each piece read are
     hashed on a worker thread while the next piece is read and cut (hashlib lets go of the GIL;
     the cutter does not), at most ``_HASHING_AHEAD`` pieces behind."""
     cutter = StreamCutter(index.params)
-    pending: deque[tuple[int, list[int], Future[list[bytes]]]] = deque()
+    pending: deque[tuple[int, list[bytes], Future[list[bytes]]]] = deque()
 
     def settle(limit: int) -> None:
         while len(pending) > limit:
-            start, lengths, hashed = pending.popleft()
-            for length, digest in zip(lengths, hashed.result(), strict=True):
+            start, chunks, hashed = pending.popleft()
+            for chunk, digest in zip(chunks, hashed.result(), strict=True):
                 if digest in wanted and digest not in found:
                     found[digest] = Found(seed, start)
-                start += length
+                    if use is not None:
+                        use(digest, chunk)
+                start += len(chunk)
 
     with ThreadPoolExecutor(1, thread_name_prefix="sysupd-seed-hash") as pool:
         pieces = seed.stream()
@@ -182,11 +202,63 @@ def _scan(index: ChunkIndex, seed: Seed, wanted: set[bytes], found: dict[bytes, 
             start = cutter.offset
             chunks = list(cutter.feed(piece) if piece is not None else cutter.finish())
             if chunks:
-                lengths = [len(chunk) for chunk in chunks]
-                pending.append((start, lengths, pool.submit(_digests, chunks)))
+                pending.append((start, chunks, pool.submit(_digests, chunks)))
                 settle(_HASHING_AHEAD)
             if piece is None:
                 break
+        settle(0)
+
+
+def _by_layout(
+    seed: Seed,
+    layout: ChunkIndex,
+    wanted: set[bytes],
+    found: dict[bytes, Found],
+    use: Use | None,
+) -> None:
+    """Note where the ``wanted`` chunks lie by the seed's own index; with ``use``, read each
+    (runs that lie end to end with one call), hash it on a worker thread, and hand over those
+    that match — a chunk whose bytes do not is simply not found."""
+    places: list[tuple[int, int, bytes]] = []  # offset, length, digest: the wanted ones
+    for number in range(layout.count):
+        digest = layout.digest(number)
+        if digest in wanted and digest not in found:
+            entry = layout.entry(number)
+            if use is None:
+                found[digest] = Found(seed, entry.offset)
+            else:
+                places.append((entry.offset, entry.length, digest))
+    if use is None:
+        return
+    pending: deque[tuple[list[tuple[int, int, bytes]], list[bytes], Future[list[bytes]]]]
+    pending = deque()
+
+    def settle(limit: int) -> None:
+        while len(pending) > limit:
+            run, chunks, hashed = pending.popleft()
+            for (offset, _, want), chunk, digest in zip(run, chunks, hashed.result(), strict=True):
+                if digest == want and digest not in found:
+                    found[digest] = Found(seed, offset)
+                    use(digest, chunk)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="sysupd-seed-hash") as pool:
+        at = 0
+        while at < len(places):
+            run = [places[at]]
+            while (
+                at + len(run) < len(places)
+                and places[at + len(run)][0] == run[-1][0] + run[-1][1]
+                and run[-1][0] + run[-1][1] - run[0][0] < _READ_BYTES
+            ):
+                run.append(places[at + len(run)])
+            at += len(run)
+            data = seed.read_at(run[0][0], run[-1][0] + run[-1][1] - run[0][0])
+            chunks = []
+            for offset, length, _ in run:
+                start = offset - run[0][0]
+                chunks.append(data[start : start + length])
+            pending.append((run, chunks, pool.submit(_digests, chunks)))
+            settle(_HASHING_AHEAD)
         settle(0)
 
 

@@ -159,7 +159,7 @@ def write_delta(
 
 
 def _write_raw(install: DeltaInstall, slot: RawSlot, index: ChunkIndex) -> None:
-    patch = RawPatch(slot, index.length, index.header.sha256)
+    patch = RawPatch(slot, index.length)
     try:
         install.write_raw(patch)
     except BaseException:

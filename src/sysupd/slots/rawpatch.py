@@ -12,40 +12,39 @@ Invariants:
 - Nothing is truncated or wiped before the first write, so a slot that holds most of the image
   (the release before last, or an install cut short by a restart) keeps it; a file slot is cut
   to the image's length only at ``finish``.
-- Reading back (``ReadBack``, the full install's own): as the installer tells ``advance(n)`` that
-  the image's first ``n`` bytes are final (written or kept), a worker thread fsyncs, drops and
-  reads them back from the storage behind it, hashing the whole image; ``finish`` compares that
-  SHA-256 with the signed one. So when ``finish`` returns, the image on the storage is the
+- Reading back (``ChunkReadBack``): each chunk written (``write_at``) or kept (``keep``) is
+  handed with its signed hash to a worker thread that fsyncs, drops its cached pages, reads it
+  from the storage and checks it, in whatever order chunks come; ``finish`` makes sure every
+  chunk of the image was checked. So when ``finish`` returns, the image on the storage is the
   signed one, byte for byte, kept parts included.
 - On failure (``abort``), the slot's first ``WIPE_BYTES`` are zeroed, so no half-written image
   looks like a filesystem, but the rest stays for the next attempt to keep.
-- Memory: what the caller hands in, and the read-back's two 1 MiB buffers.
+- Memory: what the caller hands in, the gathering buffer (``_GATHER_BYTES``) and the read-back's
+  queue of chunks.
 """
 
 from __future__ import annotations
 
 import errno
-import hmac
 import os
 from contextlib import suppress
 
 from sysupd.errors import InstallError, SysupdError
+from sysupd.slots._chunkreadback import ChunkReadBack
 from sysupd.slots._durability import advise_dontneed
-from sysupd.slots._readback import ReadBack
 from sysupd.slots.raw import WIPE_BYTES, RawSlot, image_error
 
 __all__ = ["RawPatch"]
 
 _SYNC_BYTES = 8 << 20  # written bytes after which their writeback is started
-_READBACK_BYTES = 8 << 20  # final bytes after which the worker reads them back
 _GATHER_BYTES = 1 << 20  # contiguous chunks written with one system call
 
 
 class RawPatch:
     """One delta install into a raw slot; ``with`` closes it (``abort`` on an error)."""
 
-    def __init__(self, slot: RawSlot, length: int, sha256: str) -> None:
-        """Open ``slot`` for an image of ``length`` bytes whose SHA-256 is ``sha256`` (hex).
+    def __init__(self, slot: RawSlot, length: int) -> None:
+        """Open ``slot`` for an image of ``length`` bytes.
 
         Raises:
             InstallError: the slot cannot be opened, or is smaller than the image.
@@ -64,13 +63,13 @@ class RawPatch:
         except BaseException:
             os.close(self._fd)
             raise
-        self._sha256 = sha256.lower()
-        self._readback = ReadBack(self._fd, length, _READBACK_BYTES)
+        self._readback = ChunkReadBack(self._fd)
+        self._placed = 0
         self._unsynced = 0
         self._unsynced_from = -1
         self._gathered: list[bytes] = []
+        self._gathered_chunks: list[tuple[int, int, bytes]] = []
         self._gather_start = self._gather_end = 0
-        self._final = self._told = 0
         if not self._is_device and self.held < length:
             # Blocks allocated at once, not chunk by chunk; what the file holds is kept.
             with suppress(OSError):
@@ -94,9 +93,9 @@ class RawPatch:
         except OSError as exc:
             raise image_error(exc, self._slot.name, "reading") from exc
 
-    def write_at(self, offset: int, data: bytes) -> None:
-        """Write ``data`` (checked against its signed hash) at ``offset``; contiguous writes are
-        gathered into one system call of up to ``_GATHER_BYTES``.
+    def write_at(self, offset: int, data: bytes, digest: bytes) -> None:
+        """Write ``data`` (checked against its signed SHA-256, ``digest``) at ``offset``;
+        contiguous writes are gathered into one system call of up to ``_GATHER_BYTES``.
 
         Raises:
             InstallError: the write failed (full, I/O error).
@@ -111,25 +110,22 @@ class RawPatch:
         if not self._gathered:
             self._gather_start = offset
         self._gathered.append(data)
+        self._gathered_chunks.append((offset, len(data), digest))
         self._gather_end = offset + len(data)
         if self._gather_end - self._gather_start >= _GATHER_BYTES:
             self._flush()
 
-    def advance(self, upto: int) -> None:
-        """The image's first ``upto`` bytes are final (written or kept): read them back, a
-        stretch at a time."""
-        self._final = upto
-        if upto - self._told >= _READBACK_BYTES:
-            self._flush()
-            self._readback.written(upto)
-            self._told = upto
+    def keep(self, offset: int, length: int, digest: bytes) -> None:
+        """The slot holds the chunk with SHA-256 ``digest`` at ``offset`` already."""
+        self._readback.add(offset, length, digest)
+        self._placed += length
 
     def _flush(self) -> None:
         """Write what was gathered, and start the writeback of each ``_SYNC_BYTES``."""
         if not self._gathered:
             return
-        offset, buffers = self._gather_start, self._gathered
-        self._gathered = []
+        offset, buffers, chunks = self._gather_start, self._gathered, self._gathered_chunks
+        self._gathered, self._gathered_chunks = [], []
         total = self._gather_end - offset
         try:
             done = os.pwritev(self._fd, buffers, offset)
@@ -143,6 +139,9 @@ class RawPatch:
                     rest = rest[count:]
         except OSError as exc:
             raise image_error(exc, self._slot.name, "writing") from exc
+        for chunk in chunks:  # written: read back in their turn
+            self._readback.add(*chunk)
+            self._placed += chunk[1]
         if self._unsynced_from < 0:
             self._unsynced_from = offset
         self._unsynced += total
@@ -152,8 +151,8 @@ class RawPatch:
             self._unsynced, self._unsynced_from = 0, -1
 
     def finish(self) -> None:
-        """Cut a file slot to the image's length, fsync, and wait for the read-back of the whole
-        image to match the signed SHA-256.
+        """Cut a file slot to the image's length, fsync, and wait for the read-back of every
+        chunk to match its signed hash.
 
         Raises:
             InstallError: the slot could not be made durable, or reads back differently.
@@ -165,18 +164,13 @@ class RawPatch:
             os.fsync(self._fd)
         except OSError as exc:
             raise image_error(exc, self._slot.name, "writing") from exc
-        self._readback.written(self.length, durable=True)
-        read, digest, failure = self._readback.finish()
+        checked, failure = self._readback.finish()
         if failure is not None:
-            doing, error = failure
-            raise image_error(error, self._slot.name, doing) from error
-        if read < self.length:
+            raise InstallError(f"slot {self._slot.name}: {failure}")
+        if checked != self.length or self._placed != self.length:
             raise InstallError(
-                f"slot {self._slot.name} reads back only {read} of {self.length} bytes: "
-                "bad storage?"
+                f"slot {self._slot.name} reads back {checked} of the image's {self.length} bytes"
             )
-        if not hmac.compare_digest(digest, self._sha256):
-            raise InstallError(f"slot {self._slot.name} reads back differently: bad storage?")
 
     def abort(self) -> None:
         """After a failure: zero the slot's start so it looks like no filesystem; keep the rest
