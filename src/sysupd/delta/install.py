@@ -25,17 +25,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import io
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 from sysupd.core.chunkindex import ChunkIndex
 from sysupd.delta.copier import SeedCopier
 from sysupd.delta.fetch import ChunkFetcher, ChunkSource, DeltaOptions
 from sysupd.delta.seeds import Found, Log, Seed, Use, find_chunks
 from sysupd.errors import VerificationError
+from sysupd.slots.base import ReadStream
 from sysupd.slots.rawpatch import RawPatch
 
 if TYPE_CHECKING:
@@ -310,24 +310,15 @@ class _PlacedWriter:
             raise VerificationError(f"chunk {missing} of the image was never written")
 
 
-class AssembledStream(io.RawIOBase, BinaryIO):
+class AssembledStream(ReadStream):
     """A read-only stream of checked chunks, in order."""
+
+    stream_name = "<assembled payload>"
 
     def __init__(self, pieces: Iterator[bytes]) -> None:
         super().__init__()
         self._pieces = pieces
         self._buffer = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    @property
-    def mode(self) -> str:
-        return "rb"
-
-    @property
-    def name(self) -> str:
-        return "<assembled payload>"
 
     def readinto(self, buffer: WriteableBuffer, /) -> int:
         """Fill ``buffer`` with the next checked bytes; 0 at the end."""

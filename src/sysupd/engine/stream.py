@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 
 from sysupd.core.chunks import ChunkVerifier
 from sysupd.errors import AcquireError, UpdateError, VerificationError
+from sysupd.slots.base import ReadStream
 from sysupd.sources.base import ByteSource
 
 if TYPE_CHECKING:
@@ -99,12 +100,14 @@ class _Checker:
             self._results.put(None)
 
 
-class VerifiedReader(io.RawIOBase, BinaryIO):
+class VerifiedReader(ReadStream):
     """A read-only, non-seekable stream of a payload, chunk-verified as it is read.
 
     Accepted wherever a binary file is: tarfile's stream mode, zstandard's ``stream_reader``,
     ``shutil.copyfileobj``, ``io.BufferedReader``.
     """
+
+    stream_name = "<verified payload>"
 
     def __init__(
         self,
@@ -175,17 +178,6 @@ class VerifiedReader(io.RawIOBase, BinaryIO):
         self._spare = [self._whole, *more] if self._depth else []
 
     # The io.RawIOBase interface.
-
-    def readable(self) -> bool:
-        return True
-
-    @property
-    def mode(self) -> str:
-        return "rb"
-
-    @property
-    def name(self) -> str:
-        return "<verified payload>"
 
     def readinto(self, buffer: WriteableBuffer, /) -> int:
         """Fill ``buffer`` with verified bytes; 0 only at the verified end.

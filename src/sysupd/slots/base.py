@@ -36,6 +36,7 @@ __all__ = [
     "PayloadSpec",
     "ProgressStream",
     "ReadAhead",
+    "ReadStream",
     "SlotWriter",
     "ask_read_ahead",
     "expect_end",
@@ -151,19 +152,11 @@ def expect_end(payload: BinaryIO, what: str) -> None:
         raise VerificationError(f"the payload has data after its {what}")
 
 
-class ProgressStream(io.RawIOBase, BinaryIO):
-    """A pass-through reader that reports how many bytes went through it.
+class ReadStream(io.RawIOBase, BinaryIO):
+    """A read-only binary stream that says so (``readable``, ``mode``, ``name``), for the payload
+    streams that subclass it."""
 
-    ``progress`` is called each time another ``PROGRESS_STEP_BYTES`` went through, and once at
-    the end of the stream. Reads go straight to the wrapped stream, with no copy of their own.
-    """
-
-    def __init__(self, payload: BinaryIO, progress: Callable[[int], None]) -> None:
-        super().__init__()
-        self._payload = payload
-        self._progress = progress
-        self._consumed = 0
-        self._reported = -1
+    stream_name = "<stream>"
 
     def readable(self) -> bool:
         return True
@@ -174,7 +167,24 @@ class ProgressStream(io.RawIOBase, BinaryIO):
 
     @property
     def name(self) -> str:
-        return "<payload>"
+        return self.stream_name
+
+
+class ProgressStream(ReadStream):
+    """A pass-through reader that reports how many bytes went through it.
+
+    ``progress`` is called each time another ``PROGRESS_STEP_BYTES`` went through, and once at
+    the end of the stream. Reads go straight to the wrapped stream, with no copy of their own.
+    """
+
+    stream_name = "<payload>"
+
+    def __init__(self, payload: BinaryIO, progress: Callable[[int], None]) -> None:
+        super().__init__()
+        self._payload = payload
+        self._progress = progress
+        self._consumed = 0
+        self._reported = -1
 
     def readinto(self, buffer: WriteableBuffer, /) -> int:
         """Fill ``buffer`` from the wrapped stream."""
