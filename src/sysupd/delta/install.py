@@ -1,24 +1,26 @@
 """A delta install: the release's plain payload written from the chunks the device holds, the
 missing ones fetched, every chunk checked against the signed chunk index before it is used.
 
-``DeltaInstall`` plans, then writes in one pass in payload order:
+A raw slot (``write_raw``, through ``RawPatch``), in three steps:
 
-1. A raw slot (``RawPatch``) is read chunk by chunk first: a chunk it holds at its place already
-   (the release before last shares most of its blocks; an install cut short by a restart holds
-   all it wrote) is kept and not written at all. That is what makes an interrupted update resume.
-2. The seeds (the booted slot as an image or a tree) are cut with the index's chunker, to find
-   where the other chunks lie on the device.
-3. The chunks found nowhere are fetched ahead (``ChunkFetcher``) while the writer copies or
-   writes the rest. A seed's copy is hashed when it is read; one that does not match (a corrupt
-   seed) is fetched instead.
+1. The slot is read chunk by chunk: a chunk it holds at its place already (the release before
+   last shares many blocks; an install cut short by a restart holds all it wrote) is kept and not
+   written at all. That is what makes an interrupted update resume.
+2. The seeds (the booted slot) are cut with the index's chunker, or read by the index kept from
+   their own install; each chunk found, hashed as it was read, is written at once at every place
+   the image has it, so no seed byte is read twice.
+3. The chunks found nowhere are fetched (``ChunkFetcher``, several at a time) and written at
+   their places; repeats of a kept chunk are copied within the slot, hashed again when read.
 
-A directory slot takes the plain tar as a stream (``AssembledStream``) through its usual
-allow-list extractor; any other writer takes the plain payload as a stream too.
+A directory slot (``stream``) takes the plain tar in order as a stream (``AssembledStream``)
+through its usual allow-list extractor: seed chunks are read and hashed ahead of it
+(``SeedCopier``) and missing ones fetched ahead of it; any other writer takes the stream too.
 
 Invariants: no byte reaches a slot, or a parser, before the chunk it belongs to matched its
-signed SHA-256; memory is bounded by the fetcher's window and the per-chunk plan (a few bytes per
-chunk of the index); the tally says where every byte came from: kept in place, copied from the
-device, or fetched from the network.
+signed SHA-256 (a seed chunk that does not is fetched instead); memory is bounded by the windows
+of the fetcher and the copier and by the plan, some hundred bytes a chunk of the index (a few MiB
+a GiB); the tally says where every byte came from: kept in place, copied from the device, or
+fetched from the network.
 """
 
 from __future__ import annotations
