@@ -137,23 +137,11 @@ class UpdateChecker:
             else:
                 await asyncio.sleep(60)
 
-    def repository(self, url: str, address: str) -> ServerSource:
-        """The published repository at ``url`` (a ``fetch_url`` ending in ``/``, its host checked
-        and resolved to ``address``) as an update's source: the same channel as the update
-        server, delta updates included, connected only to ``address``."""
-        service = self._service
-        return ServerSource.configured(
-            url,
-            service.config.state_dir,
-            self._cache_lock,
-            service.settings,
-            self.limits(),
-            address=address,
-        )
-
-    def source(self, server: str, version: str) -> ServerSource:
+    def source(self, server: str, version: str, address: str | None = None) -> ServerSource:
         """The newest release on ``server`` as an update's source (``version``: what the check
-        found, for people; the source picks again when the job opens it)."""
+        found, for people; the source picks again when the job opens it). ``address``: a
+        repository at a ``fetch_url`` (ending in ``/``), whose host was checked and resolved to
+        it, the only address connected to."""
         service = self._service
         return ServerSource.configured(
             server,
@@ -162,6 +150,7 @@ class UpdateChecker:
             service.settings,
             self.limits(),
             version,
+            address,
         )
 
 

@@ -344,7 +344,7 @@ async def update_now(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         if manager.running:  # another update_now won the race while the name resolved
             return _BUSY
         if urlsplit(target.url).path.endswith("/"):  # a published repository, not a bundle
-            repository = service.checks.repository(target.url, target.address)
+            repository = service.checks.source(target.url, "", target.address)
             manager.start(repository, lambda: None, by=_who(ctx))
             return {"result": "success", "updates": "starting"}
         limits = FetchLimits(

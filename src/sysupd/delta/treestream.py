@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sysupd.release.payloads import member_info
+from sysupd.release.payloads import member_info, walk_tree
 
 __all__ = ["TreeTar"]
 
@@ -175,31 +175,6 @@ def _open_file(path: Path) -> int:
 
 def _walk(root: Path) -> Iterator[tuple[str, int, int | None]]:
     """(member name, mode, size or ``None`` for a directory), in ``pack_tree``'s order."""
-    pending: list[Iterator[tuple[str, int, int | None]]] = [_entries(root, "")]
-    while pending:
-        entry = next(pending[-1], None)
-        if entry is None:
-            pending.pop()
-            continue
-        yield entry
-        name, _, size = entry
-        if size is None:
-            pending.append(_entries(root / name, f"{name}/"))
-
-
-def _entries(directory: Path, prefix: str) -> Iterator[tuple[str, int, int | None]]:
-    try:
-        with os.scandir(directory) as scan:
-            names = sorted(entry.name for entry in scan)
-    except OSError:
-        return
-    for name in names:
-        try:
-            name.encode("utf-8")
-            details = os.lstat(directory / name)
-        except (UnicodeEncodeError, OSError):
-            continue
-        if stat.S_ISDIR(details.st_mode):
-            yield f"{prefix}{name}", details.st_mode, None
-        elif stat.S_ISREG(details.st_mode):
-            yield f"{prefix}{name}", details.st_mode, details.st_size
+    for name, _, details in walk_tree(root, lenient=True):
+        size = None if stat.S_ISDIR(details.st_mode) else details.st_size
+        yield name, details.st_mode, size

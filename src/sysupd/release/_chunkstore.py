@@ -55,11 +55,20 @@ def chunk_store(repo_dir: Path) -> Path:
 class ChunkCutter:
     """Cuts a payload's plain form into the chunk store; ``finish`` returns its index."""
 
-    def __init__(self, store: Path, params: ChunkerParams, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        store: Path,
+        params: ChunkerParams,
+        threads: int | None = None,
+        *,
+        hash_whole: bool = True,
+    ) -> None:
+        """``hash_whole`` off: the caller hashes the same bytes already (a raw image is its
+        own plain form) and hands the SHA-256 to ``finish``."""
         self._store = store
         self._cutter = StreamCutter(params)
         self._params = params
-        self._whole = hashlib.sha256()
+        self._whole = hashlib.sha256() if hash_whole else None
         self._length = 0
         workers = threads or max(1, min(8, os.cpu_count() or 1))
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="sysupd-chunks")
@@ -73,13 +82,15 @@ class ChunkCutter:
 
     def __call__(self, data: bytes) -> None:
         """The next piece of the plain payload."""
-        self._whole.update(data)
+        if self._whole is not None:
+            self._whole.update(data)
         self._length += len(data)
         for chunk in self._cutter.feed(data):
             self._add(chunk)
 
-    def finish(self) -> bytes:
-        """Store the last chunks, make them durable and return the payload's chunk index.
+    def finish(self, sha256: str | None = None) -> bytes:
+        """Store the last chunks, make them durable and return the payload's chunk index
+        (``sha256``: the plain form's, when this cutter does not hash it).
 
         Raises:
             StateError: a chunk could not be read or written.
@@ -92,7 +103,10 @@ class ChunkCutter:
             self._sync()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
-        return encode_index(self._length, self._whole.hexdigest(), self._params, self._entries)
+        whole = self._whole.hexdigest() if self._whole is not None else sha256
+        if whole is None:
+            raise ValueError("the plain form's SHA-256 is neither hashed here nor given")
+        return encode_index(self._length, whole, self._params, self._entries)
 
     def close(self) -> None:
         """Stop the threads."""

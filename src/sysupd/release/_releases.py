@@ -180,11 +180,16 @@ def add_release(
         for needed in (RELEASES, "snapshot", "timestamp"):
             md.signer(needed)  # a missing key fails now, not after packing
         name = f"{product}-{parsed}.{plan.extension}"
-        cutter = ChunkCutter(chunk_store(md.dir), DEFAULT_PARAMS) if delta else None
+        raw = plan.kind == "raw"  # the payload is its plain form: hashed once, by its sink
+        cutter = (
+            ChunkCutter(chunk_store(md.dir), DEFAULT_PARAMS, hash_whole=not raw) if delta else None
+        )
         try:
             produce = functools.partial(plan.produce, tap=cutter)
             digest = store_payload(md.dir / "targets" / RELEASES, name, produce)
-            index_bytes = cutter.finish() if cutter is not None else None
+            index_bytes = None
+            if cutter is not None:
+                index_bytes = cutter.finish(digest.sha256 if raw else None)
         except BaseException:
             if cutter is not None:
                 cutter.abandon()

@@ -45,6 +45,7 @@ __all__ = [
     "copy_image",
     "member_info",
     "pack_tree",
+    "walk_tree",
 ]
 
 COPY_BLOCK_BYTES = 1024 * 1024
@@ -185,14 +186,14 @@ def pack_tree(
     with tarfile.open(
         fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8"
     ) as archive:
-        for name, path, kind in _walk(source):
+        for name, path, details in walk_tree(source):
             entries += 1
-            if kind == "dir":
-                archive.addfile(member_info(name, _lstat(path).st_mode, None))
+            if stat.S_ISDIR(details.st_mode):
+                archive.addfile(member_info(name, details.st_mode, None))
                 continue
             with _open_regular(path) as handle:
-                details = os.fstat(handle.fileno())
-                info = member_info(name, details.st_mode, details.st_size)
+                opened = os.fstat(handle.fileno())  # the size of what is read, not what was listed
+                info = member_info(name, opened.st_mode, opened.st_size)
                 archive.addfile(info, _SourceFile(path, handle, info.size))
             installed_size += info.size
     if stage is not None:
@@ -280,41 +281,53 @@ class _Tee:
         """The caller ends the stages."""
 
 
-def _walk(top: Path) -> Iterator[tuple[str, Path, str]]:
-    """(member name, path, "dir" | "file") for everything under ``top``, in tar order."""
-    pending: list[Iterator[tuple[str, Path, str]]] = [_entries(top, "")]
+def walk_tree(top: Path, *, lenient: bool = False) -> Iterator[tuple[str, Path, os.stat_result]]:
+    """(member name, path, ``lstat``) of every regular file and directory under ``top``, in tar
+    order (each directory before its entries, entries by name).
+
+    Strict (the release tool's): anything else, a name that is not UTF-8 or a directory that
+    cannot be listed is a ``ConfigError`` naming it. ``lenient`` (a device re-creating a
+    release's tar from a tree it holds): those are left out.
+    """
+    pending = [_entries(top, "", lenient)]
     while pending:
         entry = next(pending[-1], None)
         if entry is None:
             pending.pop()
             continue
         yield entry
-        name, path, kind = entry
-        if kind == "dir":
-            pending.append(_entries(path, f"{name}/"))
+        name, path, details = entry
+        if stat.S_ISDIR(details.st_mode):
+            pending.append(_entries(path, f"{name}/", lenient))
 
 
-def _entries(directory: Path, prefix: str) -> Iterator[tuple[str, Path, str]]:
+def _entries(
+    directory: Path, prefix: str, lenient: bool
+) -> Iterator[tuple[str, Path, os.stat_result]]:
     try:
         with os.scandir(directory) as scan:
             names = sorted(entry.name for entry in scan)
     except OSError as exc:
+        if lenient:
+            return
         raise ConfigError(f"cannot list {directory}: {exc.strerror}") from exc
     for name in names:
         path = directory / name
         try:
             name.encode("utf-8")
-        except UnicodeEncodeError as exc:
+            details = _lstat(path)
+        except (UnicodeEncodeError, ConfigError) as exc:
+            if lenient:
+                continue
+            if isinstance(exc, ConfigError):
+                raise
             raise ConfigError(f"{path!r} has a name that is not valid UTF-8") from exc
-        mode = _lstat(path).st_mode
-        member = f"{prefix}{name}"
-        if stat.S_ISDIR(mode):
-            yield member, path, "dir"
-        elif stat.S_ISREG(mode):
-            yield member, path, "file"
-        else:
+        if stat.S_ISDIR(details.st_mode) or stat.S_ISREG(details.st_mode):
+            yield f"{prefix}{name}", path, details
+        elif not lenient:
             raise ConfigError(
-                f"{path} is {_describe(mode)}: releases contain regular files and directories only"
+                f"{path} is {_describe(details.st_mode)}: releases contain regular files and "
+                "directories only"
             )
 
 
