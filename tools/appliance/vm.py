@@ -9,8 +9,12 @@ Invariants:
 
 - the cached disk is never booted itself, only a sparse copy, so one run cannot change the next;
 - ``-accel tcg`` always: KVM does not work on the machines this runs on (nested
-  virtualisation), and a guest reboot restarts the machine in the same process (no
-  ``-no-reboot``), as a real reboot does;
+  virtualisation);
+- a guest reboot is a cold restart: QEMU ends on the guest's reset (``-action reboot=shutdown``)
+  and is started again at once on the same disk and variable store, its serial console appended
+  to the same log. OVMF under TCG can hang for good on a warm reset of a busy host (no output
+  after ``reboot: machine restart``, seen once in CI), and a cold start is what a real
+  appliance's platform reset amounts to for the firmware, GRUB and sysupd alike;
 - every wait has a deadline, and a failure says what the serial console showed last.
 """
 
@@ -25,6 +29,7 @@ import shutil
 import socket
 import sqlite3
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,9 +95,16 @@ class Vm:
         self.qmp_path = workdir / "qmp.sock"
         self.port = _free_port()
         self.started = 0.0
+        self.events_path = workdir / "events.sock"
         self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._supervisor: threading.Thread | None = None
+        self._cut = False
+        """The power was cut (``kill``): no reset of the guest's restarts the machine."""
         self.power_ons = 0
-        """How often QEMU was started on this copy of the disk."""
+        """How often QEMU was started on this copy of the disk (a power-on, not a reboot)."""
+        self.reboots = 0
+        """How often the guest reset itself since the last power-on (each a cold restart)."""
         self.timeline: dict[str, float] = {}
         """Seconds from start to each of ``BOOT_MARKS`` first seen (since the last reset)."""
         self._seen = 0
@@ -112,7 +124,7 @@ class Vm:
             if not firmware.exists():
                 raise BuildError(f"{firmware} is needed and missing: apt-get install ovmf")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        stale_files = (self.serial_log, self.qmp_path, self.workdir / "qemu.log")
+        stale_files = (self.serial_log, self.qmp_path, self.events_path, self.workdir / "qemu.log")
         for stale in (*stale_files, *self.workdir.glob("serial.*.log")):
             stale.unlink(missing_ok=True)  # a previous run's, which would be read as this one's
         self.power_ons = 0
@@ -127,18 +139,27 @@ class Vm:
         Raises:
             BuildError: QEMU is not installed, or the machine is still running.
         """
+        with self._lock:
+            if self._proc is not None and self._proc.poll() is None:
+                raise BuildError("power_on() while the machine is still running")
+            if self.serial_log.exists():
+                self.serial_log.rename(self.workdir / f"serial.{self.power_ons}.log")
+            self.power_ons += 1
+            self.reboots = 0
+            self._cut = False
+            self._launch()
+
+    def _launch(self) -> None:
+        """Start QEMU (the lock held) and the thread that restarts it on the guest's reset."""
         qemu = find_program("qemu-system-x86_64")
-        if self._proc is not None and self._proc.poll() is None:
-            raise BuildError("power_on() while the machine is still running")
-        if self.serial_log.exists():
-            self.serial_log.rename(self.workdir / f"serial.{self.power_ons}.log")
-        self.qmp_path.unlink(missing_ok=True)
-        self.power_ons += 1
+        for socket_path in (self.qmp_path, self.events_path):
+            socket_path.unlink(missing_ok=True)
         argv = [
             qemu,
             *("-machine", "q35", "-accel", "tcg"),
             *("-m", str(self.memory_mib), "-smp", str(self.cpus)),
             *("-display", "none", "-monitor", "none"),
+            *("-action", "reboot=shutdown"),
             *("-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}"),
             *("-drive", f"if=pflash,format=raw,file={self.workdir / 'vars.fd'}"),
             *("-drive", f"file={self.disk},format=raw,if=virtio"),
@@ -146,13 +167,38 @@ class Vm:
             *("-device", "virtio-net-pci,netdev=net0"),
             # Entropy for the guest's first getrandom() calls, which would otherwise wait.
             *("-device", "virtio-rng-pci"),
-            *("-serial", f"file:{self.serial_log}"),
+            *("-chardev", f"file,id=serial0,path={self.serial_log},append=on"),
+            *("-serial", "chardev:serial0"),
+            # Two monitors: one for the commands sent (``quit``), one only listened to.
             *("-qmp", f"unix:{self.qmp_path},server=on,wait=off"),
+            *("-qmp", f"unix:{self.events_path},server=on,wait=off"),
         ]
         log = (self.workdir / "qemu.log").open("ab")
         self.started = time.monotonic()
-        self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         log.close()
+        self._proc = proc
+        self._supervisor = threading.Thread(
+            target=self._supervise, args=(proc,), name="vm-supervisor", daemon=True
+        )
+        self._supervisor.start()
+
+    def _supervise(self, proc: subprocess.Popen[bytes]) -> None:
+        """Wait for ``proc`` to end; start the machine again if the guest reset it."""
+        reason = _shutdown_reason(self.events_path, proc)
+        proc.wait()
+        with self._lock:
+            if reason == "guest-reset" and self._proc is proc and not self._cut:
+                self.reboots += 1
+                self._launch()
+
+    def _settled(self) -> subprocess.Popen[bytes] | None:
+        """The QEMU process now, once a restart that a guest reset calls for has begun."""
+        proc = self._proc
+        supervisor = self._supervisor
+        if proc is not None and proc.poll() is not None and supervisor is not None:
+            supervisor.join(timeout=30.0)
+        return self._proc
 
     def serial_text(self) -> str:
         """What the guest has written to its serial console so far."""
@@ -237,11 +283,14 @@ class Vm:
         return clean
 
     def kill(self) -> None:
-        """Cut the power: SIGKILL the QEMU process."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-        if self._proc is not None:
-            self._proc.wait()
+        """Cut the power: SIGKILL the QEMU process (a reboot under way is not restarted)."""
+        with self._lock:
+            self._cut = True
+            proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        if proc is not None:
+            proc.wait()
 
     async def _qmp(self, command: str) -> dict[str, Any]:
         reader, writer = await asyncio.open_unix_connection(str(self.qmp_path))
@@ -278,8 +327,9 @@ class Vm:
                 self.timeline[name] = round(now, 1)
 
     def _check_running(self) -> None:
-        if self._proc is not None and self._proc.poll() is not None:
-            raise self._failure(f"QEMU exited with status {self._proc.returncode}")
+        proc = self._settled()
+        if proc is not None and proc.poll() is not None:
+            raise self._failure(f"QEMU exited with status {proc.returncode}")
 
     def _failure(self, problem: str) -> BuildError:
         tail = "\n".join(self.serial_text().splitlines()[-25:])
@@ -395,6 +445,32 @@ async def demo(appliance: Appliance) -> None:
     finally:
         await vm.poweroff()
     print(f"appliance: grubenv after power-off: {read_grubenv(vm.disk, work)}")
+
+
+def _shutdown_reason(events: Path, proc: subprocess.Popen[bytes]) -> str | None:
+    """The reason of the ``SHUTDOWN`` event QEMU ``proc`` sends on its monitor at ``events``
+    before it ends (``guest-reset``, ``guest-shutdown``, ``host-qmp-quit``…), or ``None`` (it was
+    killed, or ended before the monitor could be reached)."""
+    reason: str | None = None
+    with socket.socket(socket.AF_UNIX) as monitor:
+        while True:
+            try:
+                monitor.connect(str(events))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if proc.poll() is not None:
+                    return None
+                time.sleep(0.05)
+        with contextlib.suppress(OSError), monitor.makefile("rwb") as stream:
+            stream.readline()  # the greeting
+            stream.write(b'{"execute": "qmp_capabilities"}\n')
+            stream.flush()
+            for line in stream:  # until QEMU closes the monitor as it ends
+                with contextlib.suppress(ValueError):
+                    message = json.loads(line)
+                    if message.get("event") == "SHUTDOWN":
+                        reason = str(message.get("data", {}).get("reason"))
+    return reason
 
 
 def _free_port() -> int:
