@@ -315,13 +315,16 @@ def _entries(
         path = directory / name
         try:
             name.encode("utf-8")
-            details = _lstat(path)
-        except (UnicodeEncodeError, ConfigError) as exc:
+        except UnicodeEncodeError as exc:
             if lenient:
                 continue
-            if isinstance(exc, ConfigError):
-                raise
             raise ConfigError(f"{path!r} has a name that is not valid UTF-8") from exc
+        try:
+            details = _lstat(path)
+        except ConfigError:
+            if lenient:
+                continue
+            raise
         if stat.S_ISDIR(details.st_mode) or stat.S_ISREG(details.st_mode):
             yield f"{prefix}{name}", path, details
         elif not lenient:
