@@ -77,6 +77,7 @@ __all__ = [
     "peer_versions",
     "row_cells",
     "run_peers",
+    "warm_all",
 ]
 
 PEERS = ("casync", "zchunk", "full", "full-zstd")
@@ -299,7 +300,8 @@ def _timed(bench: _Bench, cmd: Sequence[str]) -> Sample:
     return Sample(sample.wall_s, int(rss.read_text().split()[-1]))
 
 
-def _warm_all(*paths: Path) -> None:
+def warm_all(*paths: Path) -> None:
+    """Every file of ``paths`` (files or directories) read, so its pages are cached."""
     for path in paths:
         for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
             if file.is_file():
@@ -362,7 +364,7 @@ def _casync(
 ) -> bool:
     base = bench.workload.base
     seed = base.image if form == "raw" else base.tree
-    _warm_all(seed, new.index)
+    warm_all(seed, new.index)
     out = bench.out / ("new.img" if form == "raw" else "tree")
     cmd = [
         *("casync", "extract", f"--store={bench.url}/{form}/store", f"--seed={seed}"),
@@ -375,7 +377,7 @@ def _casync(
 def _zchunk(
     bench: _Bench, form: str, version: Version, old: _Served, new: _Served, samples: list[Sample]
 ) -> bool:
-    _warm_all(old.zck, new.zck)
+    warm_all(old.zck, new.zck)
     # zckdl writes the URL's file name into its working directory; unzck drops the ``.zck``.
     fetch = 'cd "$1" && exec zckdl -q -s "$2" "$3"'
     cmd = ["sh", "-c", fetch, "sh", str(bench.out), str(old.zck), bench.url_of(new.zck)]
@@ -396,10 +398,10 @@ def _zchunk(
 def _full(bench: _Bench, peer: str, new: _Served, samples: list[Sample]) -> bool:
     out = bench.out / "payload"
     if peer == "full":
-        _warm_all(new.payload)
+        warm_all(new.payload)
         cmd = ["curl", "-sS", "--fail", "-o", str(out), bench.url_of(new.payload)]
     else:
-        _warm_all(new.zst)
+        warm_all(new.zst)
         script = 'curl -sS --fail "$1" | zstd -dq -o "$2"'
         cmd = ["bash", "-o", "pipefail", "-c", script, "bash", bench.url_of(new.zst), str(out)]
     samples.append(_timed(bench, cmd))

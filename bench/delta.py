@@ -2,9 +2,10 @@
 zchunk on the same images, all from nginx on loopback.
 
 Run: ``.venv/bin/python bench/delta.py [--mib N] [--cases "a b c d"] [--forms "raw tree"]
-[--workdir DIR] [--no-peers] [--fresh]`` (``scripts/bench delta``). Defaults: 1024 MiB, every
-case and form, peers on, the work directory ``/tmp/sysupd-bench-delta`` kept as a cache (the
-workload and the release repositories take minutes to make; ``--fresh`` makes them again).
+[--workdir DIR] [--runs N] [--no-peers] [--fresh]`` (``scripts/bench delta``). Defaults: 1024
+MiB, every case and form, peers on, 3 runs a row (the median shown: this disk's noise is larger
+than some differences measured), the work directory ``/tmp/sysupd-bench-delta`` kept as a cache
+(the workload and the release repositories take minutes to make; ``--fresh`` makes them again).
 
 1. The workload (``_delta_workload``): an OS-root-like tree of N MiB and four new versions —
    (a) nothing changed but the version file, (b) 1 % of the files rewritten, (c) 10 %, (d) a new
@@ -59,6 +60,7 @@ def main() -> int:
     parser.add_argument("--forms", default=" ".join(FORMS))
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/sysupd-bench-delta"))  # noqa: S108
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=3, help="runs a row, the median shown")
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--fresh", action="store_true", help="make the repositories again")
     options = parser.parse_args()
@@ -73,6 +75,7 @@ def main() -> int:
             seed=options.seed,
             peers=not options.no_peers,
             fresh=options.fresh,
+            runs=max(1, options.runs),
         ),
     )
 
@@ -86,11 +89,15 @@ def _run(
     seed: int,
     peers: bool,
     fresh: bool,
+    runs: int,
 ) -> None:
     began = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
     log = work / "delta.log"
-    print(f"delta benchmark: {mib} MiB, cases {' '.join(cases)}, forms {' '.join(forms)}")
+    print(
+        f"delta benchmark: {mib} MiB, cases {' '.join(cases)}, forms {' '.join(forms)}; "
+        f"the median of {runs} runs a row"
+    )
     print(f"  {machine()}; sysupd {revision()}")
     if peers:
         install_peer_programs(work / "apt.log")
@@ -109,9 +116,11 @@ def _run(
     for form, times in made.items():
         adds = ", ".join(f"{name} {s:.0f} s" for name, s in times.seconds.items())
         print(f"  release add ({form}): {adds}; chunk store {times.store_bytes / MIB:.0f} MiB")
-    rows = measure_ours(workload, work, forms, timeout_s=_TIMEOUT_S, log=log)
+    rows = measure_ours(workload, work, forms, timeout_s=_TIMEOUT_S, log=log, runs=runs)
     if peers:
-        rows += measure_peers(workload, work, forms=forms, peers=PEERS, timeout_s=_TIMEOUT_S)
+        rows += measure_peers(
+            workload, work, forms=forms, peers=PEERS, runs=runs, timeout_s=_TIMEOUT_S
+        )
     order = {name: n for n, name in enumerate(("sysupd", "sysupd 1st", "sysupd full", *PEERS))}
     rows.sort(key=lambda row: (forms.index(row.form), row.case, order.get(row.peer, 99)))
     print()

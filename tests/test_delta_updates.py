@@ -198,6 +198,54 @@ def test_the_next_update_finds_the_booted_slots_chunks_by_the_index_it_kept(
     assert releases.slot_b.read_bytes() == newest
 
 
+def test_chunks_a_kept_index_places_wrongly_are_fetched_after_the_seed_pass(
+    tmp_path: Path,
+) -> None:
+    """With a kept index the missing chunks are fetched while the booted slot is read; chunks
+    the index places there that do not match (the slot was changed behind its back) are
+    fetched after, and the booted slot is only read."""
+    releases = make_raw_releases(tmp_path)
+    settings = {"slots": releases.slots, "factory_version": "1.0.0"}
+    state = tmp_path / "device"
+    image = tmp_path / "image-1.2.0.img"
+    with serve_repo(releases.repo, tmp_path / "server") as url:
+        engine = booted_engine(state, releases.repo, **settings)
+        source = ServerSource.configured(
+            url, state, threading.Lock(), engine.settings, FetcherLimits()
+        )
+        assert str(engine.install(source).version) == "1.1.0"
+        engine = booted_engine(state, releases.repo, **settings)  # B, holding 1.1.0, index kept
+        newest = changed(releases.new, 5, 2, 50_000)
+        image.write_bytes(newest)
+        releases.repo.add_release("1.2.0", image=image, chunk_size=256 * 1024)
+        releases.repo.publish()
+        index, held = release_index(releases.repo, "1.2.0"), release_index(releases.repo, "1.1.0")
+        old = release_index(releases.repo, "1.0.0")  # what slot A holds, kept in place
+        in_b = {held.digest(n) for n in range(held.count)}
+        in_a = {old.digest(n) for n in range(old.count)}
+        shared = [n for n in range(index.count) if index.digest(n) in in_b - in_a][:3]
+        assert len(shared) == 3
+        corrupt = bytearray(releases.slot_b.read_bytes())
+        for number in shared:
+            entry = index.entry(number)
+            corrupt[entry.offset + entry.length // 3] ^= 0x10
+        releases.slot_b.write_bytes(bytes(corrupt))
+        before = len(chunk_requests(tmp_path / "server"))
+        lines: list[str] = []
+        assert str(engine.install(source, log=lines.append).version) == "1.2.0"
+    assert any("placed by the seeds' kept indexes" in line for line in lines), lines
+    assert any(
+        f"{len(shared)} chunks were not where the seeds' kept indexes put them" in line
+        for line in lines
+    ), lines
+    assert releases.slot_a.read_bytes() == newest
+    assert releases.slot_b.read_bytes() == bytes(corrupt)  # read, never repaired or written
+    fetched = chunk_requests(tmp_path / "server")[before:]
+    for number in shared:
+        address = index.entry(number).address
+        assert f"/targets/chunks/{address[:2]}/{address}.zst" in fetched
+
+
 async def test_fetch_url_of_a_published_repository_updates_from_its_chunks(
     tmp_path: Path, start_service: ServiceFactory, connect: ClientFactory
 ) -> None:

@@ -177,6 +177,14 @@ class ChunkFetcher:
             self._cond.notify_all()
             return self._ready.pop(number)
 
+    def next_ready(self) -> bool:
+        """Whether ``take`` of the next chunk would return (or raise) at once."""
+        with self._cond:
+            if self._taken >= len(self._numbers):
+                return False
+            number = self._numbers[self._taken]
+            return number in self._ready or number in self._failed
+
     def fetch_now(self, number: int) -> bytes:
         """Chunk ``number`` fetched at once in this thread (a seed's copy of it was bad).
 

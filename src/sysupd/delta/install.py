@@ -10,7 +10,9 @@ A raw slot (``write_raw``, through ``RawPatch``), in three steps:
    their own install; each chunk found, hashed as it was read, is written at once at every place
    the image has it, so no seed byte is read twice.
 3. The chunks found nowhere are fetched (``ChunkFetcher``, several at a time) and written at
-   their places; repeats of a kept chunk are copied within the slot, hashed again when read.
+   their places: beside step 2 when every seed has a kept index (what is missing is known before
+   any seed is read), else after it; a chunk a kept index placed wrongly is fetched after step 2.
+   Repeats of a kept chunk are copied within the slot, hashed again when read.
 
 A directory slot (``stream``) takes the plain tar in order as a stream (``AssembledStream``)
 through its usual allow-list extractor: seed chunks are read and hashed ahead of it
@@ -28,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -101,8 +104,10 @@ class DeltaInstall:
         """Write the image into ``patch``'s slot, keeping what it holds at its place.
 
         One pass over the seeds: each chunk a seed yields, just hashed, is written at once at
-        every place the image has it (so it is never read twice); then the chunks found nowhere
-        are fetched, and repeats of chunks the slot kept are copied within the slot.
+        every place the image has it (so it is never read twice); the chunks found nowhere are
+        fetched and written as they come — beside the seed pass when the seeds' kept indexes
+        tell what is missing before any seed is read, else after it; then repeats of chunks the
+        slot kept are copied within the slot.
 
         Raises:
             AcquireError, VerificationError: chunks could not be fetched, or not as signed.
@@ -121,35 +126,47 @@ class DeltaInstall:
         for number in range(index.count):
             if not kept[number]:
                 places.setdefault(index.digest(number), []).append(number)
+        wanted = places.keys() - in_slot.keys()
+        fetched = _Fetched(
+            self._fetcher,
+            lambda number, data: writer.put(places[index.digest(number)], data, copied=False),
+        )
 
-        def use(digest: bytes, data: bytes) -> None:
+        def use(digest: bytes, data: bytes | memoryview) -> None:
             writer.put(places[digest], data, copied=True)
+            fetched.write(wait=False)
 
-        found = self._find(places.keys() - in_slot.keys(), use)
-        fetch = [
-            numbers[0]
-            for digest, numbers in places.items()
-            if digest not in found and digest not in in_slot
-        ]
-        fetch.sort()
-        fetcher = self._fetcher(fetch, found)
         try:
-            for number in fetch:
-                data = fetcher.take(number)
-                writer.put(places[index.digest(number)], data, copied=False)
+            located = self._located(wanted)
+            if located is not None:  # what is missing is known now: fetched beside the seeds
+                ahead = sorted(places[digest][0] for digest in wanted - located)
+                self._plan(len(located), ahead, "placed by the seeds' kept indexes")
+                fetched.ask(ahead)
+                wanted = located
+            found = self._find(wanted, use)
+            fetched.write(wait=True)
+            rest = sorted(places[digest][0] for digest in wanted - found.keys())
+            if located is None:
+                self._plan(len(found), rest, "found")
+            elif rest:
+                self._log(
+                    f"{len(rest)} chunks were not where the seeds' kept indexes put them: "
+                    "fetching them too"
+                )
+            fetched.ask(rest)
+            fetched.write(wait=True)
             for digest, offset in in_slot.items():  # repeats of a kept chunk, within the slot
                 numbers = places.get(digest)
                 if not numbers:
                     continue
                 copy = _checked(patch.read_at(offset, index.entry(numbers[0]).length), digest)
                 if copy is None:
-                    refetched = self._refetch(numbers[0], fetcher, f"slot {patch.name}")
+                    refetched = self._refetch(numbers[0], fetched.last, f"slot {patch.name}")
                     writer.put(numbers, refetched, copied=False)
                 else:
                     writer.put(numbers, copy, copied=True)
         finally:
-            fetcher.close()
-            self._count_fetches(fetcher)
+            self._count_fetches(fetched.close())
         writer.check_complete()
         started = time.monotonic()
         patch.finish()
@@ -157,6 +174,17 @@ class DeltaInstall:
             f"slot {patch.name} made durable and read back whole in "
             f"{time.monotonic() - started:.2f} s after its last write"
         )
+
+    def _located(self, wanted: set[bytes]) -> set[bytes] | None:
+        """The ``wanted`` digests the seeds' kept indexes place, if every seed has one (else a
+        seed must be cut before the missing chunks are known: ``None``)."""
+        located: set[bytes] = set()
+        for seed in self._seeds:
+            layout = seed.layout
+            if layout is None or layout.params != self._index.params:
+                return None
+            located.update(layout.digest(n) for n in range(layout.count))
+        return located & wanted
 
     def _held_in_place(self, patch: RawPatch) -> bytearray:
         """1 for each chunk the slot holds at its place, hashed from what it reads now."""
@@ -181,11 +209,12 @@ class DeltaInstall:
         index = self._index
         found = self._find({index.digest(n) for n in range(index.count)})
         fetch = [n for n in range(index.count) if index.digest(n) not in found]
+        self._plan(len(found), fetch, "found")
         return AssembledStream(self._pieces(found, fetch))
 
     def _pieces(self, found: dict[bytes, Found], fetch: list[int]) -> Iterator[bytes]:
         index = self._index
-        fetcher = self._fetcher(fetch, found)
+        fetcher = self._fetcher(fetch)
         copies = [
             (n, found[index.digest(n)]) for n in range(index.count) if index.digest(n) in found
         ]
@@ -198,7 +227,7 @@ class DeltaInstall:
         finally:
             copier.close()
             fetcher.close()
-            self._count_fetches(fetcher)
+            self._count_fetches([fetcher])
 
     # -- shared ----------------------------------------------------------------------------------
 
@@ -207,18 +236,19 @@ class DeltaInstall:
             return {}
         return find_chunks(self._index, self._seeds, wanted, self._log, use)
 
-    def _fetcher(self, fetch: list[int], found: dict[bytes, Found]) -> ChunkFetcher:
+    def _plan(self, found: int, fetch: list[int], how: str) -> None:
         index = self._index
-        size = index.stored_bytes(fetch)
         plain = sum(index.entry(n).length for n in fetch)
         self._log(
-            f"{_mib(index.length)} payload in {index.count} chunks: {len(found)} distinct chunks "
-            f"found on the device, {len(fetch)} to fetch ({_mib(plain)}, {_mib(size)} to "
-            f"download from {self._chunks.where})"
+            f"{_mib(index.length)} payload in {index.count} chunks: {found} distinct chunks "
+            f"{how} on the device, {len(fetch)} to fetch ({_mib(plain)}, "
+            f"{_mib(index.stored_bytes(fetch))} to download from {self._chunks.where})"
         )
+
+    def _fetcher(self, fetch: list[int]) -> ChunkFetcher:
         options = self._options
         return ChunkFetcher(
-            index,
+            self._index,
             self._chunks,
             fetch,
             parallel=options.parallel,
@@ -254,13 +284,48 @@ class DeltaInstall:
         self._log(f"chunk {number} in {where} does not match its hash: fetching it instead")
         return fetcher.fetch_now(number)
 
-    def _count_fetches(self, fetcher: ChunkFetcher) -> None:
-        self.tally.downloaded = fetcher.tally.stored_bytes
-        self.tally.chunks_fetched = fetcher.tally.chunks
-        if fetcher.tally.refetched:
-            self._log(
-                f"{fetcher.tally.refetched} chunks did not match their hash and were fetched again"
-            )
+    def _count_fetches(self, fetchers: list[ChunkFetcher]) -> None:
+        self.tally.downloaded = sum(fetcher.tally.stored_bytes for fetcher in fetchers)
+        self.tally.chunks_fetched = sum(fetcher.tally.chunks for fetcher in fetchers)
+        refetched = sum(fetcher.tally.refetched for fetcher in fetchers)
+        if refetched:
+            self._log(f"{refetched} chunks did not match their hash and were fetched again")
+
+
+class _Fetched:
+    """The fetchers of one raw write, in turn, and the chunks asked of the newest one that are
+    not written yet."""
+
+    def __init__(
+        self, start: Callable[[list[int]], ChunkFetcher], write: Callable[[int, bytes], None]
+    ) -> None:
+        self._start = start
+        self._write = write
+        self._fetchers: list[ChunkFetcher] = []
+        self._coming: deque[int] = deque()
+
+    @property
+    def last(self) -> ChunkFetcher:
+        """The newest fetcher (for a chunk fetched at once)."""
+        return self._fetchers[-1]
+
+    def ask(self, numbers: list[int]) -> None:
+        """Fetch chunks ``numbers`` ahead (after the ones asked before are written)."""
+        if numbers or not self._fetchers:
+            self._fetchers.append(self._start(numbers))
+            self._coming.extend(numbers)
+
+    def write(self, *, wait: bool) -> None:
+        """Write the chunks fetched so far, in order; with ``wait``, all that were asked."""
+        while self._coming and (wait or self.last.next_ready()):
+            number = self._coming.popleft()
+            self._write(number, self.last.take(number))
+
+    def close(self) -> list[ChunkFetcher]:
+        """Stop every fetcher; they are handed back for their tallies."""
+        for fetcher in self._fetchers:
+            fetcher.close()
+        return self._fetchers
 
 
 class _PlacedWriter:
@@ -286,7 +351,7 @@ class _PlacedWriter:
                 tally.in_place += entry.length
                 patch.keep(entry.offset, entry.length, entry.digest)
 
-    def put(self, numbers: list[int], data: bytes, *, copied: bool) -> None:
+    def put(self, numbers: list[int], data: bytes | memoryview, *, copied: bool) -> None:
         """Write ``data`` (checked) at the places of chunks ``numbers``, counted as copied from
         the device or fetched from the network."""
         for number in numbers:

@@ -130,7 +130,7 @@ class Found:
     offset: int
 
 
-Use = Callable[[bytes, bytes], None]
+Use = Callable[[bytes, bytes | memoryview], None]
 """Called with a wanted chunk's digest and its bytes (just hashed: they match) as a scan finds
 it, the first time each digest is found."""
 
@@ -230,18 +230,20 @@ def _by_layout(
                 places.append((entry.offset, entry.length, digest))
     if use is None:
         return
-    pending: deque[tuple[list[tuple[int, int, bytes]], list[bytes], Future[list[bytes]]]]
-    pending = deque()
+    pending: deque[tuple[list[tuple[int, int, bytes]], Future[_Read]]] = deque()
 
     def settle(limit: int) -> None:
         while len(pending) > limit:
-            run, chunks, hashed = pending.popleft()
-            for (offset, _, want), chunk, digest in zip(run, chunks, hashed.result(), strict=True):
+            run, read = pending.popleft()
+            chunks, digests = read.result()
+            for (offset, _, want), chunk, digest in zip(run, chunks, digests, strict=True):
                 if digest == want and digest not in found:
                     found[digest] = Found(seed, offset)
                     use(digest, chunk)
 
-    with ThreadPoolExecutor(1, thread_name_prefix="sysupd-seed-hash") as pool:
+    # The worker reads each run and hashes its chunks while this thread writes the last ones:
+    # the seed's reads and hashes run beside the writes, not between them.
+    with ThreadPoolExecutor(1, thread_name_prefix="sysupd-seed-read") as pool:
         at = 0
         while at < len(places):
             run = [places[at]]
@@ -252,15 +254,22 @@ def _by_layout(
             ):
                 run.append(places[at + len(run)])
             at += len(run)
-            data = seed.read_at(run[0][0], run[-1][0] + run[-1][1] - run[0][0])
-            chunks = []
-            for offset, length, _ in run:
-                start = offset - run[0][0]
-                chunks.append(data[start : start + length])
-            pending.append((run, chunks, pool.submit(_digests, chunks)))
+            pending.append((run, pool.submit(_read_run, seed, run)))
             settle(_HASHING_AHEAD)
         settle(0)
 
 
-def _digests(chunks: list[bytes]) -> list[bytes]:
+_Read = tuple[list[memoryview], list[bytes]]
+
+
+def _read_run(seed: Seed, run: list[tuple[int, int, bytes]]) -> _Read:
+    """The chunks of ``run`` (offset, length, digest: end to end in ``seed``), read with one
+    call, as views of the bytes read (not copies), and their SHA-256 digests."""
+    start = run[0][0]
+    data = memoryview(seed.read_at(start, run[-1][0] + run[-1][1] - start))
+    chunks = [data[offset - start : offset - start + length] for offset, length, _ in run]
+    return chunks, _digests(chunks)
+
+
+def _digests(chunks: list[bytes] | list[memoryview]) -> list[bytes]:
     return [hashlib.sha256(chunk).digest() for chunk in chunks]

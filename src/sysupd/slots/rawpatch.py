@@ -67,7 +67,7 @@ class RawPatch:
         self._placed = 0
         self._unsynced = 0
         self._unsynced_from = -1
-        self._gathered: list[bytes] = []
+        self._gathered: list[bytes | memoryview] = []
         self._gathered_chunks: list[tuple[int, int, bytes]] = []
         self._gather_start = self._gather_end = 0
         if not self._is_device and self.held < length:
@@ -93,7 +93,7 @@ class RawPatch:
         except OSError as exc:
             raise image_error(exc, self._slot.name, "reading") from exc
 
-    def write_at(self, offset: int, data: bytes, digest: bytes) -> None:
+    def write_at(self, offset: int, data: bytes | memoryview, digest: bytes) -> None:
         """Write ``data`` (checked against its signed SHA-256, ``digest``) at ``offset``;
         contiguous writes are gathered into one system call of up to ``_GATHER_BYTES``.
 
@@ -139,9 +139,9 @@ class RawPatch:
                     rest = rest[count:]
         except OSError as exc:
             raise image_error(exc, self._slot.name, "writing") from exc
-        for chunk in chunks:  # written: read back in their turn
-            self._readback.add(*chunk)
-            self._placed += chunk[1]
+        for (start, length, digest), data in zip(chunks, buffers, strict=True):
+            self._readback.add(start, length, digest, data)  # written: read back in its turn
+            self._placed += length
         if self._unsynced_from < 0:
             self._unsynced_from = offset
         self._unsynced += total

@@ -1,0 +1,170 @@
+"""A delta install's raw slot writer: chunks in any order, every one read back after an fsync.
+
+``RawPatch`` is driven directly with real files: chunks of a random image written shuffled,
+some kept (the slot held them), and the storage made to lie on one read (``os.preadv`` wrapped)
+to show each kind of chunk is checked from what the slot returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sysupd.errors import InstallError
+from sysupd.slots import _chunkreadback
+from sysupd.slots.raw import RawSlot
+from sysupd.slots.rawpatch import RawPatch
+
+KiB = 1 << 10
+MiB = 1 << 20
+
+Chunk = tuple[int, bytes]  # offset, bytes
+
+
+def _image(size: int, seed: int = 7) -> tuple[bytes, list[Chunk]]:
+    """A random image and its chunks, of 20 to 90 KiB each."""
+    rng = random.Random(seed)
+    image = rng.randbytes(size)
+    chunks, at = [], 0
+    while at < size:
+        length = min(rng.randint(20 * KiB, 90 * KiB), size - at)
+        chunks.append((at, image[at : at + length]))
+        at += length
+    return image, chunks
+
+
+def _patch(
+    slot: Path, image: bytes, chunks: list[Chunk], kept: set[int], order_seed: int = 3
+) -> None:
+    """Write ``image`` into ``slot`` as a delta install would: chunks ``kept`` (numbers) are
+    in the slot already, the others written in a shuffled order."""
+    held = bytearray(len(image))
+    for number in kept:
+        offset, data = chunks[number]
+        held[offset : offset + len(data)] = data
+    slot.write_bytes(bytes(held))
+    patch = RawPatch(RawSlot("B", slot), len(image))
+    try:
+        rest = [n for n in range(len(chunks)) if n not in kept]
+        random.Random(order_seed).shuffle(rest)
+        for number in kept:
+            offset, data = chunks[number]
+            patch.keep(offset, len(data), hashlib.sha256(data).digest())
+        for number in rest:
+            offset, data = chunks[number]
+            patch.write_at(offset, data, hashlib.sha256(data).digest())
+        patch.finish()
+    except BaseException:
+        patch.abort()
+        raise
+    finally:
+        patch.close()
+
+
+def test_chunks_written_in_any_order_and_kept_ones_make_the_image(tmp_path: Path) -> None:
+    image, chunks = _image(3 * MiB + 12_345)
+    slot = tmp_path / "slot-B.img"
+    _patch(slot, image, chunks, kept=set(range(0, len(chunks), 3)))
+    assert slot.read_bytes() == image
+
+
+@pytest.mark.parametrize("which", ["written", "kept", "written past the held bytes"])
+def test_bad_storage_is_caught_in_every_kind_of_chunk(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, which: str
+) -> None:
+    """A written chunk is compared with what was written, a kept one hashed, and one written
+    while the read-back held too much is hashed: each is checked from what the slot returns."""
+    image, chunks = _image(2 * MiB)
+    kept = set(range(1, len(chunks), 4))
+    if which == "written past the held bytes":
+        monkeypatch.setattr(_chunkreadback, "_HELD_BYTES", 0)
+    number = next(
+        n for n in range(len(chunks) // 2, len(chunks)) if (n in kept) == (which == "kept")
+    )
+    offset, data = chunks[number]
+    bad = offset + len(data) // 2
+    real_preadv = os.preadv
+
+    def lying(fd: int, buffers: list[memoryview], at: int) -> int:
+        count = real_preadv(fd, buffers, at)
+        if at <= bad < at + count:
+            buffers[0][bad - at] ^= 0x01
+        return count
+
+    monkeypatch.setattr(os, "preadv", lying)
+    slot = tmp_path / "slot-B.img"
+    with pytest.raises(InstallError, match=f"reads back differently at byte {offset}: bad storage"):
+        _patch(slot, image, chunks, kept)
+    monkeypatch.undo()
+    assert not any(t.name == "sysupd-chunk-readback" for t in threading.enumerate())
+    held = slot.read_bytes()
+    assert held[: 64 * KiB] == bytes(64 * KiB)  # zeroed: no half image looks like a filesystem
+    assert held[offset : offset + len(data)] == data  # the rest kept for the next attempt
+
+
+def test_no_chunk_is_read_back_before_an_fsync_that_covered_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(_chunkreadback, "_BATCH_BYTES", 256 * KiB)
+    image, chunks = _image(4 * MiB)
+    slot = tmp_path / "slot-B.img"
+    slot.touch()
+    inode = slot.stat().st_ino
+    lock = threading.Lock()
+    written: list[tuple[int, int]] = []  # ranges written so far
+    durable: list[tuple[int, int]] = []  # ranges written before the last fsync started
+    late: list[tuple[int, int]] = []  # reads of bytes no fsync had covered
+
+    def ours(fd: int) -> bool:
+        try:
+            return os.fstat(fd).st_ino == inode
+        except OSError:
+            return False
+
+    def wrap(name: str, call: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(fd: int, *args: Any) -> Any:
+            if not ours(fd):
+                return call(fd, *args)
+            if name == "fsync":
+                with lock:
+                    snapshot = list(written)
+                result = call(fd)
+                with lock:  # writes only grow: the fsync that saw most covers most
+                    if len(snapshot) > len(durable):
+                        durable[:] = snapshot
+                return result
+            result = call(fd, *args)
+            with lock:
+                if name == "pwritev":
+                    written.append((args[1], result))
+                elif name == "preadv" and not _covered(durable, args[1], result):
+                    late.append((args[1], result))
+            return result
+
+        return wrapped
+
+    for name in ("pwritev", "fsync", "preadv"):
+        monkeypatch.setattr(os, name, wrap(name, getattr(os, name)))
+    _patch(slot, image, chunks, kept=set())
+    monkeypatch.undo()
+    assert slot.read_bytes() == image
+    assert late == []
+    assert len(durable) > 4  # it read back behind the writer, batch by batch
+
+
+def _covered(ranges: list[tuple[int, int]], offset: int, length: int) -> bool:
+    """Whether ``ranges`` (offset, length) cover every byte of ``offset``+``length``."""
+    at = offset
+    for start, size in sorted(ranges):
+        if start <= at < start + size:
+            at = start + size
+        if at >= offset + length:
+            return True
+    return at >= offset + length
