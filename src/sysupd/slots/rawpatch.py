@@ -139,9 +139,9 @@ class RawPatch:
                     rest = rest[count:]
         except OSError as exc:
             raise image_error(exc, self._slot.name, "writing") from exc
-        for (start, length, digest), data in zip(chunks, buffers, strict=True):
-            self._readback.add(start, length, digest, data)  # written: read back in its turn
-            self._placed += length
+        for chunk in chunks:  # written: read back in their turn
+            self._readback.add(*chunk)
+            self._placed += chunk[1]
         if self._unsynced_from < 0:
             self._unsynced_from = offset
         self._unsynced += total
