@@ -49,6 +49,7 @@ def test_an_index_reads_back_as_written() -> None:
     assert entry.stored_length == 70_009
     assert index.stored_bytes([0, 2]) == 20_009 + 14
     assert store_path(entry.digest) == f"chunks/{entry.address[:2]}/{entry.address}.zst"
+    assert [index.span(n) for n in range(3)] == [(0, 20_000), (20_000, 70_000), (90_000, 5)]
     with pytest.raises(IndexError):
         index.entry(3)
 

@@ -197,6 +197,11 @@ class ChunkIndex:
         )
         return ChunkEntry(number, self._offsets[number], length, digest, stored_digest, stored)
 
+    def span(self, number: int) -> tuple[int, int]:
+        """Chunk ``number``'s offset and length in the payload (cheaper than ``entry``)."""
+        offsets = self._offsets
+        return offsets[number], offsets[number + 1] - offsets[number]
+
     def digest(self, number: int) -> bytes:
         """Chunk ``number``'s plain SHA-256 (cheaper than ``entry``)."""
         start = number * ENTRY_BYTES

@@ -121,7 +121,7 @@ class DeltaInstall:
                 "already (kept, not written)"
             )
         writer = _PlacedWriter(index, patch, kept, self.tally, self._report)
-        in_slot = {index.digest(n): index.entry(n).offset for n in range(index.count) if kept[n]}
+        in_slot = {index.digest(n): index.span(n)[0] for n in range(index.count) if kept[n]}
         places: dict[bytes, list[int]] = {}
         for number in range(index.count):
             if not kept[number]:
@@ -200,7 +200,7 @@ class DeltaInstall:
         return kept
 
     def _bytes(self, kept: bytearray) -> int:
-        return sum(self._index.entry(n).length for n in range(self._index.count) if kept[n])
+        return sum(self._index.span(n)[1] for n in range(self._index.count) if kept[n])
 
     # -- any other slot, as a stream -----------------------------------------------------------
 
@@ -238,7 +238,7 @@ class DeltaInstall:
 
     def _plan(self, found: int, fetch: list[int], how: str) -> None:
         index = self._index
-        plain = sum(index.entry(n).length for n in fetch)
+        plain = sum(index.span(n)[1] for n in fetch)
         self._log(
             f"{_mib(index.length)} payload in {index.count} chunks: {found} distinct chunks "
             f"{how} on the device, {len(fetch)} to fetch ({_mib(plain)}, "
@@ -357,13 +357,13 @@ class _PlacedWriter:
         for number in numbers:
             if self._done[number]:
                 continue
-            entry = self._index.entry(number)
-            self._patch.write_at(entry.offset, data, entry.digest)
+            offset, length = self._index.span(number)
+            self._patch.write_at(offset, data, self._index.digest(number))
             self._done[number] = 1
             if copied:
-                self._tally.copied += entry.length
+                self._tally.copied += length
             else:
-                self._tally.fetched += entry.length
+                self._tally.fetched += length
         self._report(self._tally)
 
     def check_complete(self) -> None:

@@ -223,11 +223,11 @@ def _by_layout(
     for number in range(layout.count):
         digest = layout.digest(number)
         if digest in wanted and digest not in found:
-            entry = layout.entry(number)
+            offset, length = layout.span(number)
             if use is None:
-                found[digest] = Found(seed, entry.offset)
+                found[digest] = Found(seed, offset)
             else:
-                places.append((entry.offset, entry.length, digest))
+                places.append((offset, length, digest))
     if use is None:
         return
     pending: deque[tuple[list[tuple[int, int, bytes]], Future[_Read]]] = deque()
