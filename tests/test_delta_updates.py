@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
-from dataclasses import replace
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 
 from sysupd.api.service import Service
 from sysupd.core.versions import parse_version
+from sysupd.engine.engine import Engine
 from sysupd.errors import AcquireError
 from sysupd.release.repository import ReleaseRepository
 from sysupd.sources.server import ServerSource
@@ -21,7 +24,9 @@ from tests.client import WsClient
 from tests.conftest import ADMIN, USER, ClientFactory, ServiceFactory, wait_until
 from tests.delta import (
     MiB,
+    RawReleases,
     changed,
+    chunk_file,
     chunk_requests,
     copy_tree,
     make_raw_releases,
@@ -198,52 +203,99 @@ def test_the_next_update_finds_the_booted_slots_chunks_by_the_index_it_kept(
     assert releases.slot_b.read_bytes() == newest
 
 
-def test_chunks_a_kept_index_places_wrongly_are_fetched_after_the_seed_pass(
-    tmp_path: Path,
-) -> None:
-    """With a kept index the missing chunks are fetched while the booted slot is read; chunks
-    the index places there that do not match (the slot was changed behind its back) are
-    fetched after, and the booted slot is only read."""
+@dataclass
+class _KeptIndexDevice:
+    """Slot B booted, holding 1.1.0 (its index kept by the install), 1.2.0 published."""
+
+    releases: RawReleases
+    engine: Engine
+    source: ServerSource
+    newest: bytes
+    work: Path
+
+    def new_chunks(self) -> list[int]:
+        """Chunks of 1.2.0 found on neither slot."""
+        index = release_index(self.releases.repo, "1.2.0")
+        held = {
+            old.digest(n)
+            for version in ("1.0.0", "1.1.0")
+            for old in [release_index(self.releases.repo, version)]
+            for n in range(old.count)
+        }
+        return [n for n in range(index.count) if index.digest(n) not in held]
+
+
+@contextlib.contextmanager
+def _kept_index_device(tmp_path: Path) -> Iterator[_KeptIndexDevice]:
     releases = make_raw_releases(tmp_path)
     settings = {"slots": releases.slots, "factory_version": "1.0.0"}
     state = tmp_path / "device"
-    image = tmp_path / "image-1.2.0.img"
     with serve_repo(releases.repo, tmp_path / "server") as url:
         engine = booted_engine(state, releases.repo, **settings)
         source = ServerSource.configured(
             url, state, threading.Lock(), engine.settings, FetcherLimits()
         )
         assert str(engine.install(source).version) == "1.1.0"
-        engine = booted_engine(state, releases.repo, **settings)  # B, holding 1.1.0, index kept
+        engine = booted_engine(state, releases.repo, **settings)  # B, holding 1.1.0
+        assert engine.status().booted == "B"
         newest = changed(releases.new, 5, 2, 50_000)
+        image = tmp_path / "image-1.2.0.img"
         image.write_bytes(newest)
         releases.repo.add_release("1.2.0", image=image, chunk_size=256 * 1024)
         releases.repo.publish()
-        index, held = release_index(releases.repo, "1.2.0"), release_index(releases.repo, "1.1.0")
-        old = release_index(releases.repo, "1.0.0")  # what slot A holds, kept in place
+        yield _KeptIndexDevice(releases, engine, source, newest, tmp_path / "server")
+
+
+def test_chunks_a_kept_index_places_wrongly_are_fetched_after_the_seed_pass(
+    tmp_path: Path,
+) -> None:
+    """With a kept index the missing chunks are fetched while the booted slot is read; chunks
+    the index places there that do not match (the slot was changed behind its back) are
+    fetched after, and the booted slot is only read."""
+    with _kept_index_device(tmp_path) as device:
+        repo = device.releases.repo
+        index, held = release_index(repo, "1.2.0"), release_index(repo, "1.1.0")
+        old = release_index(repo, "1.0.0")  # what slot A holds, kept in place
         in_b = {held.digest(n) for n in range(held.count)}
         in_a = {old.digest(n) for n in range(old.count)}
         shared = [n for n in range(index.count) if index.digest(n) in in_b - in_a][:3]
         assert len(shared) == 3
-        corrupt = bytearray(releases.slot_b.read_bytes())
+        slot_b = device.releases.slot_b
+        corrupt = bytearray(slot_b.read_bytes())
         for number in shared:
             entry = index.entry(number)
             corrupt[entry.offset + entry.length // 3] ^= 0x10
-        releases.slot_b.write_bytes(bytes(corrupt))
-        before = len(chunk_requests(tmp_path / "server"))
+        slot_b.write_bytes(bytes(corrupt))
+        before = len(chunk_requests(device.work))
         lines: list[str] = []
-        assert str(engine.install(source, log=lines.append).version) == "1.2.0"
+        assert str(device.engine.install(device.source, log=lines.append).version) == "1.2.0"
+        fetched = chunk_requests(device.work)[before:]
     assert any("placed by the seeds' kept indexes" in line for line in lines), lines
     assert any(
         f"{len(shared)} chunks were not where the seeds' kept indexes put them" in line
         for line in lines
     ), lines
-    assert releases.slot_a.read_bytes() == newest
-    assert releases.slot_b.read_bytes() == bytes(corrupt)  # read, never repaired or written
-    fetched = chunk_requests(tmp_path / "server")[before:]
+    assert device.releases.slot_a.read_bytes() == device.newest
+    assert slot_b.read_bytes() == bytes(corrupt)  # read, never repaired or written
     for number in shared:
         address = index.entry(number).address
         assert f"/targets/chunks/{address[:2]}/{address}.zst" in fetched
+
+
+def test_a_chunk_missing_while_the_booted_slot_is_read_fails_the_update_naming_it(
+    tmp_path: Path,
+) -> None:
+    """The fetch beside the seed pass fails the update as the fetch after it does: the chunk
+    named, the booted slot untouched, the target's start zeroed."""
+    with _kept_index_device(tmp_path) as device:
+        index = release_index(device.releases.repo, "1.2.0")
+        gone = device.new_chunks()[0]
+        chunk_file(device.releases.repo, index.digest(gone)).unlink()
+        booted = device.releases.slot_b.read_bytes()
+        with pytest.raises(AcquireError, match=rf"lacks chunks of the release: {gone} \(chunks/"):
+            device.engine.install(device.source)
+    assert device.releases.slot_b.read_bytes() == booted
+    assert device.releases.slot_a.read_bytes()[:4096] == bytes(4096)
 
 
 async def test_fetch_url_of_a_published_repository_updates_from_its_chunks(
