@@ -98,8 +98,9 @@ def measure_ours(
     runs: int = 1,
 ) -> list[Row]:
     """Every case of every form installed with delta updates on and off: one row each, of
-    ``runs`` runs the one of median time (ok only if all were). The runs of one case take
-    turns (ours, first, full, ours, …), so a slow minute of the disk falls on all of them.
+    ``runs`` runs the one of median time (ok only if all were; the highest peak RSS). The runs
+    of one case take turns (ours, first, full, ours, …), so a slow minute of the disk falls on
+    all of them.
 
     Raises:
         BenchError: the server side could not be set up (a failed install is a row, not ok).
@@ -137,7 +138,13 @@ def measure_ours(
                 for peer_runs in runs_of.values():
                     peer_runs.sort(key=lambda row: row.seconds)
                     median = peer_runs[len(peer_runs) // 2]
-                    rows.append(replace(median, ok=all(row.ok for row in peer_runs)))
+                    rows.append(
+                        replace(
+                            median,
+                            ok=all(row.ok for row in peer_runs),
+                            peak_rss_kib=max(row.peak_rss_kib for row in peer_runs),
+                        )
+                    )
     return rows
 
 

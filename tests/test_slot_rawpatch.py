@@ -165,3 +165,16 @@ def _covered(ranges: list[tuple[int, int]], offset: int, length: int) -> bool:
         if at >= offset + length:
             return True
     return at >= offset + length
+
+
+def test_a_failure_of_the_read_back_itself_fails_the_install_with_its_reason(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    image, chunks = _image(1 * MiB)
+
+    def broken(fd: int, buffers: list[memoryview], at: int) -> int:
+        raise ValueError("a bug in the read-back")
+
+    monkeypatch.setattr(os, "preadv", broken)
+    with pytest.raises(InstallError, match=r"reading it back failed unexpectedly: ValueError"):
+        _patch(tmp_path / "slot-B.img", image, chunks, kept=set())

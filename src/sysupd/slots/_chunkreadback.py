@@ -108,6 +108,9 @@ class ChunkReadBack:
             except OSError as exc:
                 self.failure = f"reading it back failed: {exc}"
                 return
+            except Exception as exc:  # noqa: BLE001 - a bug: failed with its reason, not silently
+                self.failure = f"reading it back failed unexpectedly: {exc!r}"
+                return
             if final:
                 with self._cond:
                     if not self._queue:
