@@ -21,10 +21,11 @@ than some differences measured), the work directory ``/tmp/sysupd-bench-delta`` 
 
 Bytes are nginx's body bytes for the run (metadata and indexes included) as a share of the
 payload (the image, or the tree's uncompressed tar); wall time and peak RSS are the installing
-process's (``os.wait4``), with what it reads warmed in the page cache first (the booted slot a
-delta reads, the files nginx serves), for ours as for the peers. The targets (issue 13): (b) at
-most 3 % for the tree and 5 % for the image, and no more than the best peer; (a) metadata only;
-a delta install no slower than the full install of the same release; peak RSS at most 100 MiB.
+process's (``os.wait4``), with what it reads warmed in the page cache first (ours: the booted
+slot a delta reads and the release files nginx serves a full install, not the chunk store;
+the peers: their inputs). The targets (issue 13): (b) at most 3 % for the tree and 5 % for the
+image, and no more than the best peer; (a) metadata only; a delta install no slower than the
+full install of the same release; peak RSS at most 100 MiB.
 """
 
 from __future__ import annotations

@@ -178,7 +178,10 @@ class ChunkFetcher:
             return self._ready.pop(number)
 
     def next_ready(self) -> bool:
-        """Whether ``take`` of the next chunk would return (or raise) at once."""
+        """Whether the next chunk to take is fetched (or failed), so ``take`` returns (or
+        raises) at once; ``False`` when it is still coming, or no chunk is left. (``take`` also
+        raises at once when no worker is left or time is up: that surfaces at the next
+        waiting ``take``.)"""
         with self._cond:
             if self._taken >= len(self._numbers):
                 return False

@@ -97,6 +97,7 @@ class DeltaInstall:
         self._log = log
         self._report = report
         self.tally = DeltaTally(index.length)
+        self._fetch_deadline: float | None = None
 
     # -- a raw slot, written in place ----------------------------------------------------------
 
@@ -178,6 +179,8 @@ class DeltaInstall:
     def _located(self, wanted: set[bytes]) -> set[bytes] | None:
         """The ``wanted`` digests the seeds' kept indexes place, if every seed has one (else a
         seed must be cut before the missing chunks are known: ``None``)."""
+        if not self._seeds:
+            return None
         located: set[bytes] = set()
         for seed in self._seeds:
             layout = seed.layout
@@ -246,13 +249,18 @@ class DeltaInstall:
         )
 
     def _fetcher(self, fetch: list[int]) -> ChunkFetcher:
+        """A fetcher of ``fetch``; a second one of the same install gets what is left of the
+        time limit, which runs from the first (``deadline_s`` is the fetching's total)."""
         options = self._options
+        now = time.monotonic()
+        if self._fetch_deadline is None:
+            self._fetch_deadline = now + options.deadline_s
         return ChunkFetcher(
             self._index,
             self._chunks,
             fetch,
             parallel=options.parallel,
-            deadline_s=options.deadline_s,
+            deadline_s=max(0.001, self._fetch_deadline - now),
             max_rate_bps=options.max_rate_bps,
         )
 
@@ -310,7 +318,10 @@ class _Fetched:
         return self._fetchers[-1]
 
     def ask(self, numbers: list[int]) -> None:
-        """Fetch chunks ``numbers`` ahead (after the ones asked before are written)."""
+        """Fetch chunks ``numbers`` ahead, from a new fetcher: only once every chunk asked
+        before is written (``write(wait=True)``), since each fetcher is taken in its order."""
+        if self._coming:
+            raise AssertionError("chunks asked before are not all written yet")
         if numbers or not self._fetchers:
             self._fetchers.append(self._start(numbers))
             self._coming.extend(numbers)
