@@ -177,8 +177,9 @@ class DeltaInstall:
         )
 
     def _located(self, wanted: set[bytes]) -> set[bytes] | None:
-        """The ``wanted`` digests the seeds' kept indexes place, if every seed has one (else a
-        seed must be cut before the missing chunks are known: ``None``)."""
+        """The ``wanted`` digests the seeds' kept indexes place, if there are seeds and every one
+        has one (else ``None``: a seed must be cut before the missing chunks are known, or there
+        is nothing to read beside the fetch)."""
         if not self._seeds:
             return None
         located: set[bytes] = set()
