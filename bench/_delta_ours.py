@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from _delta_peers import Row, warm_all
+from _delta_peers import Row, median_row, warm_all
 from _delta_workload import Version, Workload, tree_digest
 from _harness import BenchError, remove, run_quiet, run_timed, sha256_file, sysupd_command
 from tools.nginx import access_log, nginx_serving
@@ -136,15 +136,8 @@ def measure_ours(
                             )
                         )
                 for peer_runs in runs_of.values():
-                    peer_runs.sort(key=lambda row: row.seconds)
-                    median = peer_runs[len(peer_runs) // 2]
-                    rows.append(
-                        replace(
-                            median,
-                            ok=all(row.ok for row in peer_runs),
-                            peak_rss_kib=max(row.peak_rss_kib for row in peer_runs),
-                        )
-                    )
+                    highest = max(row.peak_rss_kib for row in peer_runs)
+                    rows.append(replace(median_row(peer_runs), peak_rss_kib=highest))
     return rows
 
 

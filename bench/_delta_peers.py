@@ -74,6 +74,7 @@ __all__ = [
     "Row",
     "install_peer_programs",
     "measure_peers",
+    "median_row",
     "peer_versions",
     "row_cells",
     "run_peers",
@@ -438,13 +439,15 @@ def measure_peers(
         for form in forms:
             for case in workload.versions:
                 for peer in peers:
-                    runs_of = sorted(
-                        (_measure(bench, peer, form, case) for _ in range(runs)),
-                        key=lambda row: row.seconds,
-                    )
-                    median = runs_of[len(runs_of) // 2]
-                    rows.append(replace(median, ok=all(row.ok for row in runs_of)))
+                    runs_of = [_measure(bench, peer, form, case) for _ in range(runs)]
+                    rows.append(median_row(runs_of))
     return rows
+
+
+def median_row(runs: Sequence[Row]) -> Row:
+    """Of one row's ``runs``, the one of median time, ok only if all were."""
+    ordered = sorted(runs, key=lambda row: row.seconds)
+    return replace(ordered[len(ordered) // 2], ok=all(row.ok for row in runs))
 
 
 def run_peers(

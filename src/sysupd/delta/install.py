@@ -195,11 +195,10 @@ class DeltaInstall:
         index = self._index
         kept = bytearray(index.count)
         for number in range(index.count):
-            entry = index.entry(number)
-            if entry.offset + entry.length > patch.held:
+            offset, length = index.span(number)
+            if offset + length > patch.held:
                 break
-            data = patch.read_at(entry.offset, entry.length)
-            if _checked(data, entry.digest) is not None:
+            if _checked(patch.read_at(offset, length), index.digest(number)) is not None:
                 kept[number] = 1
         return kept
 
