@@ -1,13 +1,13 @@
-"""A delta install's raw slot writer: chunks in any order, every one read back after an fsync.
+"""A delta install's raw slot writer: chunks in any order, every block read back after an fsync.
 
-``RawPatch`` is driven directly with real files: chunks of a random image written shuffled,
-some kept (the slot held them), and the storage made to lie on one read (``os.preadv`` wrapped)
-to show each kind of chunk is checked from what the slot returns.
+``RawPatch`` is driven directly with real files: content-defined-sized chunks of a random image
+written shuffled, some kept (the slot held them), read back by the blocks of the image's chunk
+list, and the storage made to lie on one read (``os.preadv`` wrapped) to show each kind of chunk
+is checked from what the slot returns.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import threading
@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
+from sysupd.core.chunks import ChunkList, chunk_digests
 from sysupd.errors import InstallError
-from sysupd.slots import _chunkreadback
+from sysupd.slots import _blockreadback
 from sysupd.slots.raw import RawSlot
 from sysupd.slots.rawpatch import RawPatch
 
@@ -27,6 +28,7 @@ KiB = 1 << 10
 MiB = 1 << 20
 
 Chunk = tuple[int, bytes]  # offset, bytes
+BLOCK = 256 * KiB  # the chunk list's block size
 
 
 def _image(size: int, seed: int = 7) -> tuple[bytes, list[Chunk]]:
@@ -42,7 +44,12 @@ def _image(size: int, seed: int = 7) -> tuple[bytes, list[Chunk]]:
 
 
 def _patch(
-    slot: Path, image: bytes, chunks: list[Chunk], kept: set[int], order_seed: int = 3
+    slot: Path,
+    image: bytes,
+    chunks: list[Chunk],
+    kept: set[int],
+    order_seed: int = 3,
+    block: int = BLOCK,
 ) -> None:
     """Write ``image`` into ``slot`` as a delta install would: chunks ``kept`` (numbers) are
     in the slot already, the others written in a shuffled order."""
@@ -51,16 +58,17 @@ def _patch(
         offset, data = chunks[number]
         held[offset : offset + len(data)] = data
     slot.write_bytes(bytes(held))
-    patch = RawPatch(RawSlot("B", slot), len(image))
+    blocks = ChunkList(chunk_digests(image, block), block, len(image))
+    patch = RawPatch(RawSlot("B", slot), blocks)
     try:
         rest = [n for n in range(len(chunks)) if n not in kept]
         random.Random(order_seed).shuffle(rest)
         for number in kept:
             offset, data = chunks[number]
-            patch.keep(offset, len(data), hashlib.sha256(data).digest())
+            patch.keep(offset, len(data))
         for number in rest:
             offset, data = chunks[number]
-            patch.write_at(offset, data, hashlib.sha256(data).digest())
+            patch.write_at(offset, data)
         patch.finish()
     except BaseException:
         patch.abort()
@@ -69,11 +77,33 @@ def _patch(
         patch.close()
 
 
-def test_chunks_written_in_any_order_and_kept_ones_make_the_image(tmp_path: Path) -> None:
+@pytest.mark.parametrize("block", [BLOCK, 3 * MiB // 2, 8 * MiB], ids=["small", "pieces", "one"])
+def test_chunks_written_in_any_order_and_kept_ones_make_the_image(
+    tmp_path: Path, block: int
+) -> None:
+    """Blocks smaller than the chunks' spread, larger than one read (hashed a piece at a time),
+    and one block for the whole image."""
     image, chunks = _image(3 * MiB + 12_345)
     slot = tmp_path / "slot-B.img"
-    _patch(slot, image, chunks, kept=set(range(0, len(chunks), 3)))
+    _patch(slot, image, chunks, kept=set(range(0, len(chunks), 3)), block=block)
     assert slot.read_bytes() == image
+
+
+def test_bytes_placed_twice_over_a_block_or_past_the_image_are_refused(tmp_path: Path) -> None:
+    image, chunks = _image(1 * MiB)
+    slot = tmp_path / "slot-B.img"
+    slot.write_bytes(bytes(len(image)))
+    patch = RawPatch(RawSlot("B", slot), ChunkList(chunk_digests(image, BLOCK), BLOCK, len(image)))
+    try:
+        offset, data = chunks[0]
+        patch.keep(offset, len(data))
+        with pytest.raises(InstallError, match="slot B: bytes of block 0 were placed twice"):
+            patch.keep(0, BLOCK)
+        with pytest.raises(InstallError, match="past the image's end"):
+            patch.keep(len(image) - 10, 20)
+    finally:
+        patch.abort()
+        patch.close()
 
 
 @pytest.mark.parametrize("which", ["written", "kept"])
@@ -88,6 +118,8 @@ def test_bad_storage_is_caught_in_every_kind_of_chunk(
     )
     offset, data = chunks[number]
     bad = offset + len(data) // 2
+    start = bad // BLOCK * BLOCK
+    end = min(start + BLOCK, len(image)) - 1
     real_preadv = os.preadv
 
     def lying(fd: int, buffers: list[memoryview], at: int) -> int:
@@ -98,10 +130,10 @@ def test_bad_storage_is_caught_in_every_kind_of_chunk(
 
     monkeypatch.setattr(os, "preadv", lying)
     slot = tmp_path / "slot-B.img"
-    with pytest.raises(InstallError, match=f"reads back differently at byte {offset}: bad storage"):
+    with pytest.raises(InstallError, match=f"reads back differently in bytes {start}-{end}: bad"):
         _patch(slot, image, chunks, kept)
     monkeypatch.undo()
-    assert not any(t.name == "sysupd-chunk-readback" for t in threading.enumerate())
+    assert not any(t.name == "sysupd-block-readback" for t in threading.enumerate())
     held = slot.read_bytes()
     assert held[: 64 * KiB] == bytes(64 * KiB)  # zeroed: no half image looks like a filesystem
     assert held[offset : offset + len(data)] == data  # the rest kept for the next attempt
@@ -110,7 +142,7 @@ def test_bad_storage_is_caught_in_every_kind_of_chunk(
 def test_no_chunk_is_read_back_before_an_fsync_that_covered_it(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(_chunkreadback, "_BATCH_BYTES", 256 * KiB)
+    monkeypatch.setattr(_blockreadback, "_BATCH_BYTES", 256 * KiB)
     image, chunks = _image(4 * MiB)
     slot = tmp_path / "slot-B.img"
     slot.touch()

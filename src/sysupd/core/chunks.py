@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from dataclasses import dataclass
 
 from sysupd.errors import VerificationError
 
-__all__ = ["DIGEST_SIZE", "ChunkVerifier", "chunk_digests"]
+__all__ = ["DIGEST_SIZE", "ChunkList", "ChunkVerifier", "chunk_digests"]
 
 DIGEST_SIZE = 32
 
@@ -28,6 +29,43 @@ def chunk_digests(data: bytes, chunk_size: int) -> bytes:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ChunkList:
+    """A payload's signed chunk list: the SHA-256 of each consecutive ``chunk_size`` bytes of its
+    ``length`` (the last chunk may be shorter), so any chunk can be checked on its own.
+
+    Raises:
+        VerificationError: the list does not fit the length and chunk size.
+    """
+
+    digests: bytes
+    chunk_size: int
+    length: int
+
+    def __post_init__(self) -> None:
+        if self.chunk_size <= 0 or self.length < 0:
+            raise VerificationError("the release's chunk size or length is invalid")
+        if len(self.digests) != self.count * DIGEST_SIZE:
+            raise VerificationError(
+                f"the chunk list has {len(self.digests) // DIGEST_SIZE} entries, "
+                f"the payload needs {self.count}"
+            )
+
+    @property
+    def count(self) -> int:
+        """How many chunks the payload has."""
+        return -(-self.length // self.chunk_size)
+
+    def span(self, number: int) -> tuple[int, int]:
+        """Chunk ``number``'s offset and length."""
+        offset = number * self.chunk_size
+        return offset, min(self.chunk_size, self.length - offset)
+
+    def digest(self, number: int) -> bytes:
+        """Chunk ``number``'s signed SHA-256."""
+        return self.digests[number * DIGEST_SIZE : (number + 1) * DIGEST_SIZE]
+
+
 class ChunkVerifier:
     """Checks a payload chunk by chunk against its signed chunk list."""
 
@@ -36,18 +74,10 @@ class ChunkVerifier:
         Raises:
             VerificationError: the chunk list does not fit the signed length and chunk size.
         """
-        if chunk_size <= 0 or length < 0:
-            raise VerificationError("the release's chunk size or length is invalid")
-        count = -(-length // chunk_size)
-        if len(chunk_list) != count * DIGEST_SIZE:
-            raise VerificationError(
-                f"the chunk list has {len(chunk_list) // DIGEST_SIZE} entries, "
-                f"the payload needs {count}"
-            )
+        self._list = ChunkList(chunk_list, chunk_size, length)
         self.chunk_size = chunk_size
         self.length = length
-        self._chunks = chunk_list
-        self._count = count
+        self._count = self._list.count
         self._index = 0
 
     @property
@@ -79,8 +109,7 @@ class ChunkVerifier:
             raise VerificationError(
                 f"chunk {self._index} has {len(chunk)} bytes, expected {expected_size}"
             )
-        want = self._chunks[self._index * DIGEST_SIZE : (self._index + 1) * DIGEST_SIZE]
-        if not hmac.compare_digest(hashlib.sha256(chunk).digest(), want):
+        if not hmac.compare_digest(hashlib.sha256(chunk).digest(), self._list.digest(self._index)):
             raise VerificationError(
                 f"chunk {self._index} (bytes {self._index * self.chunk_size}-"
                 f"{self._index * self.chunk_size + len(chunk) - 1}) does not match its signed hash"

@@ -360,7 +360,7 @@ class _PlacedWriter:
             if kept[number]:
                 entry = index.entry(number)
                 tally.in_place += entry.length
-                patch.keep(entry.offset, entry.length, entry.digest)
+                patch.keep(entry.offset, entry.length)
 
     def put(self, numbers: list[int], data: bytes | memoryview, *, copied: bool) -> None:
         """Write ``data`` (checked) at the places of chunks ``numbers``, counted as copied from
@@ -369,7 +369,7 @@ class _PlacedWriter:
             if self._done[number]:
                 continue
             offset, length = self._index.span(number)
-            self._patch.write_at(offset, data, self._index.digest(number))
+            self._patch.write_at(offset, data)
             self._done[number] = 1
             if copied:
                 self._tally.copied += length

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sysupd.core.chunkindex import MAX_INDEX_BYTES, ChunkIndex, parse_index
+from sysupd.core.chunks import ChunkList
 from sysupd.core.manifest import Manifest
 from sysupd.delta.install import DeltaInstall, DeltaTally
 from sysupd.delta.seeds import ImageSeed, Seed, TreeSeed
@@ -99,6 +100,8 @@ class DeltaJob:
 
     manifest: Manifest
     index: ChunkIndex
+    chunk_list: bytes
+    """The release's signed chunk list (fixed-size blocks): a raw slot is read back by it."""
     offer: DeltaOffer
     target: SlotConfig
     booted: SlotConfig | None
@@ -141,7 +144,7 @@ def write_delta(
     install = DeltaInstall(job.index, job.offer.chunks, seeds, job.offer.options, say, report)
     try:
         if isinstance(writer, RawSlot):
-            _write_raw(install, writer, job.index)
+            _write_raw(install, writer, job)
         else:
             stream = install.stream()
             with stream:
@@ -158,8 +161,9 @@ def write_delta(
     return tally
 
 
-def _write_raw(install: DeltaInstall, slot: RawSlot, index: ChunkIndex) -> None:
-    patch = RawPatch(slot, index.length)
+def _write_raw(install: DeltaInstall, slot: RawSlot, job: DeltaJob) -> None:
+    manifest = job.manifest
+    patch = RawPatch(slot, ChunkList(job.chunk_list, manifest.chunk_size, manifest.length))
     try:
         install.write_raw(patch)
     except BaseException:

@@ -365,7 +365,13 @@ class Engine:
             record = state.slots.get(booted)
             layouts = (indexes.load(booted, record.version if record else None), target_layout)
             delta = DeltaJob(
-                manifest, release.index, acquired.delta, slot, self.slots.get(booted), *layouts
+                manifest,
+                release.index,
+                release.chunk_list,
+                acquired.delta,
+                slot,
+                self.slots.get(booted),
+                *layouts,
             )
             how = self._write_delta(delta, report, say, origins)
         else:

@@ -12,15 +12,16 @@ Invariants:
 - Nothing is truncated or wiped before the first write, so a slot that holds most of the image
   (the release before last, or an install cut short by a restart) keeps it; a file slot is cut
   to the image's length only at ``finish``.
-- Reading back (``ChunkReadBack``): each chunk written (``write_at``) or kept (``keep``) is
-  handed with its signed hash to a worker thread that fsyncs, drops its cached pages, reads it
-  from the storage and checks it, in whatever order chunks come; ``finish`` makes sure every
-  chunk of the image was checked. So when ``finish`` returns, the image on the storage is the
-  signed one, byte for byte, kept parts included.
+- Reading back (``BlockReadBack``): the bytes written (``write_at``) or kept (``keep``) are
+  counted against the blocks of the image's signed chunk list; each block complete, in whatever
+  order, is read back by a worker thread from the storage (after an fsync, its cached pages
+  dropped) and checked against its signed hash; ``finish`` makes sure every block was checked.
+  So when ``finish`` returns, the image on the storage is the signed one, byte for byte, kept
+  parts included.
 - On failure (``abort``), the slot's first ``WIPE_BYTES`` are zeroed, so no half-written image
   looks like a filesystem, but the rest stays for the next attempt to keep.
 - Memory: what the caller hands in, the gathering buffer (``_GATHER_BYTES``) and the read-back's
-  queue of chunks.
+  count per block.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ import errno
 import os
 from contextlib import suppress
 
+from sysupd.core.chunks import ChunkList
 from sysupd.errors import InstallError, SysupdError
-from sysupd.slots._chunkreadback import ChunkReadBack
+from sysupd.slots._blockreadback import BlockReadBack
 from sysupd.slots._durability import advise_dontneed
 from sysupd.slots.raw import WIPE_BYTES, RawSlot, image_error
 
@@ -43,14 +45,14 @@ _GATHER_BYTES = 1 << 20  # contiguous chunks written with one system call
 class RawPatch:
     """One delta install into a raw slot; ``with`` closes it (``abort`` on an error)."""
 
-    def __init__(self, slot: RawSlot, length: int) -> None:
-        """Open ``slot`` for an image of ``length`` bytes.
+    def __init__(self, slot: RawSlot, blocks: ChunkList) -> None:
+        """Open ``slot`` for the image whose signed chunk list is ``blocks``.
 
         Raises:
             InstallError: the slot cannot be opened, or is smaller than the image.
         """
         self._slot = slot
-        self.length = length
+        self.length = length = blocks.length
         self._fd, self._is_device = slot.open_fd()
         try:
             capacity = slot.capacity_of(self._fd, self._is_device)
@@ -63,12 +65,11 @@ class RawPatch:
         except BaseException:
             os.close(self._fd)
             raise
-        self._readback = ChunkReadBack(self._fd)
+        self._readback = BlockReadBack(self._fd, blocks)
         self._placed = 0
         self._unsynced = 0
         self._unsynced_from = -1
         self._gathered: list[bytes | memoryview] = []
-        self._gathered_chunks: list[tuple[int, int, bytes]] = []
         self._gather_start = self._gather_end = 0
         if not self._is_device and self.held < length:
             # Blocks allocated at once, not chunk by chunk; what the file holds is kept.
@@ -93,9 +94,9 @@ class RawPatch:
         except OSError as exc:
             raise image_error(exc, self._slot.name, "reading") from exc
 
-    def write_at(self, offset: int, data: bytes | memoryview, digest: bytes) -> None:
-        """Write ``data`` (checked against its signed SHA-256, ``digest``) at ``offset``;
-        contiguous writes are gathered into one system call of up to ``_GATHER_BYTES``.
+    def write_at(self, offset: int, data: bytes | memoryview) -> None:
+        """Write ``data`` (checked against its signed hash already) at ``offset``; contiguous
+        writes are gathered into one system call of up to ``_GATHER_BYTES``.
 
         Raises:
             InstallError: the write failed (full, I/O error).
@@ -110,22 +111,24 @@ class RawPatch:
         if not self._gathered:
             self._gather_start = offset
         self._gathered.append(data)
-        self._gathered_chunks.append((offset, len(data), digest))
         self._gather_end = offset + len(data)
         if self._gather_end - self._gather_start >= _GATHER_BYTES:
             self._flush()
 
-    def keep(self, offset: int, length: int, digest: bytes) -> None:
-        """The slot holds the chunk with SHA-256 ``digest`` at ``offset`` already."""
-        self._readback.add(offset, length, digest)
-        self._placed += length
+    def keep(self, offset: int, length: int) -> None:
+        """The slot holds ``length`` bytes of the image at ``offset`` already (checked).
+
+        Raises:
+            InstallError: some of them were written or kept before (a bug).
+        """
+        self._place(offset, length)
 
     def _flush(self) -> None:
         """Write what was gathered, and start the writeback of each ``_SYNC_BYTES``."""
         if not self._gathered:
             return
-        offset, buffers, chunks = self._gather_start, self._gathered, self._gathered_chunks
-        self._gathered, self._gathered_chunks = [], []
+        offset, buffers = self._gather_start, self._gathered
+        self._gathered = []
         total = self._gather_end - offset
         try:
             done = os.pwritev(self._fd, buffers, offset)
@@ -139,9 +142,7 @@ class RawPatch:
                     rest = rest[count:]
         except OSError as exc:
             raise image_error(exc, self._slot.name, "writing") from exc
-        for chunk in chunks:  # written: read back in their turn
-            self._readback.add(*chunk)
-            self._placed += chunk[1]
+        self._place(offset, total)  # written: read back in their turn
         if self._unsynced_from < 0:
             self._unsynced_from = offset
         self._unsynced += total
@@ -150,9 +151,16 @@ class RawPatch:
             advise_dontneed(self._fd, self._unsynced_from, end - self._unsynced_from)
             self._unsynced, self._unsynced_from = 0, -1
 
+    def _place(self, offset: int, length: int) -> None:
+        try:
+            self._readback.placed(offset, length)
+        except ValueError as exc:
+            raise InstallError(f"slot {self._slot.name}: {exc}") from exc
+        self._placed += length
+
     def finish(self) -> None:
         """Cut a file slot to the image's length, fsync, and wait for the read-back of every
-        chunk to match its signed hash.
+        block to match its signed hash.
 
         Raises:
             InstallError: the slot could not be made durable, or reads back differently.
