@@ -4,9 +4,12 @@ name; missing ones are named; memory is bounded by its window."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import os
 import threading
+from collections.abc import AsyncIterator
 
 import pytest
 import zstandard
@@ -19,7 +22,7 @@ from sysupd.core.chunkindex import (
     store_path,
     stored_digest,
 )
-from sysupd.delta.fetch import ChunkFetcher, MissingChunk, RateLimit
+from sysupd.delta.fetch import ChunkFetcher, ChunkGet, MissingChunk, RateLimit
 from sysupd.errors import AcquireError, VerificationError
 
 
@@ -36,22 +39,30 @@ class MemoryChunks:
         self.most_in_flight = 0
         self._lock = threading.Lock()
 
-    def fetch(self, path: str, max_bytes: int, deadline_s: float) -> bytes:
-        with self._lock:
-            self.asked.append(path)
-            self.in_flight += 1
-            self.most_in_flight = max(self.most_in_flight, self.in_flight)
-        try:
-            if path not in self.files:
-                raise MissingChunk(f"{path}: 404")
-            data = self.files[path]
-            if self.bad_times.get(path, 0) > 0:
-                self.bad_times[path] -= 1
-                return bytes(len(data))
-            return data[:max_bytes]
-        finally:
+    @contextlib.asynccontextmanager
+    async def open(self, parallel: int) -> AsyncIterator[ChunkGet]:
+        async def get(path: str, max_bytes: int, deadline_s: float) -> bytes:
             with self._lock:
-                self.in_flight -= 1
+                self.asked.append(path)
+                self.in_flight += 1
+                self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            try:
+                await asyncio.sleep(0.001)  # the network: other requests run meanwhile
+                return self.fetch(path, max_bytes, deadline_s)
+            finally:
+                with self._lock:
+                    self.in_flight -= 1
+
+        yield get
+
+    def fetch(self, path: str, max_bytes: int, deadline_s: float) -> bytes:
+        if path not in self.files:
+            raise MissingChunk(f"{path}: 404")
+        data = self.files[path]
+        if self.bad_times.get(path, 0) > 0:
+            self.bad_times[path] -= 1
+            return bytes(len(data))
+        return data[:max_bytes]
 
 
 def _store(count: int) -> tuple[ChunkIndex, MemoryChunks, list[bytes]]:
@@ -81,7 +92,7 @@ def test_chunks_come_out_verified_and_in_order() -> None:
         fetcher.close()
     assert fetcher.tally.chunks == 20
     assert fetcher.tally.plain_bytes == sum(map(len, chunks))
-    assert store.most_in_flight <= 3
+    assert 2 <= store.most_in_flight <= 3  # concurrent, and no more than ``parallel``
 
 
 def test_a_bad_chunk_is_fetched_once_more_and_then_used() -> None:

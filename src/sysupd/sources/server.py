@@ -129,7 +129,8 @@ class ServerSource:
             index = offer = None
             if self.delta is not None and manifest.index_target is not None:
                 index = channel.delta_index(candidate)
-                offer = DeltaOffer(ServerChunks(channel.fetcher, channel.targets_url), self.delta)
+                store = ServerChunks(channel.targets_url, self.limits, self.address)
+                offer = DeltaOffer(store, self.delta)
                 log(f"the release has a chunk index ({len(index)} bytes, verified)")
             root, metadata = channel.trusted()
             directory, _, name = candidate.payload.path.rpartition("/")

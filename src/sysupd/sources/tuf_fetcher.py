@@ -178,30 +178,6 @@ class OriginFetcher(FetcherInterface, Closing):
         """
         return self._download(url, self._checked(url, TransferError), max_length).open()
 
-    def fetch_bytes(self, url: str, max_length: int, deadline_s: float) -> bytes:
-        """The whole body of ``url`` (at most ``max_length`` bytes) within ``deadline_s`` (and
-        the limits' own deadline), for small files such as chunks; safe from several threads.
-
-        Raises:
-            TransferError: as ``open_stream``, or the transfer failed or ran out of time.
-        """
-        limits = replace(
-            self._limits, deadline_s=max(0.001, min(deadline_s, self._limits.deadline_s))
-        )
-        download = Download(
-            self._lock,
-            self._checked(url, TransferError),
-            limits,
-            self._pools,
-            max_bytes=max_length,
-            limit_name="its signed length",
-        )
-        parts = []
-        with download.open():
-            while piece := download.read(CHUNK_BYTES):
-                parts.append(piece)
-        return b"".join(parts)
-
     def _download(self, url: str, endpoint: Endpoint, max_length: int | None) -> Download:
         progress = self._progress
         return Download(
