@@ -189,7 +189,10 @@ def test_the_next_update_finds_the_booted_slots_chunks_by_the_index_it_kept(
             url, state, threading.Lock(), engine.settings, FetcherLimits()
         )
         assert str(engine.install(source, log=lines.append).version) == "1.2.0"
-        assert any("slot A (booted): " in line and "found there" in line for line in lines)
+        # No index kept for the factory's 1.0.0: the server's, not a cut of the booted slot.
+        assert any("the chunk index of 1.0.0, which slot A holds, came from" in x for x in lines)
+        assert not any("cut and hashed" in line for line in lines), lines
+        assert any("by the index of the release it holds" in line for line in lines), lines
         engine = booted_engine(state, releases.repo, **settings)  # power on: B, on trial, good
         assert engine.status().booted == "B"
         third = changed(newest, 4, 1, 50_000)
@@ -201,6 +204,39 @@ def test_the_next_update_finds_the_booted_slots_chunks_by_the_index_it_kept(
     assert any("by the index of the release it holds" in line for line in lines), lines
     assert releases.slot_a.read_bytes() == third
     assert releases.slot_b.read_bytes() == newest
+
+
+@pytest.mark.parametrize("why", ["not on the server", "not as signed"])
+def test_without_the_booted_releases_index_the_booted_slot_is_cut(tmp_path: Path, why: str) -> None:
+    """The server lacks the release the booted slot holds (a factory version it never had), or
+    serves its index damaged: the booted slot is cut and hashed instead, and the update works."""
+    releases = make_raw_releases(tmp_path)
+    factory = "0.9.0" if why == "not on the server" else "1.0.0"
+    if why == "not as signed":
+        info = releases.repo.release("1.0.0")
+        assert info.index is not None
+        directory, _, name = info.index.rpartition("/")
+        (path,) = (releases.repo.path / "targets" / directory).glob(f"*.{name}")
+        path.write_bytes(path.read_bytes()[:-56])  # one chunk's entry less than signed
+    settings = {"slots": releases.slots, "factory_version": factory}
+    state = tmp_path / "device"
+    with serve_repo(releases.repo, tmp_path / "server") as url:
+        engine = booted_engine(state, releases.repo, **settings)
+        lines: list[str] = []
+        source = ServerSource.configured(
+            url, state, threading.Lock(), engine.settings, FetcherLimits()
+        )
+        assert str(engine.install(source, log=lines.append).version) == "1.1.0"
+    assert any("slot A (booted): " in line and "cut and hashed" in line for line in lines)
+    assert not any("came from the update server" in line for line in lines), lines
+    if why == "not as signed":
+        assert any(
+            "the chunk index of 1.0.0, which slot A holds, was not had" in line
+            and "not the signed one" in line
+            for line in lines
+        ), lines
+    assert releases.slot_b.read_bytes() == releases.new
+    assert releases.slot_a.read_bytes() == releases.old
 
 
 @dataclass

@@ -19,10 +19,11 @@ from pathlib import Path
 from sysupd.core.chunkindex import MAX_INDEX_BYTES, ChunkIndex, parse_index
 from sysupd.core.chunks import ChunkList
 from sysupd.core.manifest import Manifest
+from sysupd.core.versions import parse_version
 from sysupd.delta.install import DeltaInstall, DeltaTally
 from sysupd.delta.seeds import ImageSeed, Seed, TreeSeed
 from sysupd.engine.slotset import SlotConfig
-from sysupd.errors import InstallError, VerificationError
+from sysupd.errors import AcquireError, InstallError, VerificationError
 from sysupd.fsutil import atomic_write, read_capped
 from sysupd.slots.base import PayloadSpec, SlotWriter
 from sysupd.slots.directory import DirectorySlot
@@ -30,7 +31,7 @@ from sysupd.slots.raw import RawSlot
 from sysupd.slots.rawpatch import RawPatch
 from sysupd.sources.base import DeltaOffer, Log
 
-__all__ = ["DeltaJob", "IndexCache", "Origins", "checked_index", "write_delta"]
+__all__ = ["DeltaJob", "IndexCache", "Origins", "checked_index", "held_layout", "write_delta"]
 
 Origins = Callable[[int, int, int], None]
 """Called with the payload bytes from the device, from the network, and bytes downloaded."""
@@ -92,6 +93,35 @@ class IndexCache:
 
     def _path(self, slot: str, version: str) -> Path:
         return self._dir / f"{slot}.{version}.index"
+
+
+def held_layout(
+    cache: IndexCache, slot: str, version: str | None, offer: DeltaOffer, say: Log
+) -> ChunkIndex | None:
+    """The chunk index of release ``version``, which ``slot`` holds: the one kept, else the
+    source's (kept then for the next update); ``None`` if neither has it, and the slot is cut.
+
+    A device that got the release its slot holds some other way (the factory, an offline
+    bundle, a full download) so reads that slot once instead of cutting and hashing it before
+    it knows what is missing; the index is only a hint, as a kept one is.
+    """
+    layout = cache.load(slot, version)
+    if layout is not None or not version or offer.held_index is None:
+        return layout
+    try:
+        data = offer.held_index(parse_version(version))
+        if data is None:
+            return None
+        layout = parse_index(data)
+    except (AcquireError, VerificationError, ValueError) as exc:
+        say(f"the chunk index of {version}, which slot {slot} holds, was not had ({exc})")
+        return None
+    say(
+        f"the chunk index of {version}, which slot {slot} holds, came from the update server "
+        f"({len(data)} bytes, verified)"
+    )
+    cache.keep(slot, version, data)
+    return layout
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from sysupd.engine.deltawrite import (
     IndexCache,
     Origins,
     checked_index,
+    held_layout,
     write_delta,
 )
 from sysupd.engine.lock import UpdateLock
@@ -363,7 +364,8 @@ class Engine:
         if release.index is not None and acquired.delta is not None:
             total = release.index.length
             record = state.slots.get(booted)
-            layouts = (indexes.load(booted, record.version if record else None), target_layout)
+            holds = record.version if record else None
+            layouts = (held_layout(indexes, booted, holds, acquired.delta, say), target_layout)
             delta = DeltaJob(
                 manifest,
                 release.index,

@@ -91,6 +91,14 @@ class DeltaOffer:
 
     chunks: ChunkSource
     options: DeltaOptions
+    held_index: Callable[[Version], bytes | None] | None = None
+    """The signed chunk index of another release of the product, by version, if the source
+    still has it (verified against its signed entry; ``None``: it has none): the index of the
+    release a slot holds tells where that slot's chunks lie without reading all of it.
+
+    Raises:
+        AcquireError, VerificationError: it could not be had, or not as signed.
+    """
 
 
 @dataclass(frozen=True, slots=True)

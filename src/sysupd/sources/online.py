@@ -100,6 +100,7 @@ class OnlineChannel:
         base = server.rstrip("/")
         self._cache = cache_dir
         self._seen = trust
+        self._releases: Metadata[Targets] | None = None
         cache_dir.mkdir(parents=True, exist_ok=True)
         self.fetcher = OriginFetcher(base, limits=limits, connections=connections, address=address)
         self._targets_url = f"{base}/targets/"
@@ -117,7 +118,7 @@ class OnlineChannel:
             AcquireError: the server could not be reached or sent too little, too slowly.
             VerificationError: the metadata is not trusted (signatures, expiry, rollback, …).
         """
-        releases = self.refresh()
+        releases = self._releases = self.refresh()
         self.check_seen()
         delegation = self._delegation()
         best: Candidate | None = None
@@ -186,6 +187,35 @@ class OnlineChannel:
                 "releases metadata does not sign"
             )
         return self._target(candidate.index, "chunk index", MAX_INDEX_BYTES)
+
+    def index_of(self, product: str, version: Version) -> bytes | None:
+        """After ``newest``: the chunk index of release ``version`` of ``product``, downloaded
+        and verified by ngclient, if the server signs one (``None``: it has no such release, or
+        the release no index).
+
+        Raises:
+            AcquireError: the download failed.
+            VerificationError: the index does not match its signed length and hash.
+        """
+        releases = self._releases
+        if releases is None:
+            return None
+        delegation = self._delegation()
+        for entry in releases.signed.targets.values():
+            custom = entry.custom if isinstance(entry.custom, dict) else {}
+            if "sysupd" not in custom or not delegation.is_delegated_path(entry.path):
+                continue
+            try:
+                manifest = parse_manifest(entry.path, entry.length, entry.hashes, custom)
+            except VerificationError:
+                continue
+            if manifest.product != product or manifest.version != version:
+                continue
+            index = releases.signed.targets.get(manifest.index_target or "")
+            if index is None:
+                return None
+            return self._target(index, f"chunk index of release {version}", MAX_INDEX_BYTES)
+        return None
 
     def _target(self, target: TargetFile, what: str, cap: int) -> bytes:
         with tempfile.TemporaryDirectory(dir=self._cache) as scratch:

@@ -130,7 +130,10 @@ class ServerSource:
             if self.delta is not None and manifest.index_target is not None:
                 index = channel.delta_index(candidate)
                 store = ServerChunks(channel.targets_url, self.limits, self.address)
-                offer = DeltaOffer(store, self.delta)
+                product = manifest.product
+                offer = DeltaOffer(
+                    store, self.delta, lambda version: channel.index_of(product, version)
+                )
                 log(f"the release has a chunk index ({len(index)} bytes, verified)")
             root, metadata = channel.trusted()
             directory, _, name = candidate.payload.path.rpartition("/")
