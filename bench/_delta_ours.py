@@ -7,9 +7,11 @@ add`` and kept in the work directory. Each run is a fresh device: its booted slo
 base (a hard link of the base image, or a hard-linked copy of the base tree: the booted slot is
 only ever read), its slot B is empty, and it installs
 the case's version (``--version``) into B. Its state either holds the index of the base, as a
-device that installed the base with sysupd keeps it (``sysupd``), or nothing, so the booted slot
-is cut and hashed in the run, as on a device's first delta update (``sysupd 1st``). Bytes are
-what nginx sent for the run (index and
+device that installed the base with sysupd keeps it (``sysupd``), or nothing, so the device
+fetches the base's index from the server, as on a device's first delta update after a factory
+install (``sysupd 1st``); or it believes its booted slot holds a release the server never had
+(factory version 0.9.0), so the booted slot is cut and hashed in the run (``sysupd cut``). Bytes
+are what nginx sent for the run (index and
 metadata included), time and peak RSS are the ``sysupd install`` process's (``run_timed``
 through GNU time).
 """
@@ -32,10 +34,12 @@ from tools.nginx import access_log, nginx_serving
 
 __all__ = ["OURS", "ReleaseTimes", "measure_ours", "prepare_repositories"]
 
-OURS = ("sysupd", "sysupd 1st", "sysupd full")
+OURS = ("sysupd", "sysupd 1st", "sysupd cut", "sysupd full")
 """Delta updates on — on a device that keeps the index of the release it runs, as every device
-does from its first delta update on (``sysupd``), and on one that has none and cuts its booted
-slot (``sysupd 1st``) — and off (the whole payload: the baseline the delta is timed against)."""
+does after a delta update (``sysupd``), on one that has none and gets it from the server
+(``sysupd 1st``), and on one whose booted release the server does not have, so it cuts its
+booted slot (``sysupd cut``) — and off (the whole payload: the baseline the delta is timed
+against)."""
 PRODUCT = "bench-delta"
 _LOG_LINE_BYTES = 2  # the field after the status in nginx's combined log format
 _RECORD = "made.json"
@@ -164,7 +168,7 @@ def _measure(
         f'product = "{PRODUCT}"\n'
         f'trust_root = "{repo / "metadata" / "1.root.json"}"\n'
         f'slots = ["A:{kind}:{slot_a}", "B:{kind}:{slot_b}"]\n'
-        'factory_version = "1.0.0"\n'
+        f'factory_version = "{"0.9.0" if peer == "sysupd cut" else "1.0.0"}"\n'
         f"delta_updates = {'false' if peer == 'sysupd full' else 'true'}\n"
     )
     if peer == "sysupd":  # what installing the base with sysupd leaves on the device
