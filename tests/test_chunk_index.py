@@ -163,6 +163,15 @@ def test_a_tree_is_laid_out_as_the_release_tool_packs_it(tmp_path: Path) -> None
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(rng.randbytes(rng.choice([0, 1, 511, 512, 513, 9000, 100_000])))
     (root / ("long-name-" * 20)).write_text("pax header")
+    # Names at the edge of ustar's 100 bytes (a directory's counts its slash), and not ASCII:
+    # the layout must know which members get a PAX header without making each header.
+    for length in (99, 100, 101):
+        (root / ("f" * length)).write_text("edge")
+        (root / ("d" * length)).mkdir()
+    (root / ("d" * 99) / "inside").write_text("under a 100-byte directory name")
+    (root / "grüße").write_text("not ascii")
+    (root / "d0" / "tool").write_text("#!/bin/sh\n")
+    (root / "d0" / "tool").chmod(0o750)  # a header of another kind and mode
     (root / "empty").mkdir()
     (root / "not-a-member").symlink_to("d0")  # a tree on a device may hold one; no release does
     (root / "not-a-member").unlink()

@@ -144,7 +144,7 @@ class IndexHeader:
 class ChunkIndex:
     """A parsed chunk index; entries are decoded on demand from the verified bytes."""
 
-    def __init__(self, header: IndexHeader, entries: bytes) -> None:
+    def __init__(self, header: IndexHeader, entries: bytes | memoryview) -> None:
         self.header = header
         self._entries = entries
         self._offsets = array("Q", [0]) * (header.count + 1)
@@ -205,7 +205,7 @@ class ChunkIndex:
     def digest(self, number: int) -> bytes:
         """Chunk ``number``'s plain SHA-256 (cheaper than ``entry``)."""
         start = number * ENTRY_BYTES
-        return self._entries[start : start + 32]
+        return bytes(self._entries[start : start + 32])
 
     def stored_bytes(self, numbers: list[int] | None = None) -> int:
         """The stored size of the chunks ``numbers`` (all if ``None``): what fetching them costs."""
@@ -238,7 +238,8 @@ def parse_index(data: bytes) -> ChunkIndex:
     except (UnicodeDecodeError, ValueError) as exc:
         raise VerificationError(f"the chunk index's header is not JSON: {exc}") from exc
     header = _header(fields)
-    entries = data[12 + size :]
+    # A view, not a copy: the caller keeps ``data`` (to keep it for the next update) anyway.
+    entries = memoryview(bytes(data))[12 + size :]
     if len(entries) != header.count * ENTRY_BYTES:
         raise VerificationError(
             f"the chunk index states {header.count} chunks but holds {len(entries) / ENTRY_BYTES:g}"

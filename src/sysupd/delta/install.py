@@ -15,8 +15,9 @@ A raw slot (``write_raw``, through ``RawPatch``), in three steps:
    Repeats of a kept chunk are copied within the slot, hashed again when read.
 
 A directory slot (``stream``) takes the plain tar in order as a stream (``AssembledStream``)
-through its usual allow-list extractor: seed chunks are read and hashed ahead of it
-(``SeedCopier``) and missing ones fetched ahead of it; any other writer takes the stream too.
+through its usual allow-list extractor: seed chunks are read and hashed as it asks for them, a
+run of them with one read (``SeedCopier``), and missing ones fetched ahead of it; any other
+writer takes the stream too.
 
 Invariants: no byte reaches a slot, or a parser, before the chunk it belongs to matched its
 signed SHA-256 (a seed chunk that does not is fetched instead); memory is bounded by the windows
@@ -30,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -215,13 +217,11 @@ class DeltaInstall:
         self._plan(len(found), fetch, "found")
         return AssembledStream(self._pieces(found, fetch))
 
-    def _pieces(self, found: dict[bytes, Found], fetch: list[int]) -> Iterator[bytes]:
+    def _pieces(self, found: dict[bytes, Found], fetch: list[int]) -> Iterator[bytes | memoryview]:
         index = self._index
         fetcher = self._fetcher(fetch)
-        copies = [
-            (n, found[index.digest(n)]) for n in range(index.count) if index.digest(n) in found
-        ]
-        copier = SeedCopier(index, copies)
+        copies = array("q", (n for n in range(index.count) if index.digest(n) in found))
+        copier = SeedCopier(index, copies, found)
         try:
             for number in range(index.count):
                 data = self._local_or_fetched(number, found, fetcher, copier)
@@ -270,7 +270,7 @@ class DeltaInstall:
         found: dict[bytes, Found],
         fetcher: ChunkFetcher,
         copier: SeedCopier,
-    ) -> bytes:
+    ) -> bytes | memoryview:
         """Chunk ``number``'s checked bytes: copied from a seed if the plan found it in one,
         else the fetcher's next."""
         entry = self._index.entry(number)
@@ -281,9 +281,8 @@ class DeltaInstall:
             return fetched
         data = copier.take(number)
         if data is None:
-            data = self._refetch(number, fetcher, place.seed.name)
             self.tally.fetched += entry.length
-            return data
+            return self._refetch(number, fetcher, place.seed.name)
         self.tally.copied += entry.length
         return data
 
@@ -393,23 +392,27 @@ class AssembledStream(ReadStream):
 
     stream_name = "<assembled payload>"
 
-    def __init__(self, pieces: Iterator[bytes]) -> None:
+    def __init__(self, pieces: Iterator[bytes | memoryview]) -> None:
         super().__init__()
         self._pieces = pieces
         self._buffer = memoryview(b"")
 
     def readinto(self, buffer: WriteableBuffer, /) -> int:
-        """Fill ``buffer`` with the next checked bytes; 0 at the end."""
-        if not self._buffer:
-            piece = next(self._pieces, None)
-            if piece is None:
-                return 0
-            self._buffer = memoryview(piece)
+        """Fill ``buffer`` with the next checked bytes, from as many chunks as it holds (so
+        a file is written with as few calls as the full install's); 0 at the end."""
+        done = 0
         with memoryview(buffer) as target, target.cast("B") as out:
-            count = min(len(out), len(self._buffer))
-            out[:count] = self._buffer[:count]
-        self._buffer = self._buffer[count:]
-        return count
+            while done < len(out):
+                if not self._buffer:
+                    piece = next(self._pieces, None)
+                    if piece is None:
+                        break
+                    self._buffer = memoryview(piece)
+                count = min(len(out) - done, len(self._buffer))
+                out[done : done + count] = self._buffer[:count]
+                self._buffer = self._buffer[count:]
+                done += count
+        return done
 
     def close(self) -> None:
         """Stop the fetching behind it."""
