@@ -6,7 +6,8 @@ base as 1.0.0 and every case's version (``_delta_workload``), made once with ``s
 add`` and kept in the work directory. Each run is a fresh device: its booted slot A holds the
 base (a hard link of the base image, or a hard-linked copy of the base tree: the booted slot is
 only ever read), its slot B is empty, and it installs
-the case's version (``--version``) into B. Its state either holds the index of the base, as a
+the case's version (``--version``) into B; the trees written are deleted after the form's rows
+(``_harness.Trash``). Its state either holds the index of the base, as a
 device that installed the base with sysupd keeps it (``sysupd``), or nothing, so the device
 fetches the base's index from the server, as on a device's first delta update after a factory
 install (``sysupd 1st``); or it believes its booted slot holds a release the server never had
@@ -29,7 +30,15 @@ from pathlib import Path
 
 from _delta_peers import Row, median_row, warm_all
 from _delta_workload import Version, Workload, tree_digest
-from _harness import BenchError, remove, run_quiet, run_timed, sha256_file, sysupd_command
+from _harness import (
+    BenchError,
+    Trash,
+    remove,
+    run_quiet,
+    run_timed,
+    sha256_file,
+    sysupd_command,
+)
 from tools.nginx import access_log, nginx_serving
 
 __all__ = ["OURS", "ReleaseTimes", "measure_ours", "prepare_repositories"]
@@ -119,6 +128,7 @@ def measure_ours(
     rows: list[Row] = []
     nginx = work / "delta-ours-nginx"
     remove(nginx / "nginx.pid")
+    trash = Trash(work / "delta-ours-trash")
     with nginx_serving(www, nginx) as url:
         for form in forms:
             for case, version in workload.versions.items():
@@ -137,11 +147,13 @@ def measure_ours(
                                 nginx,
                                 timeout_s,
                                 log,
+                                trash,
                             )
                         )
                 for peer_runs in runs_of.values():
                     highest = max(row.peak_rss_kib for row in peer_runs)
                     rows.append(replace(median_row(peer_runs), peak_rss_kib=highest))
+            trash.empty()
     return rows
 
 
@@ -156,6 +168,7 @@ def _measure(
     nginx: Path,
     timeout_s: float,
     log: Path,
+    trash: Trash,
 ) -> Row:
     device = work / "delta-ours-device"
     remove(device)
@@ -208,7 +221,10 @@ def _measure(
         note = str(exc).splitlines()[0][:200]
     sent, requests = _sent(access_log(nginx)[before:])
     payload = version.image_bytes if form == "raw" else _tar_bytes(repo, version)
-    remove(device)
+    if form == "tree":
+        trash.put(device)
+    else:
+        remove(device)
     return Row(
         peer=peer,
         form=form,

@@ -27,7 +27,8 @@ helper, or ``unzck`` and ``tar`` beside ``sh``, included; a pipeline's are not s
 benchmark's 35 MiB; ``time`` is a small process to fork from. Every output is checked against
 the version (the image's SHA-256, the tree's ``tree_digest``, the tar's SHA-256) and deleted.
 The page cache is warm: the seed and the served files are read before each run, and ``sync``
-runs before it.
+runs before it; the trees runs write are deleted after the form's rows, not between runs
+(``_harness.Trash``: a deletion slowed the next run's file creation).
 
 What is built on the server side (stores, ``.zck``, ``.zst``, tars) is kept under
 ``work/delta-peers-…`` and reused while its version's digest is the same; the caller puts the
@@ -52,6 +53,7 @@ from _delta_workload import CASES, Version, Workload, build_workload, tree_diges
 from _harness import (
     BenchError,
     Sample,
+    Trash,
     remove,
     run_main,
     run_quiet,
@@ -287,6 +289,7 @@ class _Bench:
     out: Path  # a run's output folder, emptied after each
     log: Path
     timeout_s: float
+    trash: Trash  # a tree's output goes there, deleted after each form's rows
 
     def url_of(self, path: Path) -> str:
         return f"{self.url}/{path.relative_to(self.www).as_posix()}"
@@ -334,7 +337,10 @@ def _measure(bench: _Bench, peer: str, form: str, case: str) -> Row:
             ok = _full(bench, peer, new, samples)
     except BenchError as exc:
         note = str(exc).splitlines()[0][:200]
-    remove(bench.out)
+    if form == "tree":
+        bench.trash.put(bench.out)
+    else:
+        remove(bench.out)
     sent = [_LOG_LINE.search(line) for line in access_log(bench.nginx)[before:]]
     failed = sum(1 for m in sent if m is None or m.group(1) not in ("200", "206"))
     if failed:
@@ -435,12 +441,16 @@ def measure_peers(
     rows: list[Row] = []
     remove(root / "nginx" / "nginx.pid")  # left by a killed run, it would pass for a start
     with nginx_serving(www, root / "nginx", extra=_NGINX_EXTRA) as url:
-        bench = _Bench(workload, served, www, url, root / "nginx", root / "run", log, timeout_s)
+        trash = Trash(root / "trash")
+        bench = _Bench(
+            workload, served, www, url, root / "nginx", root / "run", log, timeout_s, trash
+        )
         for form in forms:
             for case in workload.versions:
                 for peer in peers:
                     runs_of = [_measure(bench, peer, form, case) for _ in range(runs)]
                     rows.append(median_row(runs_of))
+            trash.empty()
     return rows
 
 
