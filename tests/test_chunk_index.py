@@ -188,15 +188,6 @@ def test_a_tree_is_laid_out_as_the_release_tool_packs_it(tmp_path: Path) -> None
     with pytest.raises(OSError, match="outside"):
         tar.read_at(len(want) - 1, 2)
     tar.close()
-    # Read in runs from the start, as a delta install does, the tree is walked as they go.
-    lazy = TreeTar(root)
-    offset = 0
-    while offset < len(want) + 5000:
-        length = rng.randrange(1, 70_000)
-        assert lazy.read_upto(offset, length) == want[offset : offset + length]
-        offset += length
-    assert lazy.length == len(want)
-    lazy.close()
 
 
 def test_a_file_that_changed_since_the_walk_only_changes_its_own_bytes(tmp_path: Path) -> None:

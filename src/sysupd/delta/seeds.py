@@ -110,12 +110,13 @@ class TreeSeed:
         self.name = name
         self.layout = layout
         self._tar = TreeTar(root)
+        self.length = self._tar.length
 
     def stream(self) -> Iterator[bytes]:
         return self._tar.stream()
 
     def read_at(self, offset: int, length: int) -> bytes:
-        return self._tar.read_upto(offset, length)
+        return self._tar.read_at(offset, max(0, min(length, self.length - offset)))
 
     def close(self) -> None:
         self._tar.close()
