@@ -221,10 +221,7 @@ def _measure(
         note = str(exc).splitlines()[0][:200]
     sent, requests = _sent(access_log(nginx)[before:])
     payload = version.image_bytes if form == "raw" else _tar_bytes(repo, version)
-    if form == "tree":
-        trash.put(device)
-    else:
-        remove(device)
+    trash.put(device, tree=form == "tree")
     return Row(
         peer=peer,
         form=form,

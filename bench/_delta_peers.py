@@ -337,10 +337,7 @@ def _measure(bench: _Bench, peer: str, form: str, case: str) -> Row:
             ok = _full(bench, peer, new, samples)
     except BenchError as exc:
         note = str(exc).splitlines()[0][:200]
-    if form == "tree":
-        bench.trash.put(bench.out)
-    else:
-        remove(bench.out)
+    bench.trash.put(bench.out, tree=form == "tree")
     sent = [_LOG_LINE.search(line) for line in access_log(bench.nginx)[before:]]
     failed = sum(1 for m in sent if m is None or m.group(1) not in ("200", "206"))
     if failed:

@@ -101,9 +101,9 @@ class Trash:
         self._count = 0
         remove(directory)  # left by an interrupted run
 
-    def put(self, path: Path) -> None:
-        """Move the tree ``path`` here (a file or a link is deleted now)."""
-        if not path.is_dir() or path.is_symlink():
+    def put(self, path: Path, *, tree: bool) -> None:
+        """Move ``path`` here if the run wrote a ``tree`` in it; else delete it now."""
+        if not tree:
             remove(path)
             return
         self._dir.mkdir(parents=True, exist_ok=True)

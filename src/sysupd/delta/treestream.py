@@ -53,9 +53,13 @@ class _Member:
 
     @property
     def end(self) -> int:
-        """Where the next member starts (data padded to whole blocks)."""
-        size = self.size or 0
-        return self.data_start + -(-size // _BLOCK) * _BLOCK
+        """Where the next member starts."""
+        return _data_end(self.data_start, self.size)
+
+
+def _data_end(data_start: int, size: int | None) -> int:
+    """Where a member's data ends, padded to whole blocks: where the next member starts."""
+    return data_start + -(-(size or 0) // _BLOCK) * _BLOCK
 
 
 class _Members:
@@ -105,7 +109,7 @@ class TreeTar:
         for name, mode, size in _walk(root):
             data_start = offset + _header_bytes(name, mode, size)
             self._members.add(offset, name, mode, size, data_start)
-            offset = data_start + -(-(size or 0) // _BLOCK) * _BLOCK
+            offset = _data_end(data_start, size)
         self._body = offset
         ended = offset + 2 * _BLOCK
         self.length = ended + (-ended % _RECORD)
