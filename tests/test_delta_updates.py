@@ -428,7 +428,8 @@ async def test_a_chunk_repeated_in_the_image_is_fetched_once_and_copied_after(
     releases.repo.add_release("1.2.0", image=image, chunk_size=256 * 1024)
     releases.repo.publish()
     index = release_index(releases.repo, "1.2.0")
-    held = {release_index(releases.repo, "1.0.0").digest(n) for n in range(index.count)}
+    booted = release_index(releases.repo, "1.0.0")
+    held = {booted.digest(n) for n in range(booted.count)}
     new = {index.digest(n) for n in range(index.count)} - held
     with serve_repo(releases.repo, tmp_path / "server") as url:
         overrides = online_overrides(
