@@ -10,9 +10,11 @@ A copier thread beside them (measured on 1 GiB, 35,000 files, two cores) only ad
 hand-offs — a million more futex calls, 5-8 s more system time — and made the install slower
 (29.6-32.2 s against 26.6-27.9 s read here).
 
-Invariants: at most one run (``_RUN_BYTES``) is read and not yet taken, so memory stays bounded;
-a chunk is handed out only if its bytes matched their signed hash (else ``None``: the caller
-fetches it).
+Invariants: one run (``_RUN_BYTES``, or the index's largest chunk) is read at a time, into one
+buffer that every run reuses (so reading a GiB of seed allocates nothing, and touches no new
+pages), and the next run is read only once every chunk of the one before was taken; so a view
+``take`` hands out holds its bytes until the next ``take``, and no longer. A chunk is handed out
+only if its bytes matched their signed hash (else ``None``: the caller fetches it).
 """
 
 from __future__ import annotations
@@ -41,10 +43,11 @@ class SeedCopier:
         self._places = places
         self._ready: dict[int, memoryview | None] = {}
         self._next = 0  # the plan's entries read so far
+        self._run = memoryview(bytearray(max(_RUN_BYTES, index.params.max_bytes)))
 
     def take(self, number: int) -> memoryview | None:
-        """Chunk ``number``'s bytes (a view of its run's read) if its copy matched its signed
-        hash, else ``None``; the next of the plan.
+        """Chunk ``number``'s bytes (a view of the run buffer, good until the next ``take``) if
+        its copy matched its signed hash, else ``None``; the next of the plan.
 
         Raises:
             AssertionError: ``number`` is not the plan's next (a bug).
@@ -86,13 +89,13 @@ class SeedCopier:
         """Each chunk of ``run`` read (in one call) and checked, or ``None``."""
         start = run[0][1].offset
         lengths = [self._index.span(number)[1] for number, _ in run]
+        view = self._run[: sum(lengths)]
         try:
-            data = run[0][1].seed.read_at(start, sum(lengths))
+            view = view[: run[0][1].seed.read_into(start, view)]
         except OSError:
-            data = b""
+            view = view[:0]
         results: dict[int, memoryview | None] = {}
         at = 0
-        view = memoryview(data)
         for (number, _), length in zip(run, lengths, strict=True):
             piece = view[at : at + length]
             at += length

@@ -6,10 +6,10 @@ each seed with the release's own chunker and notes where each chunk of the index
 chunk can be copied instead of fetched.
 
 Invariants: seeds are only read, never written, and never trusted: a chunk found here is read
-again and checked against its signed hash when it is copied (``Seed.read_at`` returns bytes, the
-caller hashes them). A seed that cannot be read is left out with a line in the log, never an
-error: its chunks are fetched instead. Memory is the cutter's window and one location per chunk
-of the index found.
+again and checked against its signed hash when it is copied (``Seed.read_into`` fills the
+caller's buffer, the caller hashes it). A seed that cannot be read is left out with a line in the
+log, never an error: its chunks are fetched instead. Memory is the cutter's window and one
+location per chunk of the index found.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ class Seed(Protocol):
         """
         ...
 
-    def read_at(self, offset: int, length: int) -> bytes:
-        """``length`` of its bytes from ``offset`` (fewer only at its end).
+    def read_into(self, offset: int, out: memoryview) -> int:
+        """Fill ``out`` with its bytes from ``offset``; how many (fewer only at its end).
 
         Raises:
             OSError: it cannot be read.
@@ -94,8 +94,15 @@ class ImageSeed:
             yield data
             done += len(data)
 
-    def read_at(self, offset: int, length: int) -> bytes:
-        return os.pread(self._fd, max(0, min(length, self.length - offset)), offset)
+    def read_into(self, offset: int, out: memoryview) -> int:
+        out = out[: max(0, self.length - offset)]
+        got = 0
+        while got < len(out):
+            count = os.preadv(self._fd, [out[got:]], offset + got)
+            if count == 0:
+                break
+            got += count
+        return got
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -115,8 +122,11 @@ class TreeSeed:
     def stream(self) -> Iterator[bytes]:
         return self._tar.stream()
 
-    def read_at(self, offset: int, length: int) -> bytes:
-        return self._tar.read_at(offset, max(0, min(length, self.length - offset)))
+    def read_into(self, offset: int, out: memoryview) -> int:
+        out = out[: max(0, self.length - offset)]
+        if out:
+            self._tar.read_into(offset, out)
+        return len(out)
 
     def close(self) -> None:
         self._tar.close()
@@ -266,7 +276,8 @@ def _read_run(seed: Seed, run: list[tuple[int, int, bytes]]) -> _Read:
     """The chunks of ``run`` (offset, length, digest: end to end in ``seed``), read with one
     call, as views of the bytes read (not copies), and their SHA-256 digests."""
     start = run[0][0]
-    data = memoryview(seed.read_at(start, run[-1][0] + run[-1][1] - start))
+    data = memoryview(bytearray(run[-1][0] + run[-1][1] - start))
+    data = data[: seed.read_into(start, data)]
     chunks = [data[offset - start : offset - start + length] for offset, length, _ in run]
     return chunks, _digests(chunks)
 

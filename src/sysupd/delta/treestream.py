@@ -24,6 +24,7 @@ from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from sysupd.release.payloads import member_info, walk_tree
 
@@ -34,10 +35,8 @@ _RECORD = tarfile.RECORDSIZE
 _READ_BYTES = 1 << 20
 _NAME_BYTES = 100  # ustar's name field
 _SIZE_LIMIT = 8**11  # ustar's size field: 11 octal digits
-_NAME_FIELD = slice(0, 100)
-_SIZE_FIELD = slice(124, 136)
-_SUM_FIELD = slice(148, 156)  # summed as eight spaces; written as six octal digits, NUL, space
-_TEMPLATES: dict[tuple[bool, bool], bytes] = {}  # (directory, executable): tarfile's header
+_TEMPLATES: dict[tuple[bool, bool], _Template] = {}  # (directory, executable): tarfile's
+_ZEROS = memoryview(bytes(_READ_BYTES))
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,39 +138,39 @@ class TreeTar:
             yield bytes(piece)
             tail -= piece
 
-    def read_at(self, offset: int, length: int) -> bytes:
-        """``length`` bytes of the tar from ``offset``.
+    def read_into(self, offset: int, out: memoryview) -> None:
+        """Fill ``out`` with the tar's bytes from ``offset`` (file bytes read straight into it).
 
         Raises:
             OSError: a file cannot be read, or the span is outside the tar.
         """
-        if offset < 0 or length < 0 or offset + length > self.length:
-            raise OSError(f"bytes {offset}+{length} are outside the tree's tar of {self.length}")
-        parts: list[bytes] = []
+        end = offset + len(out)
+        if offset < 0 or end > self.length:
+            raise OSError(f"bytes {offset}+{len(out)} are outside the tree's tar of {self.length}")
+        at = 0  # bytes of out filled
         position = bisect.bisect_right(self._members.starts, offset) - 1
-        end = offset + length
         while offset < end:
             if position < 0 or position >= len(self._members):  # the zeros after the members
-                parts.append(bytes(end - offset))
+                _zero(out[at:])
                 break
             member = self._members[position]
             if offset < member.data_start:
                 header = self._header_of(position, member)
                 take = header[offset - member.start : min(end, member.data_start) - member.start]
-                parts.append(take)
+                out[at : at + len(take)] = take
+                at += len(take)
                 offset += len(take)
             member_end = member.end
             if member.data_start <= offset < min(end, member_end):
                 within = offset - member.data_start
-                size = member.size or 0
                 stop = min(end, member_end) - member.data_start
-                data = self._pread(member, within, max(0, min(stop, size) - within))
-                take = data + bytes(stop - within - len(data))
-                parts.append(take)
-                offset += len(take)
+                wanted = max(0, min(stop, member.size or 0) - within)
+                got = self._pread_into(member, within, out[at : at + wanted]) if wanted else 0
+                _zero(out[at + got : at + stop - within])  # what the file lacks, the padding
+                at += stop - within
+                offset += stop - within
             if offset >= member_end:
                 position += 1
-        return b"".join(parts)
 
     def _header_of(self, position: int, member: _Member) -> bytes:
         # Reads come in runs end to end: a header split between two is made once, not twice.
@@ -208,13 +207,25 @@ class TreeTar:
             if fd is not None:
                 os.close(fd)
 
-    def _pread(self, member: _Member, offset: int, length: int) -> bytes:
-        if length <= 0:
-            return b""
+    def _pread_into(self, member: _Member, offset: int, out: memoryview) -> int:
+        """Read the member's file from ``offset`` into ``out``; fewer bytes only at its end."""
         if self._open is None or self._open[0] != member.name:
             self.close()
             self._open = (member.name, _open_file(os.path.join(self._root, member.name)))
-        return os.pread(self._open[1], length, offset)
+        fd, got = self._open[1], 0
+        while got < len(out):
+            count = os.preadv(fd, [out[got:]], offset + got)
+            if count == 0:
+                break
+            got += count
+        return got
+
+
+def _zero(out: memoryview) -> None:
+    while out:
+        count = min(len(out), len(_ZEROS))
+        out[:count] = _ZEROS[:count]
+        out = out[count:]
 
 
 def _one_block(name: str, size: int | None) -> bool:
@@ -234,23 +245,46 @@ def _header(name: str, mode: int, size: int | None) -> bytes:
     """The member's header as ``pack_tree`` writes it (``member_info``, PAX format).
 
     A one-block header is tarfile's own header of a member of the same kind and mode with its
-    name and size put in, and its checksum made again: tarfile takes some 20 us a header, twice
-    what reading and hashing a small file costs, and a tree's tar is re-made header by header
-    on every delta update (the tests hold both byte-equal).
+    name and size put in, and its checksum added up from the template's: tarfile takes some
+    20 us a header, more than reading and hashing a small file costs, and a tree's tar is
+    re-made header by header on every delta update (the tests hold both byte-equal).
     """
     if not _one_block(name, size):
         return _tar_header(name, mode, size)
     key = (size is None, bool(mode & 0o111))
     template = _TEMPLATES.get(key)
     if template is None:
-        template = _TEMPLATES[key] = _tar_header("", mode, None if size is None else 0)
+        template = _TEMPLATES[key] = _template(_tar_header("", mode, None if size is None else 0))
     encoded = (name + "/" if size is None else name).encode("ascii")
-    header = bytearray(template)
-    header[_NAME_FIELD] = encoded.ljust(_NAME_BYTES, b"\0")
-    header[_SIZE_FIELD] = b"%011o\0" % (size or 0)
-    header[_SUM_FIELD] = b"        "
-    header[_SUM_FIELD] = b"%06o\0 " % sum(header)
-    return bytes(header)
+    size_field = b"%011o\0" % (size or 0)
+    checksum = template.sum + sum(encoded) + sum(size_field)
+    return b"".join(
+        (
+            encoded,
+            _ZEROS[: _NAME_BYTES - len(encoded)],
+            template.before_size,
+            size_field,
+            template.before_sum,
+            b"%06o\0 " % checksum,
+            template.after_sum,
+        )
+    )
+
+
+class _Template(NamedTuple):
+    """A one-block header of tarfile's without its name, size and checksum fields (bytes 0-99,
+    124-135, 148-155), and what the rest adds to the checksum, which counts its own field as
+    eight spaces."""
+
+    before_size: bytes
+    before_sum: bytes
+    after_sum: bytes
+    sum: int
+
+
+def _template(header: bytes) -> _Template:
+    parts = (header[_NAME_BYTES:124], header[136:148], header[156:_BLOCK])
+    return _Template(*parts, sum(parts[0]) + sum(parts[1]) + sum(parts[2]) + 8 * ord(" "))
 
 
 def _tar_header(name: str, mode: int, size: int | None) -> bytes:
