@@ -1,8 +1,9 @@
 """Making written files durable on a worker thread, one batch at a time, and freeing their pages.
 
 Responsibility: take batches of open, completely written file descriptors from the tree writer,
-fsync each, drop its cached pages once they are clean, and close it, on a thread of its own, so
-that waiting for the storage overlaps the writing of the next files.
+start the writeback of all of them, then fsync each, drop its cached pages once they are clean,
+and close it, on a thread of its own, so that waiting for the storage overlaps the writing of the
+next files.
 
 Invariants:
 
@@ -87,6 +88,8 @@ class BatchSyncer:
             failure: BaseException | None = None
             try:
                 if not (self._failed or self._abandoned):
+                    for fd in batch:
+                        advise_dontneed(fd)  # the whole batch's writeback in flight at once
                     for fd in batch:
                         os.fsync(fd)
                     for fd in batch:

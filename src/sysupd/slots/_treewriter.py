@@ -10,9 +10,9 @@ Invariants:
 - Every component is created or opened with ``O_NOFOLLOW`` relative to its parent's descriptor;
   files with ``O_EXCL``; modes are set with ``fchmod`` (the umask does not decide).
 - Durable when ``finish`` returns: every file is fsynced (in batches, on the
-  ``sysupd.slots._durability.BatchSyncer`` thread, after its writeback was started as soon as
-  it was written), every directory when the open chain leaves it, and the slot directory last,
-  after every file batch. Nothing but fsync is relied upon for durability.
+  ``sysupd.slots._durability.BatchSyncer`` thread, which starts the writeback of the whole batch
+  first), every directory when the open chain leaves it, and the slot directory last, after
+  every file batch. Nothing but fsync is relied upon for durability.
 - The page cache and descriptors the tree takes stay bounded: at most two batches of files
   (``_FSYNC_BATCH_FILES`` descriptors, about ``_FSYNC_BATCH_BYTES`` each) are open and cached;
   once a batch is fsynced its clean pages are dropped, whatever the tree's size.
@@ -40,10 +40,10 @@ from sysupd.slots._tarstream import refused
 __all__ = ["DATA_BYTES", "Entry", "ThreadedTreeWriter", "install_error", "open_empty_directory"]
 
 DATA_BYTES = 1 << 20  # one buffer of file data
-_QUEUED_BUFFERS = 3  # buffers of file data in flight to the writer thread
+_QUEUED_BUFFERS = 8  # buffers of file data in flight to the writer thread (one a file, at least)
 _FSYNC_BATCH_FILES = 64  # written files kept open, then fsynced together (two batches open)
 _FSYNC_BATCH_BYTES = 16 << 20  # or fewer files, once they hold this many bytes
-_WRITEBACK_BYTES = 8 << 20  # a file's writeback is started after this many bytes, and at its end
+_WRITEBACK_BYTES = 8 << 20  # a large file's writeback is started each time this many are written
 _DIR_MODE = 0o755
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -108,18 +108,25 @@ class _TreeWriter:
 
     Durability, and why it stays cheap: every file is fsynced before ``finish`` returns, on its
     own descriptor (so a writeback error of that file is reported there, and nothing relies on
-    syncfs or on error reporting across descriptors). What makes 1,000+ fsyncs cheap is that each
-    file's writeback is started as soon as it is written (``POSIX_FADV_DONTNEED``, which on Linux
-    starts writeback of dirty pages and drops only clean ones; every ``_WRITEBACK_BYTES`` for
-    large files): the disk works while the next files are parsed and written, and the fsyncs,
-    done in batches of ``_FSYNC_BATCH_FILES`` open files or ``_FSYNC_BATCH_BYTES``, mostly find
-    the data already written and one journal commit covering the batch. They run on a thread of
-    their own while the next batch is written, so waiting for the disk does not stop the
-    writing (in a profile of 1 GiB with zstd, the fsyncs took a third of the writer thread's
-    time, and the extracting thread waited for buffers meanwhile). Measured on the 2-core VM
-    (1,024 files of 1 MiB): 1.0 s with one fsync per file after writing it, 0.55 s with writeback
-    started early; one syncfs(2) at the end was about the same (0.47 s) and would report errors
-    less precisely.
+    syncfs or on error reporting across descriptors). What makes 1,000+ fsyncs cheap is that the
+    writeback of a whole batch (``_FSYNC_BATCH_FILES`` open files or ``_FSYNC_BATCH_BYTES``) is
+    started at once before any of it is fsynced (``POSIX_FADV_DONTNEED``, which on Linux starts
+    writeback of dirty pages and drops only clean ones; a large file's also every
+    ``_WRITEBACK_BYTES`` as it is written): the disk has the batch in flight, and each fsync
+    mostly waits for what is already being written, with one journal commit covering the batch.
+    This runs on a thread of its own while the next batch is written, so waiting for the disk
+    does not stop the writing (in a profile of 1 GiB with zstd, the fsyncs took a third of the
+    writer thread's time, and the extracting thread waited for buffers meanwhile). Measured on
+    the 2-core VM (1,024 files of 1 MiB): 1.0 s with one fsync per file after writing it, 0.55 s
+    with writeback started early; one syncfs(2) at the end was about the same (0.47 s) and would
+    report errors less precisely.
+
+    Why the syncer, not this thread, starts a file's writeback when the file ends: this thread is
+    what bounds a tree install of many small files (the extracting thread waits for its buffers
+    most of the time), and on a tree of 35,000 files starting each one's writeback here took
+    2.4-3.1 s of its time; on the syncer's thread, where it overlaps the writing, the bench's
+    full install of that tree went from 10.9 s to 8.1-8.6 s (medians of 5 and 3, with the
+    deeper queue below; ``scripts/bench delta --forms tree``).
 
     Why a batch's pages are dropped once it is durable (the same ``POSIX_FADV_DONTNEED``, now on
     clean pages): the next files then reuse the page frames just freed. On a VM whose free memory
@@ -172,7 +179,8 @@ class _TreeWriter:
             self._started = self._copied
 
     def end_file(self) -> None:
-        """Give the file begun last its mode and mtime, and start its writeback."""
+        """Give the file begun last its mode and mtime (its batch's syncer starts its
+        writeback)."""
         entry, fd = self._file, self._unsynced[-1]
         assert entry is not None
         try:
@@ -181,8 +189,6 @@ class _TreeWriter:
                 os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
         except OSError as exc:
             raise install_error(exc, entry.path) from exc
-        if self._copied > self._started:
-            advise_dontneed(fd, self._started, self._copied - self._started)
         self._file = None
         self.files += 1
         self._unsynced_bytes += self._copied
@@ -311,6 +317,9 @@ class ThreadedTreeWriter:
 
     ``buffer()`` lends a data buffer (waiting while ``_QUEUED_BUFFERS`` are in flight); the
     caller fills it and passes a slice of it to ``write``, which gives it back once written.
+    Why eight: each file takes a buffer of its own, however small, so with three the extracting
+    thread could be only three small files ahead, and on a tree of 35,000 files the two threads
+    waited for each other (the writer idle 1.5-1.9 s of an 11 s install); eight cost 5 MiB more.
     An error of the writer is raised by the caller's next call (or ``finish``); after it the
     worker only gives buffers back.
     """
