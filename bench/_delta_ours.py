@@ -112,8 +112,10 @@ def measure_ours(
 ) -> list[Row]:
     """Every case of every form installed with delta updates on and off: one row each, of
     ``runs`` runs the one of median time (ok only if all were; the highest peak RSS). The runs
-    of one case take turns (ours, first, full, ours, …), so a slow minute of the disk falls on
-    all of them.
+    of one case take turns, so a slow minute of the disk falls on all of them, and the turn
+    starts one further each round (ours, first, cut, full; then first, cut, full, ours; …), so
+    no row always runs right after the same other one (a run is slower after some than after
+    others: after the deletes of a tree, or while the one before is still written back).
 
     Raises:
         BenchError: the server side could not be set up (a failed install is a row, not ok).
@@ -133,8 +135,9 @@ def measure_ours(
         for form in forms:
             for case, version in workload.versions.items():
                 runs_of: dict[str, list[Row]] = {peer: [] for peer in OURS}
-                for _ in range(runs):
-                    for peer in OURS:
+                for round_ in range(runs):
+                    turn = round_ % len(OURS)
+                    for peer in (*OURS[turn:], *OURS[:turn]):
                         runs_of[peer].append(
                             _measure(
                                 workload,
