@@ -27,7 +27,7 @@ from typing import Protocol
 
 from sysupd.core.cdc import StreamCutter
 from sysupd.core.chunkindex import ChunkIndex
-from sysupd.delta.treestream import TreeTar
+from sysupd.delta.treestream import TreeTar, read_full
 
 __all__ = ["Found", "ImageSeed", "Log", "Seed", "TreeSeed", "find_chunks"]
 
@@ -95,14 +95,7 @@ class ImageSeed:
             done += len(data)
 
     def read_into(self, offset: int, out: memoryview) -> int:
-        out = out[: max(0, self.length - offset)]
-        got = 0
-        while got < len(out):
-            count = os.preadv(self._fd, [out[got:]], offset + got)
-            if count == 0:
-                break
-            got += count
-        return got
+        return read_full(self._fd, out[: max(0, self.length - offset)], offset)
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 from sysupd.release.payloads import member_info, walk_tree
 
-__all__ = ["TreeTar"]
+__all__ = ["TreeTar", "read_full"]
 
 _BLOCK = tarfile.BLOCKSIZE
 _RECORD = tarfile.RECORDSIZE
@@ -212,13 +212,19 @@ class TreeTar:
         if self._open is None or self._open[0] != member.name:
             self.close()
             self._open = (member.name, _open_file(os.path.join(self._root, member.name)))
-        fd, got = self._open[1], 0
-        while got < len(out):
-            count = os.preadv(fd, [out[got:]], offset + got)
-            if count == 0:
-                break
-            got += count
-        return got
+        return read_full(self._open[1], out, offset)
+
+
+def read_full(fd: int, out: memoryview, offset: int) -> int:
+    """Fill ``out`` from the file ``fd`` at ``offset``, straight into it; how many bytes (fewer
+    only at its end)."""
+    got = 0
+    while got < len(out):
+        count = os.preadv(fd, [out[got:]], offset + got)
+        if count == 0:
+            break
+        got += count
+    return got
 
 
 def _zero(out: memoryview) -> None:
