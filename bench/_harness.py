@@ -122,9 +122,15 @@ def sysupd_command() -> list[str]:
 
 
 def warm(path: Path) -> None:
-    """Read ``path`` to its end, so its pages are cached for the next contender."""
+    """Read ``path`` to its end, so its pages are cached for the next contender; without
+    touching its access time, which would leave its inode dirty (a booted tree linked with
+    ``cp -al`` has every ctime newer than its atime), for the contender's run to write back."""
     buffer = bytearray(_COPY_BYTES)
-    with path.open("rb", buffering=0) as source:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOATIME)
+    except PermissionError:
+        fd = os.open(path, os.O_RDONLY)
+    with open(fd, "rb", buffering=0) as source:
         while source.readinto(buffer):
             pass
 

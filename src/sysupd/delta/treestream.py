@@ -17,6 +17,7 @@ since the walk only makes its chunks miss.
 from __future__ import annotations
 
 import bisect
+import errno
 import os
 import stat
 import tarfile
@@ -37,6 +38,7 @@ _NAME_BYTES = 100  # ustar's name field
 _SIZE_LIMIT = 8**11  # ustar's size field: 11 octal digits
 _TEMPLATES: dict[tuple[bool, bool], _Template] = {}  # (directory, executable): tarfile's
 _ZEROS = memoryview(bytes(_READ_BYTES))
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +300,16 @@ def _tar_header(name: str, mode: int, size: int | None) -> bytes:
 
 
 def _open_file(path: str) -> int:
-    return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    # A seed is read whole on every delta update: with access times kept, that would dirty
+    # every inode of the booted tree (relatime updates one a day, and at the first read after
+    # a change), and their writeback would compete with the new slot's writes. O_NOATIME needs
+    # the file's owner or CAP_FOWNER, as the service has; without them, a plain read.
+    try:
+        return os.open(path, _OPEN_FLAGS | os.O_NOATIME)
+    except PermissionError as exc:
+        if exc.errno != errno.EPERM:
+            raise
+    return os.open(path, _OPEN_FLAGS)
 
 
 def _walk(root: Path) -> Iterator[tuple[str, int, int | None]]:

@@ -1,9 +1,9 @@
 """Making written files durable on a worker thread, one batch at a time, and freeing their pages.
 
-Responsibility: take batches of open, completely written file descriptors from the tree writer,
-start the writeback of all of them, then fsync each, drop its cached pages once they are clean,
-and close it, on a thread of its own, so that waiting for the storage overlaps the writing of the
-next files.
+Responsibility: take batches of open descriptors of completely written files (and of the
+directories the writer is done with) from the tree writer, start the writeback of all of them,
+then fsync each, drop its cached pages once they are clean, and close it, on a thread of its own,
+so that waiting for the storage overlaps the writing of the next files.
 
 Invariants:
 

@@ -147,7 +147,7 @@ def extract_tree(
                 writer.begin_file(entry)
                 left = entry.size
                 while left:
-                    buffer = writer.buffer()
+                    buffer = writer.buffer(left)
                     count = tar.readinto(buffer)  # not 0: the archive cannot end inside
                     if written + count > limits.max_total_bytes:
                         raise _over_budget(entry, limits)
