@@ -18,8 +18,11 @@ import pytest
 from sysupd.api.service import Service
 from sysupd.config import build_config
 from sysupd.system.clock import Clock, ManualClock
+from tests import _settrace_race
 from tests.client import WsClient
 from tests.fetching import Serve, app_servers
+
+_settrace_race.install()
 
 ADMIN = ("root", "admin-secret-1")
 USER = ("alice", "user-secret-1")
