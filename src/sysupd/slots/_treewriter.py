@@ -334,12 +334,11 @@ class ThreadedTreeWriter:
     def __init__(self, root_fd: int) -> None:
         self._writer = _TreeWriter(root_fd)
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
-        self._free_small: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
-        for _ in range(_QUEUED_BUFFERS):
-            self._free.put(memoryview(bytearray(DATA_BYTES)))
-        for _ in range(_QUEUED_SMALL):
-            self._free_small.put(memoryview(bytearray(SMALL_BYTES)))
+        self._free: dict[int, queue.SimpleQueue[memoryview]] = {}  # by buffer size
+        for size, count in ((DATA_BYTES, _QUEUED_BUFFERS), (SMALL_BYTES, _QUEUED_SMALL)):
+            self._free[size] = queue.SimpleQueue()
+            for _ in range(count):
+                self._free[size].put(memoryview(bytearray(size)))
         self._failed: BaseException | None = None
         self._abandoned = False
         self._thread = threading.Thread(target=self._run, name="sysupd-tree-writer", daemon=True)
@@ -363,7 +362,7 @@ class ThreadedTreeWriter:
         """A free data buffer for ``wanted`` more bytes of the file (waits for one): a small
         one if they fit, else one of ``DATA_BYTES``."""
         self._raise_failure()
-        return (self._free_small if wanted <= SMALL_BYTES else self._free).get()
+        return self._free[SMALL_BYTES if wanted <= SMALL_BYTES else DATA_BYTES].get()
 
     def write(self, data: memoryview) -> None:
         """Write ``data`` (a slice of a buffer from ``buffer()``), then give the buffer back."""
@@ -406,7 +405,7 @@ class ThreadedTreeWriter:
     def _give_back(self, data: memoryview) -> None:
         whole = data.obj
         assert isinstance(whole, bytearray)
-        (self._free_small if len(whole) == SMALL_BYTES else self._free).put(memoryview(whole))
+        self._free[len(whole)].put(memoryview(whole))
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:

@@ -21,8 +21,8 @@ Invariants:
   before a file is created, and copied bytes are counted as they are written. No more than
   ``ExtractLimits.max_entries`` members are written: the one after them is refused when its
   header is read, before anything is written for it.
-- Memory stays flat: one reusable copy buffer (file data is read straight into it), extended
-  headers are capped, sparse maps are refused before they are read.
+- Memory stays flat: file data is read straight into the writer's pool of reused buffers,
+  extended headers are capped, sparse maps are refused before they are read.
 - The archive must end with an end-of-archive block followed only by a little zero padding;
   anything else is reported as truncated or corrupt.
 - A returned ``ExtractStats`` means every file and directory written has been fsynced (see
